@@ -1,0 +1,50 @@
+# lookalike: `make run` serves the shipped model, `make test` runs everything CI runs.
+# Both set up a virtualenv in .venv first (and Debian packages when run as root).
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+APT_PACKAGES := dataset-fashion-mnist chromium chromium-driver
+
+.PHONY: setup apt run test test-fast lint train clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned: the CPU wheel. An unpinned torch would pull a multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[train,serve,dev]"
+	touch $@
+
+apt:
+	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+		if [ -n "$$missing" ]; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+		fi; \
+	else echo "not root or no apt-get: install $(APT_PACKAGES) yourself if tests need them"; fi
+
+setup: apt $(VENV)/.installed
+
+run: setup
+	$(PY) -m service --host $(HOST) --port $(PORT) --seed-demo-gallery
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy service
+
+test: lint
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+train: setup
+	$(PY) -m training train --data fashion-mnist --loss ntxent --epochs 50 \
+		--set 'widths=[48,96,192]' --out models/fashion-mnist
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

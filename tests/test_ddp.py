@@ -1,0 +1,61 @@
+"""Two gloo ranks on the CPU give the same NT-Xent loss and gradients as one process on the
+concatenated batch: the all_gather carries gradient, and DDP averages it."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from training.losses import NTXentLoss
+
+BATCH, DIM_IN, DIM_OUT, WORLD = 6, 10, 8, 2
+
+
+def _inputs() -> tuple[torch.Tensor, torch.Tensor, nn.Linear]:
+    gen = torch.Generator().manual_seed(0)
+    x0 = torch.randn(BATCH * WORLD, DIM_IN, generator=gen)
+    x1 = x0 + 0.3 * torch.randn(BATCH * WORLD, DIM_IN, generator=gen)
+    torch.manual_seed(1)
+    return x0, x1, nn.Linear(DIM_IN, DIM_OUT)
+
+
+def _rank(rank: int, init_file: str, out_dir: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    x0, x1, layer = _inputs()
+    model = nn.parallel.DistributedDataParallel(layer)
+    mine = slice(rank * BATCH, (rank + 1) * BATCH)
+    loss = NTXentLoss(0.2, gather_distributed=True)(model(x0[mine]), model(x1[mine]))
+    loss.backward()
+    losses = [torch.zeros(()) for _ in range(WORLD)]
+    dist.all_gather(losses, loss.detach())
+    np.save(Path(out_dir) / f"loss{rank}.npy", torch.stack(losses).numpy())
+    np.save(Path(out_dir) / f"grad{rank}.npy", layer.weight.grad.numpy())
+    dist.destroy_process_group()
+
+
+def test_two_gloo_ranks_match_one_process_on_the_whole_batch(tmp_path: Path) -> None:
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    mp.start_processes(
+        _rank,
+        args=(str(tmp_path / "init"), str(tmp_path)),
+        nprocs=WORLD,
+        join=True,
+        start_method="spawn",
+    )
+
+    x0, x1, layer = _inputs()
+    loss = NTXentLoss(0.2)(layer(x0), layer(x1))
+    loss.backward()
+
+    for rank in range(WORLD):
+        rank_losses = np.load(tmp_path / f"loss{rank}.npy")
+        # Each rank's loss covers its own rows; their mean is the whole batch's loss.
+        assert rank_losses.mean() == pytest.approx(loss.item(), rel=1e-5)
+        np.testing.assert_allclose(
+            np.load(tmp_path / f"grad{rank}.npy"), layer.weight.grad.numpy(), rtol=1e-4, atol=1e-6
+        )

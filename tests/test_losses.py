@@ -1,0 +1,150 @@
+"""NT-Xent against a slow reference from SimCLR's Algorithm 1; triplet loss by hand."""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from training.losses import NTXentLoss, TripletLoss, triplet_collapsed
+
+
+def reference_ntxent(z0: torch.Tensor, z1: torch.Tensor, tau: float) -> float:
+    """SimCLR Algorithm 1, written with loops: pairs (2k-1, 2k) are two views of image k."""
+    z = []
+    for a, b in zip(z0.tolist(), z1.tolist(), strict=True):
+        z += [a, b]
+    n = len(z)
+
+    def sim(i: int, j: int) -> float:
+        dot = sum(x * y for x, y in zip(z[i], z[j], strict=True))
+        return dot / (math.sqrt(sum(x * x for x in z[i])) * math.sqrt(sum(x * x for x in z[j])))
+
+    def ell(i: int, j: int) -> float:
+        denominator = sum(math.exp(sim(i, k) / tau) for k in range(n) if k != i)
+        return -math.log(math.exp(sim(i, j) / tau) / denominator)
+
+    return sum(ell(2 * k, 2 * k + 1) + ell(2 * k + 1, 2 * k) for k in range(n // 2)) / n
+
+
+@pytest.mark.parametrize("batch", [2, 5, 16])
+@pytest.mark.parametrize("dim", [3, 32])
+@pytest.mark.parametrize("tau", [0.07, 0.2, 1.0])
+def test_ntxent_matches_simclr_algorithm_1(batch: int, dim: int, tau: float) -> None:
+    gen = torch.Generator().manual_seed(batch * 100 + dim)
+    z0, z1 = torch.randn(batch, dim, generator=gen), torch.randn(batch, dim, generator=gen)
+    got = NTXentLoss(tau)(z0.double(), z1.double()).item()
+    assert got == pytest.approx(reference_ntxent(z0, z1, tau), rel=1e-5)
+
+
+def test_ntxent_identical_views_with_orthogonal_negatives_has_known_value() -> None:
+    batch, tau = 4, 0.5
+    z = torch.eye(8)[:batch]  # orthonormal rows: every negative scores 0, the positive 1
+    expected = -math.log(math.exp(1 / tau) / (math.exp(1 / tau) + 2 * batch - 2))
+    assert NTXentLoss(tau)(z, z.clone()).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_ntxent_gradients_are_finite_even_for_tiny_temperature() -> None:
+    z0 = torch.randn(8, 16, requires_grad=True)
+    z1 = torch.randn(8, 16, requires_grad=True)
+    loss = NTXentLoss(0.01)(z0, z1)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert torch.isfinite(z0.grad).all() and torch.isfinite(z1.grad).all()
+    assert z0.grad.abs().sum() > 0
+
+
+def test_ntxent_is_stable_under_bf16_autocast() -> None:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 20, generator=gen)
+    layer = torch.nn.Linear(20, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        z = layer(x)
+        assert z.dtype == torch.bfloat16
+        loss = NTXentLoss(0.1)(*z.chunk(2))
+    loss.backward()
+    fp32 = NTXentLoss(0.1)(*layer(x).chunk(2))
+    assert torch.isfinite(loss) and torch.isfinite(layer.weight.grad).all()
+    assert loss.item() == pytest.approx(fp32.item(), rel=0.02)
+
+
+def test_ntxent_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="temperature"):
+        NTXentLoss(0.0)
+    with pytest.raises(ValueError, match="B, D"):
+        NTXentLoss()(torch.randn(4, 3), torch.randn(5, 3))
+
+
+def _unit(*rows: list[float]) -> torch.Tensor:
+    return F.normalize(torch.tensor(rows, dtype=torch.float64), dim=1)
+
+
+def test_triplet_matches_hand_computation() -> None:
+    # Two images in 2-D. Anchor 0 = (1,0), its positive at 30°, image 1 at 90° (a=(0,1)) and
+    # 60° (p). Squared distance of unit vectors at angle θ: 2 − 2cos θ.
+    a = _unit([1, 0], [0, 1])
+    p = _unit([math.cos(math.pi / 6), math.sin(math.pi / 6)], [0.5, math.sqrt(3) / 2])
+    d = lambda theta: 2 - 2 * math.cos(theta)  # noqa: E731
+    margin = 1.0
+    # Anchor 0: d_ap = d(30°); negatives at 90° and 60° → hardest 60°.
+    # Anchor 1 (90°): d_ap = d(30°); negatives a0 (0°) and p0 (30°) lie 90° and 60° away.
+    expected = 2 * max(d(math.pi / 6) - d(math.pi / 3) + margin, 0)
+    loss = TripletLoss(margin, mining="batch_hard")(a, p)
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    mean = TripletLoss(margin, mining="batch_hard", reduction="mean")(a, p)
+    assert mean.item() == pytest.approx(expected / 2, rel=1e-6)
+
+
+def test_triplet_is_zero_when_every_negative_is_far() -> None:
+    z = torch.eye(6)[:3]  # positives identical to anchors, negatives orthogonal (d = 2)
+    for mining in ("batch_hard", "semi_hard"):
+        assert TripletLoss(0.5, mining=mining)(z, z.clone()).item() == 0.0
+
+
+def test_triplet_equals_the_margin_at_collapse() -> None:
+    z = torch.ones(8, 4)  # every embedding at the same point
+    loss_fn = TripletLoss(0.3, mining="batch_hard")
+    assert loss_fn(z, z.clone()).item() == pytest.approx(8 * 0.3)
+    assert triplet_collapsed(loss_fn.last_stats, 0.3)
+    assert not triplet_collapsed({"d_ap": 0.1, "d_an": 0.8}, 0.3)
+
+
+def test_batch_hard_miner_picks_the_closest_valid_negative() -> None:
+    loss_fn = TripletLoss(0.2, mining="batch_hard")
+    d = torch.tensor([[0.0, 0.9, 0.3, 0.1]])
+    valid = torch.tensor([[False, True, True, False]])  # the 0.1 entry is not a negative
+    assert loss_fn.mine(d, valid, torch.tensor([0.2])).item() == pytest.approx(0.3)
+
+
+def test_semi_hard_miner_picks_the_closest_negative_beyond_the_positive() -> None:
+    loss_fn = TripletLoss(0.2, mining="semi_hard")
+    d = torch.tensor([[0.0, 0.9, 0.3, 0.5, 0.1]])
+    valid = torch.tensor([[False, True, True, True, True]])
+    assert loss_fn.mine(d, valid, torch.tensor([0.4])).item() == pytest.approx(0.5)
+    # No negative beyond the positive: fall back to the farthest one.
+    assert loss_fn.mine(d, valid, torch.tensor([0.95])).item() == pytest.approx(0.9)
+
+
+def test_triplet_unlabelled_mode_uses_other_images_as_negatives() -> None:
+    # Images 0 and 1 are near-duplicates. Without labels image 1 is a (hard) negative of 0.
+    a = _unit([1, 0, 0], [1, 0.05, 0], [0, 0, 1])
+    loss = TripletLoss(0.2, mining="batch_hard")(a, a.clone())
+    assert loss.item() > 0.1
+
+
+def test_triplet_labelled_mode_never_uses_same_class_as_negative() -> None:
+    a = _unit([1, 0, 0], [1, 0.05, 0], [0, 0, 1])
+    labels = torch.tensor([0, 0, 1])
+    semi = TripletLoss(0.2, mining="semi_hard")(a, a.clone(), labels)
+    assert semi.item() == 0.0  # the near-duplicate shares the class: no longer a negative
+    hard = TripletLoss(0.2, mining="batch_hard")
+    loss = hard(a, a.clone(), labels)  # batch-hard positive: the farthest same-class example
+    assert loss.item() == 0.0
+    assert hard.last_stats["d_ap"] > 0
+
+
+def test_triplet_rejects_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="margin"):
+        TripletLoss(0.0)
+    with pytest.raises(ValueError, match="mining"):
+        TripletLoss(0.2, mining="hardest")

@@ -1,0 +1,192 @@
+"""Training end to end on a tiny subset: a complete artifact, resume, export parity, CLI."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from training.__main__ import main
+from training.augment import AugmentConfig, TwoViews, ViewTransform
+from training.encoder import ContrastiveModel, EncoderConfig
+from training.train import TrainConfig, lr_at, override
+
+ARTIFACT_FILES = (
+    "encoder.onnx",
+    "weights.safetensors",
+    "model.json",
+    "metrics.json",
+    "README.md",
+    "loss.png",
+    "knn.png",
+    "embedding_map.png",
+)
+
+
+def _smoke_args(out: Path, *extra: str) -> list[str]:
+    return [
+        "train",
+        "--data",
+        "fashion-mnist",
+        "--limit",
+        "64",
+        "--batch-size",
+        "32",
+        "--epochs",
+        "1",
+        "--out",
+        str(out),
+        *extra,
+    ]
+
+
+@pytest.fixture(scope="module")
+def smoke_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("smoke") / "model"
+    assert main(_smoke_args(out)) == 0
+    return out
+
+
+def test_smoke_run_of_two_steps_writes_a_complete_artifact(smoke_artifact: Path) -> None:
+    for name in ARTIFACT_FILES:
+        assert (smoke_artifact / name).is_file(), name
+    info = json.loads((smoke_artifact / "model.json").read_text())
+    assert info["training"]["steps"] == 2
+    assert info["input"] == {
+        "channels": 1,
+        "height": 28,
+        "width": 28,
+        "colour_mode": "L",
+        "resize": "stretch",
+        "dtype": "float32",
+        "layout": "NCHW",
+        "value_range": [0, 1],
+        "name": "images",
+    }
+    assert info["embedding_dim"] == EncoderConfig().embedding_dim
+    assert len(info["version"]) == 64
+    assert info["loss"] == {"name": "ntxent", "temperature": TrainConfig().temperature}
+    assert info["training"]["command"].startswith("python -m training train --data fashion-mnist")
+    metrics = json.loads((smoke_artifact / "metrics.json").read_text())["metrics"]
+    row = metrics["knn_top1_k200_t0.1"]
+    assert 0.1 < row["model"] <= 1 and 0.1 < row["raw_pixels"] <= 1 and "k=200" in row["protocol"]
+    card = (smoke_artifact / "README.md").read_text()
+    assert "python -m training train" in card and "knn_top1_k200_t0.1" in card
+
+
+def test_resume_continues_from_the_next_epoch(
+    smoke_artifact: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "weights.safetensors").write_bytes((smoke_artifact / "weights.safetensors").read_bytes())
+    assert main(_smoke_args(out, "--epochs", "2", "--resume")) == 0
+    assert "resuming from" in capsys.readouterr().err
+    info = json.loads((out / "model.json").read_text())
+    assert info["training"]["epochs"] == 2 and info["training"]["steps"] == 4
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [entry["epoch"] for entry in log] == [2]
+
+
+def test_triplet_smoke_run_writes_an_artifact(tmp_path: Path) -> None:
+    out = tmp_path / "triplet"
+    assert main(_smoke_args(out, "--loss", "triplet", "--mining", "batch_hard")) == 0
+    info = json.loads((out / "model.json").read_text())
+    assert info["loss"] == {"name": "triplet", "margin": 0.2, "mining": "batch_hard"}
+    assert (out / "encoder.onnx").stat().st_size > 0
+
+
+def test_artifact_runs_in_onnxruntime_without_torch(smoke_artifact: Path) -> None:
+    script = f"""
+import json, sys
+import numpy as np, onnxruntime as ort
+info = json.load(open({str(smoke_artifact / "model.json")!r}))
+session = ort.InferenceSession({str(smoke_artifact / "encoder.onnx")!r})
+spec = info["input"]
+shape = (5, spec["channels"], spec["height"], spec["width"])
+x = np.random.default_rng(0).random(shape, dtype=np.float32)
+(h,) = session.run(None, {{"images": x}})
+assert h.shape == (5, info["embedding_dim"]), h.shape
+assert np.allclose(np.linalg.norm(h, axis=1), 1, atol=1e-5)
+assert "torch" not in sys.modules
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+
+
+def test_onnx_matches_torch_on_real_images(smoke_artifact: Path) -> None:
+    import onnxruntime as ort
+
+    from training.checkpoint import load_checkpoint, read_meta
+    from training.data import load_fashion_mnist
+
+    weights = smoke_artifact / "weights.safetensors"
+    model = ContrastiveModel(EncoderConfig.from_dict(read_meta(weights)["encoder"]))
+    load_checkpoint(weights, model)
+    model.eval()
+    x = torch.from_numpy(load_fashion_mnist("test").images[:64]).permute(0, 3, 1, 2).float() / 255
+    session = ort.InferenceSession(str(smoke_artifact / "encoder.onnx"))
+    (onnx_h,) = session.run(None, {"images": x.numpy()})
+    np.testing.assert_allclose(onnx_h, model.embed(x).numpy(), atol=1e-4)
+
+
+def test_two_views_draw_parameters_per_sample_and_stay_in_range() -> None:
+    x = torch.rand(1, 3, 64, 64).repeat(16, 1, 1, 1)  # the same image 16 times
+    cfg = AugmentConfig.for_images(channels=3, size=64)
+    x0, x1 = TwoViews(cfg)(x, torch.Generator().manual_seed(0))
+    assert x0.shape == x1.shape == x.shape
+    assert x0.min() >= 0 and x0.max() <= 1
+    per_sample = x0.flatten(1)
+    assert (per_sample[1:] - per_sample[:1]).abs().amax(1).min() > 0  # no two views alike
+    assert not torch.equal(x0, x1)
+
+
+def test_identity_augmentation_returns_the_input() -> None:
+    cfg = AugmentConfig(
+        crop_scale=(1.0, 1.0),
+        crop_ratio=(1.0, 1.0),
+        flip_p=0.0,
+        jitter_p=0.0,
+        erase_p=0.0,
+        grayscale_p=0.0,
+    )
+    x = torch.rand(4, 1, 28, 28)
+    y = ViewTransform(cfg)(x, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(y, x, atol=1e-5, rtol=0)
+
+
+def test_warmup_then_cosine_schedule() -> None:
+    assert lr_at(0, 100, 10, 1.0) == pytest.approx(0.1)
+    assert lr_at(9, 100, 10, 1.0) == pytest.approx(1.0)
+    assert lr_at(55, 100, 10, 1.0) == pytest.approx(0.5)
+    assert lr_at(99, 100, 10, 1.0) < 0.01
+
+
+def test_config_override_refuses_unknown_keys_and_wrong_types() -> None:
+    cfg = override(TrainConfig(), "widths", "[16, 32]")
+    assert cfg.widths == (16, 32)
+    assert override(cfg, "lr", "1").lr == 1.0
+    assert override(cfg, "data", "123").data == "123"
+    with pytest.raises(ValueError, match="unknown setting"):
+        override(cfg, "learning_rate", "0.1")
+    with pytest.raises(ValueError, match="epochs expects int"):
+        override(cfg, "epochs", "ten")
+
+
+def test_cli_reports_a_bad_setting_as_an_error(capsys: pytest.CaptureFixture) -> None:
+    assert main(["train", "--loss", "contrastive"]) == 2
+    assert "invalid value for loss" in capsys.readouterr().err
+
+
+def test_encoder_config_round_trips_and_rejects_unknown_keys() -> None:
+    cfg = EncoderConfig(widths=(8, 16), depths=(1, 2), pool_grid=1)
+    assert EncoderConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(ValueError, match="unknown"):
+        EncoderConfig.from_dict({**cfg.to_dict(), "dropout": 0.1})
+    with pytest.raises(ValueError, match="pool_grid"):
+        EncoderConfig(pool_grid=3)

@@ -1,0 +1,145 @@
+"""Write the model artifact: encoder.onnx, model.json, metrics.json and the README card.
+
+weights.safetensors is already in place (train.py rewrites it every epoch). The ONNX graph
+takes float32 pixels in [0, 1], (N, C, H, W) with a dynamic batch, and returns L2-normalised
+`h` (N, D); the mean/std normalisation and the final normalisation are inside the graph.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training.encoder import ContrastiveModel, EmbeddingGraph
+from training.evaluate import evaluate_artifact, format_table, onnx_embedder
+
+ONNX_FILE = "encoder.onnx"
+PARITY_TOLERANCE = 1e-4
+
+
+def export_onnx(model: ContrastiveModel, path: Path) -> None:
+    cfg = model.cfg
+    graph = EmbeddingGraph(model).eval()
+    example = torch.rand(2, cfg.in_channels, cfg.image_size, cfg.image_size)
+    batch = torch.export.Dim("batch", min=1)
+    program = torch.onnx.export(
+        graph,
+        (example,),
+        input_names=["images"],
+        output_names=["embeddings"],
+        dynamic_shapes={"images": {0: batch}},
+        dynamo=True,
+        external_data=False,
+        verbose=False,
+    )
+    program.save(str(path), external_data=False)
+
+
+def check_parity(model: ContrastiveModel, path: Path) -> float:
+    """Largest |ONNX − torch| over a random batch; raise when above the tolerance."""
+    import onnxruntime as ort
+
+    cfg = model.cfg
+    x = torch.rand(
+        17,
+        cfg.in_channels,
+        cfg.image_size,
+        cfg.image_size,
+        generator=torch.Generator().manual_seed(0),
+    )
+    expected = model.embed(x).numpy()
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"images": x.numpy()})[0]
+    diff = float(np.abs(got - expected).max())
+    if diff > PARITY_TOLERANCE:
+        raise RuntimeError(f"ONNX and torch disagree by {diff:.2e} (> {PARITY_TOLERANCE})")
+    return diff
+
+
+def git_commit() -> str:
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+        ).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def loss_summary(train_cfg: dict) -> dict:
+    if train_cfg["loss"] == "ntxent":
+        return {"name": "ntxent", "temperature": train_cfg["temperature"]}
+    return {"name": "triplet", "margin": train_cfg["margin"], "mining": train_cfg["mining"]}
+
+
+def model_json(out: Path, model: ContrastiveModel, meta: dict) -> dict:
+    train_cfg = meta["train"]
+    return {
+        "format_version": 1,
+        "name": out.name,
+        "version": sha256_file(out / ONNX_FILE),
+        "input": {
+            **meta["input"],
+            "dtype": "float32",
+            "layout": "NCHW",
+            "value_range": [0, 1],
+            "name": "images",
+        },
+        "output": {"name": "embeddings", "l2_normalised": True},
+        "embedding_dim": model.cfg.embedding_dim,
+        "architecture": model.cfg.to_dict(),
+        "loss": loss_summary(train_cfg),
+        "training": {
+            "command": train_cfg.get("command") or "",
+            "data": meta["data"],
+            "epochs": meta["epoch"],
+            "steps": meta["step"],
+            "wall_time_s": round(meta["wall_time_s"], 1),
+            "device": meta["device"],
+            "git_commit": git_commit(),
+            "config": train_cfg,
+            "augment": meta["augment"],
+        },
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def export_artifact(
+    out: Path, model: ContrastiveModel, meta: dict, *, limit: int | None, evaluate: bool
+) -> dict:
+    out = Path(out)
+    onnx_path = out / ONNX_FILE
+    export_onnx(model, onnx_path)
+    diff = check_parity(model, onnx_path)
+    print(f"exported {onnx_path} (ONNX vs torch max |diff| {diff:.1e})")
+    info = model_json(out, model, meta)
+    (out / "model.json").write_text(json.dumps(info, indent=2) + "\n")
+    metrics = None
+    if evaluate:
+        metrics = evaluate_artifact(out, limit=limit)
+        print(format_table(metrics))
+    else:
+        (out / "metrics.json").write_text(
+            json.dumps(
+                {"note": "no labelled evaluation set: run `python -m training evaluate` on one"},
+                indent=2,
+            )
+            + "\n"
+        )
+    from training.card import write_card
+
+    write_card(out, info, meta["history"], metrics, onnx_embedder(out) if evaluate else None)
+    return info

@@ -1,0 +1,446 @@
+"""Contrastive training, top to bottom: data → two views → encoder → loss → artifact.
+
+    python -m training train --data fashion-mnist --loss ntxent --epochs 30 --out models/fm
+    torchrun --nproc-per-node 4 -m training train ...   # DDP; NT-Xent negatives from all ranks
+
+Every default lives in `TrainConfig`. Each epoch prints one JSON line (also appended to
+OUT/train_log.jsonl) and overwrites OUT/weights.safetensors, so `--resume` continues from
+the next epoch. At the end the artifact is exported and evaluated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import shlex
+import sys
+import time
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from tqdm import tqdm
+
+from service.imaging import InputSpec
+from training.augment import AugmentConfig, TwoViews
+from training.checkpoint import WEIGHTS_FILE, load_checkpoint, read_meta, save_checkpoint
+from training.data import Dataset, load_dataset
+from training.encoder import ContrastiveModel, EncoderConfig
+from training.evaluate import knn_top1
+from training.losses import NTXentLoss, TripletLoss, triplet_collapsed
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    # --- data ---
+    data: str = "fashion-mnist"  # "fashion-mnist", or a folder of images (recursive)
+    image_size: int | None = None  # None: 28 for fashion-mnist, 64 for a folder
+    colour_mode: str | None = None  # "L" or "RGB"; None: L for fashion-mnist, RGB for a folder
+    limit: int | None = None  # train on the first N images only (smoke runs)
+    # --- model ---
+    widths: tuple[int, ...] = (32, 64, 128)  # channels per stage (each stage halves H, W)
+    depths: tuple[int, ...] = (2, 2, 2)  # conv layers per stage
+    pool_grid: int = 2  # `h` = last feature map pooled to grid×grid cells, flattened
+    projection_dim: int = 128  # `z`, seen only by the loss
+    # --- loss ---
+    loss: str = "ntxent"  # "ntxent" (SimCLR) or "triplet"
+    temperature: float = 0.2  # NT-Xent τ: 0.1–0.5; lower separates neighbours harder
+    margin: float = 0.2  # triplet α, on squared distances of unit vectors (range 0–4)
+    mining: str = "semi_hard"  # triplet negatives: "semi_hard" (stable) or "batch_hard"
+    # --- optimisation ---
+    epochs: int = 30
+    batch_size: int = 256  # global batch (split across DDP ranks); NT-Xent sees 2B−1 negatives
+    lr: float = 2e-3  # AdamW peak learning rate, after linear warmup, then cosine to 0
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 2.0
+    # --- augmentation (None: AugmentConfig.for_images defaults) ---
+    crop_min_scale: float | None = None  # smallest crop area; 0.35 for 28 px, 0.2 for colour
+    erase_p: float | None = None
+    blur_p: float | None = None
+    # --- run ---
+    device: str = "auto"  # "auto" (CUDA if present), "cuda", "cpu"
+    seed: int = 0
+    out: str = "models/run"
+    resume: bool = False  # continue from OUT/weights.safetensors at the next epoch
+    max_steps_per_epoch: int | None = None  # cut epochs short (smoke tests)
+    eval_every: int = 1  # kNN monitor every N epochs (labelled eval split only)
+    command: str = field(default="", repr=False)  # how this run was started (for the card)
+
+    def __post_init__(self) -> None:
+        checks = {
+            "loss": self.loss in ("ntxent", "triplet"),
+            "mining": self.mining in ("batch_hard", "semi_hard"),
+            "device": self.device in ("auto", "cuda", "cpu") or self.device.startswith("cuda:"),
+            "colour_mode": self.colour_mode in (None, "L", "RGB"),
+            "epochs": self.epochs >= 1,
+            "batch_size": self.batch_size >= 2,
+            "lr": self.lr > 0,
+            "temperature": self.temperature > 0,
+            "margin": self.margin > 0,
+            "limit": self.limit is None or self.limit >= 2,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"invalid value for {', '.join(bad)}: {self}")
+
+
+def override(cfg: TrainConfig, key: str, text: str) -> TrainConfig:
+    """Apply `key=value` from the command line; unknown keys and wrong types are refused."""
+    hints = typing.get_type_hints(TrainConfig)
+    if key not in hints or key == "command":
+        known = ", ".join(sorted(k for k in hints if k != "command"))
+        raise ValueError(f"unknown setting {key!r}; known: {known}")
+    hint = hints[key]
+    is_union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    allowed = tuple(
+        typing.get_origin(t) or t for t in (typing.get_args(hint) if is_union else (hint,))
+    )
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        value = text
+    if isinstance(value, list):
+        value = tuple(value)
+    if isinstance(value, int) and not isinstance(value, bool) and float in allowed:
+        value = float(value) if int not in allowed else value
+    if str in allowed and not isinstance(value, str) and value is not None:
+        value = text  # a folder named "123" is still a path
+    if not isinstance(value, allowed):
+        names = " or ".join("None" if t is type(None) else t.__name__ for t in allowed)
+        raise ValueError(f"{key} expects {names}, got {text!r}")
+    return dataclasses.replace(cfg, **{key: value})
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def to_pixels(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 (B, H, W, C) → float (B, C, H, W) in [0, 1] on the device."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).to(device, non_blocking=True)
+    return x.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+@torch.no_grad()
+def embed_images(model: ContrastiveModel, images: np.ndarray, device: torch.device) -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    out = [
+        model.embed(to_pixels(images[s : s + 1024], device)).float().cpu()
+        for s in range(0, len(images), 1024)
+    ]
+    model.train(was_training)
+    return torch.cat(out)  # (N, D)
+
+
+def knn_monitor(model: ContrastiveModel, bank: Dataset, test: Dataset, device) -> float:
+    bank_h, test_h = (
+        embed_images(model, bank.images, device),
+        embed_images(model, test.images, device),
+    )
+    return knn_top1(
+        bank_h,
+        torch.from_numpy(bank.labels),
+        test_h,
+        torch.from_numpy(test.labels),
+        k=200,
+        temperature=0.1,
+    )
+
+
+class Distributed:
+    """torchrun's environment, or a single process."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.enabled = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+        self.rank, self.world, self.device = 0, 1, device
+        if self.enabled:
+            backend = "nccl" if device.type == "cuda" else "gloo"
+            dist.init_process_group(backend)
+            self.rank, self.world = dist.get_rank(), dist.get_world_size()
+            if device.type == "cuda":
+                local = int(os.environ.get("LOCAL_RANK", 0))
+                torch.cuda.set_device(local)
+                self.device = torch.device("cuda", local)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def close(self) -> None:
+        if self.enabled:
+            dist.destroy_process_group()
+
+
+def build_input_spec(cfg: TrainConfig) -> InputSpec:
+    fmnist = cfg.data == "fashion-mnist"
+    mode = cfg.colour_mode or ("L" if fmnist else "RGB")
+    size = cfg.image_size or (28 if fmnist else 64)
+    if fmnist and (size != 28 or mode != "L"):
+        raise ValueError("fashion-mnist is 28×28 grayscale: drop --image-size / colour_mode")
+    return InputSpec(channels=1 if mode == "L" else 3, height=size, width=size, colour_mode=mode)
+
+
+def build_augment(cfg: TrainConfig, spec: InputSpec) -> AugmentConfig:
+    aug = AugmentConfig.for_images(channels=spec.channels, size=spec.height)
+    if cfg.crop_min_scale is not None:
+        aug = dataclasses.replace(aug, crop_scale=(cfg.crop_min_scale, 1.0))
+    if cfg.erase_p is not None:
+        aug = dataclasses.replace(aug, erase_p=cfg.erase_p)
+    if cfg.blur_p is not None:
+        aug = dataclasses.replace(aug, blur_p=cfg.blur_p)
+    return aug
+
+
+def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    sample = images[:: max(1, len(images) // 10_000)].astype(np.float32) / 255.0
+    mean = sample.mean(axis=(0, 1, 2))
+    std = sample.std(axis=(0, 1, 2)).clip(min=1e-3)
+    return tuple(round(float(m), 4) for m in mean), tuple(round(float(s), 4) for s in std)
+
+
+def train_one_epoch(
+    *,
+    model: nn.Module,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    views: TwoViews,
+    data: Dataset,
+    epoch: int,
+    step: int,
+    total_steps: int,
+    cfg: TrainConfig,
+    env: Distributed,
+    gen: torch.Generator,
+) -> tuple[dict, int]:
+    """One pass over the data; returns the epoch's metrics and the next global step."""
+    device = env.device
+    per_rank = cfg.batch_size // env.world
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed + epoch))
+    order = order[env.rank :: env.world].numpy()
+    steps = len(order) // per_rank
+    if cfg.max_steps_per_epoch:
+        steps = min(steps, cfg.max_steps_per_epoch)
+    warmup = int(cfg.warmup_epochs * total_steps / cfg.epochs)
+    use_amp = device.type == "cuda"
+    losses, collapsed_steps, events = [], 0, []
+    start = time.perf_counter()
+    # In a log file (nohup), redraw rarely instead of flooding it with carriage returns.
+    bar = tqdm(
+        range(steps),
+        desc=f"epoch {epoch}",
+        disable=not env.main,
+        leave=False,
+        mininterval=0.5 if sys.stderr.isatty() else 30,
+    )
+    model.train()
+    for i in bar:
+        lr = lr_at(step, total_steps, warmup, cfg.lr)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        index = np.sort(order[i * per_rank : (i + 1) * per_rank])
+        x = to_pixels(data.images[index], device)  # (B, C, H, W)
+        x0, x1 = views(x, gen)  # (B, C, H, W) each
+        if use_amp:
+            x0 = x0.contiguous(memory_format=torch.channels_last)
+            x1 = x1.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            z = model(torch.cat([x0, x1]))  # (2B, projection_dim): one pass keeps BN stats shared
+            z0, z1 = z.chunk(2)  # (B, projection_dim) each
+            loss = loss_fn(z0, z1)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"non-finite loss ({loss.item()}) at epoch {epoch}, step {i} (global step {step}); "
+                "try a lower --lr or a higher --temperature"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+        if isinstance(loss_fn, TripletLoss) and loss_fn.mining == "batch_hard":
+            collapsed_steps = (
+                collapsed_steps + 1 if triplet_collapsed(loss_fn.last_stats, loss_fn.margin) else 0
+            )
+            if collapsed_steps >= 20:
+                log.warning(
+                    "triplet collapse at step %d: loss stuck at the margin; "
+                    "switching to semi-hard mining",
+                    step,
+                )
+                events.append(f"collapse at step {step}: switched to semi_hard mining")
+                loss_fn.mining = "semi_hard"
+        step += 1
+        bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}")
+    bar.close()
+    seconds = time.perf_counter() - start
+    metrics = {
+        "epoch": epoch,
+        "loss": float(np.mean(losses)) if losses else float("nan"),
+        "lr": lr,
+        "steps": steps,
+        "images_per_s": steps * cfg.batch_size / max(seconds, 1e-9),
+        "time_s": seconds,
+    }
+    if isinstance(loss_fn, TripletLoss):
+        metrics.update({f"triplet_{k}": v for k, v in loss_fn.last_stats.items()})
+    if events:
+        metrics["events"] = events
+    return metrics, step
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train, checkpoint every epoch, then export and evaluate the artifact in cfg.out."""
+    env = Distributed(resolve_device(cfg.device))
+    device = env.device
+    out = Path(cfg.out)
+    torch.manual_seed(cfg.seed + env.rank)
+    spec = build_input_spec(cfg)
+    data, eval_set = load_dataset(cfg.data, spec)
+    data = data.subset(cfg.limit)
+    if cfg.batch_size > len(data):
+        raise ValueError(
+            f"--batch-size {cfg.batch_size} is larger than the data ({len(data)} images)"
+        )
+    if cfg.batch_size % env.world:
+        raise ValueError(f"--batch-size {cfg.batch_size} must divide by the {env.world} ranks")
+    if data.images.shape[-1] != spec.channels:
+        raise ValueError(
+            f"data has {data.images.shape[-1]} channels, the model expects {spec.channels}"
+        )
+
+    weights = out / WEIGHTS_FILE
+    if cfg.resume:
+        if not weights.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint at {weights}")
+        encoder_cfg = EncoderConfig.from_dict(read_meta(weights)["encoder"])
+    else:
+        mean, std = channel_stats(data.images)
+        encoder_cfg = EncoderConfig(
+            in_channels=spec.channels,
+            image_size=spec.height,
+            widths=cfg.widths,
+            depths=cfg.depths,
+            pool_grid=cfg.pool_grid,
+            projection_dim=cfg.projection_dim,
+            mean=mean,
+            std=std,
+        )
+    model = ContrastiveModel(encoder_cfg).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start_epoch, step, history, wall_before = 1, 0, [], 0.0
+    if cfg.resume:
+        meta = load_checkpoint(weights, model, optimizer)
+        start_epoch, step = meta["epoch"] + 1, meta["step"]
+        history, wall_before = meta["history"], meta["wall_time_s"]
+        if env.main:
+            print(f"resuming from {weights} at epoch {start_epoch}", file=sys.stderr)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    train_model: nn.Module = model
+    if env.world > 1:
+        if device.type == "cuda":
+            train_model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        train_model = nn.parallel.DistributedDataParallel(
+            train_model, device_ids=[device.index] if device.type == "cuda" else None
+        )
+    loss_fn: nn.Module = (
+        NTXentLoss(cfg.temperature, gather_distributed=env.world > 1)
+        if cfg.loss == "ntxent"
+        else TripletLoss(cfg.margin, mining=cfg.mining, reduction="mean")
+    )
+    augment = build_augment(cfg, spec)
+    views = TwoViews(augment)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + env.rank)
+    steps_per_epoch = len(data) // env.world // (cfg.batch_size // env.world)
+    if cfg.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
+    total_steps = steps_per_epoch * cfg.epochs
+
+    if env.main:
+        out.mkdir(parents=True, exist_ok=True)
+        n_params = sum(p.numel() for p in model.backbone.parameters())
+        print(
+            f"training on {device} ×{env.world}: {len(data)} images ({data.source}), "
+            f"backbone {n_params} parameters, h dim {encoder_cfg.embedding_dim}, "
+            f"epochs {start_epoch}..{cfg.epochs}",
+            file=sys.stderr,
+        )
+    run_start = time.perf_counter()
+    for epoch in range(start_epoch, cfg.epochs + 1):
+        metrics, step = train_one_epoch(
+            model=train_model,
+            loss_fn=loss_fn,
+            optimizer=optimizer,
+            views=views,
+            data=data,
+            epoch=epoch,
+            step=step,
+            total_steps=total_steps,
+            cfg=cfg,
+            env=env,
+            gen=gen,
+        )
+        if env.main and eval_set is not None and epoch % cfg.eval_every == 0:
+            metrics["knn_top1_k200_t0.1"] = knn_monitor(model, data, eval_set, device)
+        if env.main:
+            history.append(metrics)
+            meta = {
+                "encoder": encoder_cfg.to_dict(),
+                "train": dataclasses.asdict(cfg),
+                "augment": augment.to_dict(),
+                "input": spec.to_dict(),
+                "data": data.summary(),
+                "epoch": epoch,
+                "step": step,
+                "history": history,
+                "wall_time_s": wall_before + time.perf_counter() - run_start,
+                "device": describe_device(device, env.world),
+            }
+            save_checkpoint(weights, model, optimizer, meta)
+            line = json.dumps(metrics)
+            print(line, flush=True)
+            with open(out / "train_log.jsonl", "a") as f:
+                f.write(line + "\n")
+    if env.main:
+        from training.export import export_artifact
+
+        export_artifact(
+            out,
+            model.cpu().eval(),
+            read_meta(weights),
+            limit=cfg.limit,
+            evaluate=cfg.data == "fashion-mnist",
+        )
+    env.close()
+    return out
+
+
+def describe_device(device: torch.device, world: int) -> str:
+    if device.type == "cuda":
+        return f"{world}× {torch.cuda.get_device_name(device)}"
+    return f"{world}× CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+def command_line(argv: list[str]) -> str:
+    return "python -m training " + shlex.join(argv)
