@@ -119,10 +119,8 @@ def decode_image(
                 # Let libjpeg decode at a reduced scale when the target is much smaller.
                 image.draft(spec.colour_mode, _draft_size(image.size, spec))
             image.load()
-            image = ImageOps.exif_transpose(image)
-            image = _to_colour_mode(image, spec.colour_mode)
-            image = _resize(image, spec)
-            pixels = np.asarray(image, dtype=np.uint8)
+            upright = ImageOps.exif_transpose(image)
+            pixels = np.asarray(_resize(_to_colour_mode(upright, spec.colour_mode), spec))
         except ImageError:
             raise
         except Exception as exc:
@@ -162,6 +160,15 @@ def _resize(image: Image.Image, spec: InputSpec) -> Image.Image:
     if spec.resize == "center_crop":
         return ImageOps.fit(image, target, method=Image.Resampling.BILINEAR)
     return image.resize(target, Image.Resampling.BILINEAR)
+
+
+def sniff_format(data: bytes) -> str:
+    """The format name from the header alone (for bytes decode_image already accepted)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.format or "UNKNOWN"
+    except Exception:
+        return "UNKNOWN"
 
 
 def encode_png(pixels: np.ndarray) -> bytes:

@@ -1,0 +1,58 @@
+"""Settings, from the environment with the prefix LOOKALIKE_ (or a .env file).
+
+Units are in the names. A bad value refuses to start with a message naming the setting.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LOOKALIKE_", env_file=".env", extra="ignore")
+
+    model_dir: Path = REPO_ROOT / "models" / "fashion-mnist"
+    data_dir: Path = Path("data")
+    api_key: SecretStr | None = None  # when set, writes need `Authorization: Bearer <key>`
+
+    # Limits on what one request may ask for.
+    max_upload_bytes: int = Field(32 * 1024 * 1024, ge=1024)
+    max_pixels: int = Field(40_000_000, ge=1)  # per image, judged from the header
+    max_images_per_request: int = Field(256, ge=1)
+    max_k: int = Field(1000, ge=1)
+    default_k: int = Field(10, ge=1)
+    max_metadata_bytes: int = Field(16 * 1024, ge=2)
+
+    # Micro-batching of inference.
+    micro_batching: bool = True  # off: each request runs on its own (the naive baseline)
+    batch_size: int = Field(64, ge=1)  # most images per model call
+    batch_wait_ms: float = Field(2.0, ge=0)  # longest wait for batch-mates
+    queue_max_images: int = Field(2048, ge=1)  # beyond this, 503 + Retry-After
+    inference_threads: int = Field(0, ge=0)  # ONNX Runtime intra-op threads; 0 = its default
+
+    # Index.
+    index_kind: Literal["auto", "flat", "hnsw"] = "auto"
+    approximate_index_min_vectors: int = Field(100_000, ge=1)  # auto: HNSW from this size
+    hnsw_m: int = Field(32, ge=4)
+    hnsw_ef_construction: int = Field(80, ge=8)
+    hnsw_ef_search: int = Field(96, ge=8)
+    snapshot_every_writes: int = Field(1000, ge=1)  # index snapshot after this many changes
+    tombstone_rebuild_ratio: float = Field(0.1, gt=0, le=1)
+
+    cors_origins: list[str] = []  # e.g. ["https://app.example.com"]; empty = CORS off
+    seed_demo_gallery: bool = False  # fill an empty gallery with Fashion-MNIST test images
+    demo_gallery_size: int = Field(3000, ge=1, le=10_000)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("model_dir")
+    @classmethod
+    def _model_dir_exists(cls, value: Path) -> Path:
+        if not (value / "model.json").is_file() or not (value / "encoder.onnx").is_file():
+            raise ValueError(f"{value} is not a model artifact (needs model.json and encoder.onnx)")
+        return value

@@ -1,0 +1,143 @@
+"""Request bodies → named image bytes, decoded pixels and parameters, or a clear 4xx.
+
+Images arrive as multipart `files`, JSON base64 strings, or (for one image) a raw body with
+`Content-Type: image/*`. Each is decoded before it joins a batch, so one bad image fails only
+its own request, with its name in the message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from starlette.datastructures import FormData, UploadFile
+from starlette.formparsers import MultiPartException
+from starlette.requests import Request
+
+from service.errors import InvalidInput, UnsupportedMediaType, image_error
+from service.imaging import ImageError, InputSpec, decode_image
+
+INLINE_DECODE_BYTES = 64 * 1024  # smaller files decode on the event loop; larger in a thread
+
+
+@dataclass(frozen=True)
+class NamedImage:
+    name: str  # how error messages refer to it: files[0] (shirt.png), images[2], body
+    data: bytes
+
+
+def content_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def read_form(request: Request, *, max_files: int) -> FormData:
+    try:
+        return await request.form(max_files=max_files, max_fields=max_files * 2 + 16)
+    except MultiPartException as exc:
+        raise InvalidInput(f"malformed multipart body: {exc.message}") from exc
+
+
+async def read_json(request: Request) -> dict[str, Any]:
+    body = await request.body()
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"body is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise InvalidInput("JSON body must be an object")
+    return value
+
+
+async def form_files(form: FormData, field: str) -> list[NamedImage]:
+    images = []
+    for i, item in enumerate(form.getlist(field)):
+        if not isinstance(item, UploadFile):
+            raise InvalidInput(f"{field}[{i}] must be a file upload, not a text field")
+        images.append(NamedImage(f"{field}[{i}] ({item.filename or 'unnamed'})", await item.read()))
+    return images
+
+
+def b64_image(value: Any, name: str) -> NamedImage:
+    if not isinstance(value, str):
+        raise InvalidInput(f"{name} must be a base64 string")
+    if value.startswith("data:"):  # accept data URLs as browsers produce them
+        value = value.partition(",")[2]
+    try:
+        return NamedImage(name, base64.b64decode(value, validate=True))
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidInput(f"{name} is not valid base64: {exc}") from exc
+
+
+def count_between(items: list, what: str, low: int, high: int) -> None:
+    if not low <= len(items) <= high:
+        raise InvalidInput(f"send {low} to {high} {what}, not {len(items)}")
+
+
+async def read_images(
+    request: Request, *, min_count: int, max_count: int, allow_raw: bool
+) -> list[NamedImage]:
+    """Multipart `files`, JSON {"images": [base64…]}, or one raw image body."""
+    kind = content_type(request)
+    if kind == "multipart/form-data":
+        images = await form_files(await read_form(request, max_files=max_count + 1), "files")
+    elif kind == "application/json":
+        items = (await read_json(request)).get("images")
+        if not isinstance(items, list):
+            raise InvalidInput('JSON body needs "images": a list of base64 strings')
+        count_between(items, "images", min_count, max_count)
+        images = [b64_image(v, f"images[{i}]") for i, v in enumerate(items)]
+    elif allow_raw and kind.startswith("image/"):
+        images = [NamedImage("body", await request.body())]
+    else:
+        accepted = "multipart/form-data, application/json" + (" or image/*" if allow_raw else "")
+        raise UnsupportedMediaType(f"Content-Type {kind or 'missing'}: send {accepted}")
+    count_between(images, "images", min_count, max_count)
+    return images
+
+
+async def decode_all(
+    images: list[NamedImage], spec: InputSpec, *, max_pixels: int
+) -> list[np.ndarray]:
+    """Decode every image or raise the 4xx of the first bad one (named)."""
+
+    def decode(image: NamedImage) -> np.ndarray:
+        try:
+            return decode_image(image.data, spec, max_pixels=max_pixels)
+        except ImageError as exc:
+            raise image_error(exc, image.name) from exc
+
+    if sum(len(i.data) for i in images) <= INLINE_DECODE_BYTES:
+        return [decode(image) for image in images]
+    return await asyncio.to_thread(lambda: [decode(image) for image in images])
+
+
+def parse_k(value: Any, *, default: int, limit: int) -> int:
+    if value is None or value == "":
+        return default
+    try:
+        k = int(value)
+        if isinstance(value, float | bool) or str(k) != str(value).strip():
+            raise ValueError
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"k must be a whole number, not {value!r}") from exc
+    if not 1 <= k <= limit:
+        raise InvalidInput(f"k must be between 1 and {limit}, not {k}")
+    return k
+
+
+def parse_vector(value: Any, dim: int) -> np.ndarray:
+    if not isinstance(value, list) or len(value) != dim:
+        got = len(value) if isinstance(value, list) else type(value).__name__
+        raise InvalidInput(f"vector must be a list of {dim} numbers (got {got})")
+    if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in value):
+        raise InvalidInput("vector must hold numbers only")
+    vector = np.asarray(value, dtype=np.float64)
+    norm = float(np.linalg.norm(vector))
+    if not np.isfinite(norm) or norm == 0:
+        raise InvalidInput("vector must be finite and non-zero")
+    return (vector / norm).astype(np.float32)

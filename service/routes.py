@@ -1,0 +1,359 @@
+"""HTTP routes. The contract (DESIGN.md) is what other apps and the benchmarks rely on."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import re
+import uuid
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import FileResponse, JSONResponse
+
+from service.batcher import MicroBatcher, Overloaded
+from service.config import Settings
+from service.errors import InsufficientStorage, InvalidInput, NotFound, Unauthorized, Unavailable
+from service.gallery import Gallery
+from service.imaging import sniff_format
+from service.inputs import (
+    b64_image,
+    content_type,
+    count_between,
+    decode_all,
+    form_files,
+    parse_k,
+    parse_vector,
+    read_form,
+    read_images,
+    read_json,
+)
+from service.schemas import (
+    NEAREST_BODY,
+    UPLOAD_BODY,
+    CreatedResponse,
+    EmbedResponse,
+    ErrorResponse,
+    ImageInfo,
+    ImageList,
+    NearestResponse,
+    SimilarityResponse,
+    images_body,
+)
+from service.store import CONTENT_TYPES, NewImage, StorageFullError
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
+WEB_DIR = Path(__file__).parent / "web"
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (401, 404, 413, 415, 422, 503, 507)
+}
+
+router = APIRouter()
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_gallery(request: Request) -> Gallery:
+    gallery = getattr(request.app.state, "gallery", None)
+    if gallery is None or not request.app.state.ready:
+        raise Unavailable(
+            "the gallery is still loading", code="not_ready", headers={"Retry-After": "5"}
+        )
+    return gallery
+
+
+def get_batcher(request: Request) -> MicroBatcher:
+    return request.app.state.batcher
+
+
+def require_write_key(request: Request) -> None:
+    key = request.app.state.settings.api_key
+    if key is None:
+        return
+    given = request.headers.get("authorization", "")
+    scheme, _, token = given.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("this write needs Authorization: Bearer <key>")
+    if not hmac.compare_digest(token.encode(), key.get_secret_value().encode()):
+        raise Unauthorized("wrong API key")
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+GalleryDep = Annotated[Gallery, Depends(get_gallery)]
+BatcherDep = Annotated[MicroBatcher, Depends(get_batcher)]
+WriteKey = Depends(require_write_key)
+
+
+async def embed(batcher: MicroBatcher, pixels: list[np.ndarray]) -> np.ndarray:
+    try:
+        return await batcher.embed(pixels)
+    except Overloaded as exc:
+        raise Unavailable(str(exc), headers={"Retry-After": str(exc.retry_after_s)}) from exc
+
+
+def model_version(request: Request) -> str:
+    return request.app.state.encoder.info.version
+
+
+def vectors_json(vectors: np.ndarray) -> list[list[float]]:
+    return np.round(vectors.astype(np.float64), 7).tolist()
+
+
+@router.post(
+    "/embed", response_model=EmbedResponse, responses=ERRORS, openapi_extra=images_body(raw=True)
+)
+async def embed_images(request: Request, settings: SettingsDep, batcher: BatcherDep) -> Any:
+    """Images → unit vectors, in input order."""
+    images = await read_images(
+        request, min_count=1, max_count=settings.max_images_per_request, allow_raw=True
+    )
+    spec = request.app.state.encoder.info.spec
+    vectors = await embed(batcher, await decode_all(images, spec, max_pixels=settings.max_pixels))
+    return JSONResponse(
+        {
+            "model": model_version(request),
+            "dim": int(vectors.shape[1]),
+            "embeddings": vectors_json(vectors),
+        }
+    )
+
+
+@router.post(
+    "/similarity",
+    response_model=SimilarityResponse,
+    responses=ERRORS,
+    openapi_extra=images_body(raw=False),
+)
+async def similarity(request: Request, settings: SettingsDep, batcher: BatcherDep) -> Any:
+    """The N×N cosine-score matrix of 2..N images."""
+    images = await read_images(
+        request, min_count=2, max_count=settings.max_images_per_request, allow_raw=False
+    )
+    spec = request.app.state.encoder.info.spec
+    h = await embed(batcher, await decode_all(images, spec, max_pixels=settings.max_pixels))
+    scores = np.clip(h.astype(np.float64) @ h.T.astype(np.float64), -1.0, 1.0)
+    np.fill_diagonal(scores, 1.0)
+    return JSONResponse({"model": model_version(request), "scores": np.round(scores, 6).tolist()})
+
+
+async def _query_vector(
+    request: Request, settings: Settings, gallery: Gallery, batcher: MicroBatcher
+) -> tuple[np.ndarray, int]:
+    spec = request.app.state.encoder.info.spec
+    kind = content_type(request)
+    if kind == "multipart/form-data":
+        form = await read_form(request, max_files=2)
+        files = await form_files(form, "file")
+        count_between(files, "file uploads in the field 'file'", 1, 1)
+        k = parse_k(
+            form.get("k") or request.query_params.get("k"),
+            default=settings.default_k,
+            limit=settings.max_k,
+        )
+        pixels = await decode_all(files, spec, max_pixels=settings.max_pixels)
+        return (await embed(batcher, pixels))[0], k
+    if kind != "application/json":
+        raise InvalidInput(
+            "send multipart/form-data (file, k) or JSON (image | id | vector, k)",
+            code="unsupported_content_type",
+        )
+    body = await read_json(request)
+    k = parse_k(body.get("k"), default=settings.default_k, limit=settings.max_k)
+    given = [key for key in ("image", "id", "vector") if body.get(key) is not None]
+    if len(given) != 1:
+        raise InvalidInput('give exactly one of "image", "id" or "vector"')
+    if given[0] == "vector":
+        return parse_vector(body["vector"], request.app.state.encoder.info.dim), k
+    if given[0] == "id":
+        image_id = body["id"]
+        vector = gallery.store.get_vector(image_id) if isinstance(image_id, str) else None
+        if vector is None:
+            raise NotFound(f"no image with id {image_id!r}")
+        return vector, k
+    pixels = await decode_all(
+        [b64_image(body["image"], "image")], spec, max_pixels=settings.max_pixels
+    )
+    return (await embed(batcher, pixels))[0], k
+
+
+@router.post(
+    "/nearest", response_model=NearestResponse, responses=ERRORS, openapi_extra=NEAREST_BODY
+)
+async def nearest(
+    request: Request, settings: SettingsDep, gallery: GalleryDep, batcher: BatcherDep
+) -> Any:
+    """The k gallery images that look most like the query, best first."""
+    vector, k = await _query_vector(request, settings, gallery, batcher)
+    hits = (await asyncio.to_thread(gallery.search, vector[None, :], k))[0]
+    results = [
+        {"id": h.record.id, "score": round(min(1.0, h.score), 6), "metadata": h.record.metadata}
+        for h in hits
+    ]
+    return JSONResponse({"model": model_version(request), "results": results})
+
+
+def _parse_ids(values: list, count: int) -> list[str]:
+    if not values:
+        return [uuid.uuid4().hex for _ in range(count)]
+    if len(values) != count:
+        raise InvalidInput(f"give one id per file: {len(values)} ids for {count} files")
+    ids = [str(v) for v in values]
+    for image_id in ids:
+        if not ID_PATTERN.match(image_id):
+            raise InvalidInput(
+                f"id {image_id!r} must be 1–128 of A–Z a–z 0–9 . _ : @ - "
+                "and start with a letter or digit"
+            )
+    if len(set(ids)) != len(ids):
+        raise InvalidInput("ids in one request must differ")
+    return ids
+
+
+def _parse_metadata(values: list, count: int, max_bytes: int) -> list[dict]:
+    if not values:
+        return [{} for _ in range(count)]
+    if len(values) != count:
+        raise InvalidInput(f"give one metadata JSON object per file: {len(values)} for {count}")
+    parsed = []
+    for i, text in enumerate(values):
+        if not isinstance(text, str) or len(text.encode()) > max_bytes:
+            raise InvalidInput(f"metadata[{i}] must be a JSON object of at most {max_bytes} bytes")
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            raise InvalidInput(f"metadata[{i}] is not valid JSON: {exc}") from exc
+        if not isinstance(value, dict):
+            raise InvalidInput(f"metadata[{i}] must be a JSON object")
+        parsed.append(value)
+    return parsed
+
+
+@router.post(
+    "/images",
+    status_code=201,
+    response_model=CreatedResponse,
+    responses=ERRORS,
+    dependencies=[WriteKey],
+    openapi_extra=UPLOAD_BODY,
+)
+async def upload_images(
+    request: Request, settings: SettingsDep, gallery: GalleryDep, batcher: BatcherDep
+) -> Any:
+    """Add images to the gallery; an id that exists is replaced (upsert)."""
+    if content_type(request) != "multipart/form-data":
+        raise InvalidInput(
+            "send multipart/form-data with files (+ ids, metadata)", code="unsupported_content_type"
+        )
+    limit = settings.max_images_per_request
+    form = await read_form(request, max_files=limit + 1)
+    files = await form_files(form, "files")
+    count_between(files, "files", 1, limit)
+    ids = _parse_ids(form.getlist("ids"), len(files))
+    metadata = _parse_metadata(form.getlist("metadata"), len(files), settings.max_metadata_bytes)
+    spec = request.app.state.encoder.info.spec
+    pixels = await decode_all(files, spec, max_pixels=settings.max_pixels)
+    vectors = await embed(batcher, pixels)
+    images = [
+        NewImage(image_id, f.data, sniff_format(f.data), meta, vector)
+        for image_id, f, meta, vector in zip(ids, files, metadata, vectors, strict=True)
+    ]
+    try:
+        created = await asyncio.to_thread(gallery.upsert, images)
+    except StorageFullError as exc:
+        raise InsufficientStorage("the data dir is full; nothing was stored") from exc
+    items = [{"id": i, "created": c} for i, c in zip(ids, created, strict=True)]
+    return JSONResponse({"items": items}, status_code=201)
+
+
+@router.get("/images", response_model=ImageList, responses=ERRORS)
+async def list_images(
+    gallery: GalleryDep,
+    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> Any:
+    """Gallery images in upload order, a page at a time."""
+    try:
+        after = int(cursor) if cursor else 0
+    except ValueError as exc:
+        raise InvalidInput("cursor must come from a previous page's next_cursor") from exc
+    records, next_key = await asyncio.to_thread(gallery.store.page, after_key=after, limit=limit)
+    return {
+        "items": [r.to_json() for r in records],
+        "next_cursor": str(next_key) if next_key is not None else None,
+    }
+
+
+@router.get("/images/{image_id}", response_model=ImageInfo, responses=ERRORS)
+async def get_image(image_id: str, gallery: GalleryDep) -> Any:
+    record = await asyncio.to_thread(gallery.store.get, image_id)
+    if record is None:
+        raise NotFound(f"no image with id {image_id!r}")
+    return record.to_json()
+
+
+@router.get("/images/{image_id}/content", responses=ERRORS, response_class=Response)
+async def get_image_content(image_id: str, gallery: GalleryDep) -> Any:
+    """The original bytes, as uploaded."""
+    record = await asyncio.to_thread(gallery.store.get, image_id)
+    if record is None:
+        raise NotFound(f"no image with id {image_id!r}")
+    return FileResponse(
+        gallery.store.original_path(record.sha256),
+        media_type=CONTENT_TYPES.get(record.format, "application/octet-stream"),
+        headers={"Cache-Control": "private, max-age=3600", "ETag": f'"{record.sha256}"'},
+    )
+
+
+@router.delete(
+    "/images/{image_id}",
+    status_code=204,
+    responses=ERRORS,
+    dependencies=[WriteKey],
+    response_class=Response,
+)
+async def delete_image(image_id: str, gallery: GalleryDep) -> Response:
+    if not await asyncio.to_thread(gallery.delete, image_id):
+        raise NotFound(f"no image with id {image_id!r}")
+    return Response(status_code=204)
+
+
+@router.get("/healthz")
+async def healthz() -> dict:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: {"model": ErrorResponse}})
+async def readyz(request: Request) -> Any:
+    """Ready when the model is loaded and the index is in step with the store."""
+    state = request.app.state
+    if not state.ready:
+        return JSONResponse(
+            {"error": {"code": "not_ready", "message": state.phase}},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+    status = await asyncio.to_thread(state.gallery.status)
+    return {"status": "ready", "model": model_version(request), **status}
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    state = request.app.state
+    if state.ready:
+        state.metrics.index_size.set(state.gallery.index.count)
+    return Response(state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+
+@router.get("/", include_in_schema=False)
+async def web_page() -> Any:
+    page = WEB_DIR / "index.html"
+    if not page.exists():
+        return JSONResponse({"service": "lookalike", "docs": "/docs"})
+    return FileResponse(page, media_type="text/html")
