@@ -34,11 +34,20 @@ def export_random_artifact(out: Path, *, seed: int = 0) -> Path:
         "encoder": cfg.to_dict(),
         "train": dataclasses.asdict(TrainConfig(command="(random init for tests)")),
         "augment": AugmentConfig().to_dict(),
-        "input": {"channels": 1, "height": 28, "width": 28, "colour_mode": "L",
-                  "resize": "stretch"},
+        "input": {
+            "channels": 1,
+            "height": 28,
+            "width": 28,
+            "colour_mode": "L",
+            "resize": "stretch",
+        },
         "data": {"source": "none", "images": 0},
-        "epoch": 0, "step": 0, "history": [], "wall_time_s": 0.0, "device": "cpu",
-    }  # fmt: skip
+        "epoch": 0,
+        "step": 0,
+        "history": [],
+        "wall_time_s": 0.0,
+        "device": "cpu",
+    }
     export_artifact(out, model, meta, limit=None, evaluate=False)
     return out
 

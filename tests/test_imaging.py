@@ -1,0 +1,123 @@
+"""The one decode function, the image-folder loader, and training/serving decode parity."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.imaging import (
+    ImageTooLargeError,
+    InputSpec,
+    UndecodableImageError,
+    UnsupportedFormatError,
+    decode_image,
+)
+from service.inputs import NamedImage, decode_all
+from training.data import load_image_folder
+
+GRAY = InputSpec(channels=1, height=28, width=28, colour_mode="L")
+RGB = InputSpec(channels=3, height=32, width=32, colour_mode="RGB")
+
+
+def _encode(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def _gradient(size: tuple[int, int] = (40, 30)) -> Image.Image:
+    x = np.linspace(0, 255, size[0], dtype=np.uint8)[None, :].repeat(size[1], 0)
+    return Image.fromarray(np.stack([x, x[::-1], np.full_like(x, 90)], axis=2), "RGB")
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF"])
+def test_every_allowed_format_decodes_to_the_model_shape(fmt: str) -> None:
+    pixels = decode_image(_encode(_gradient(), fmt), RGB)
+    assert pixels.shape == (32, 32, 3) and pixels.dtype == np.uint8
+
+
+def test_disallowed_format_and_garbage_are_refused_clearly() -> None:
+    with pytest.raises(UnsupportedFormatError, match="ICO"):
+        decode_image(_encode(_gradient((16, 16)), "ICO"), GRAY)
+    with pytest.raises(UndecodableImageError):
+        decode_image(b"%PDF-1.4 not an image", GRAY)
+    with pytest.raises(UndecodableImageError, match="empty"):
+        decode_image(b"", GRAY)
+
+
+def test_pixel_limit_is_checked_before_decoding() -> None:
+    data = _encode(Image.new("L", (300, 300)), "PNG")
+    with pytest.raises(ImageTooLargeError, match="90000 pixels"):
+        decode_image(data, GRAY, max_pixels=50_000)
+
+
+def test_exif_orientation_is_applied() -> None:
+    tall = Image.new("L", (20, 40), 0)
+    tall.paste(255, (0, 0, 20, 10))  # white band at the top
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise when displayed
+    data = _encode(tall, "JPEG", exif=exif, quality=95)
+    wide = InputSpec(channels=1, height=20, width=40, colour_mode="L")
+    pixels = decode_image(data, wide)[:, :, 0]
+    assert pixels[:, -5:].mean() > 200 and pixels[:, :5].mean() < 50  # the band is now on the right
+
+
+def test_alpha_is_flattened_onto_white() -> None:
+    clear = Image.new("RGBA", (28, 28), (0, 0, 0, 0))
+    assert decode_image(_encode(clear, "PNG"), GRAY).min() == 255
+
+
+def test_sixteen_bit_png_keeps_its_range() -> None:
+    deep = Image.fromarray(np.full((28, 28), 65535, dtype=np.uint16))
+    assert decode_image(_encode(deep, "PNG"), GRAY).min() == 255
+
+
+def _write_folder(root: Path) -> None:
+    (root / "shirts" / "summer").mkdir(parents=True)
+    (root / "shoes").mkdir()
+    _gradient().save(root / "shirts" / "a.png")
+    _gradient().save(root / "shirts" / "summer" / "b.jpg")
+    _gradient().convert("L").save(root / "shoes" / "c.webp")
+    _gradient().save(root / "shoes" / "d.bmp")
+    (root / "shoes" / "corrupt.png").write_bytes(_encode(_gradient(), "PNG")[:60])
+    (root / "shoes" / "notes.txt").write_text("not an image")
+
+
+def test_folder_loader_reads_mixed_nested_files_and_skips_bad_ones(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    _write_folder(tmp_path)
+    data = load_image_folder(tmp_path, RGB)
+    assert data.images.shape == (4, 32, 32, 3)
+    assert data.skipped == 2
+    assert data.class_names == ("shirts", "shoes")
+    assert data.labels.tolist() == [0, 0, 1, 1]
+    assert sum("skipped 2 of 6 files" in r.message for r in caplog.records) == 1
+
+
+def test_folder_without_subfolders_has_no_labels(tmp_path: Path) -> None:
+    _gradient().save(tmp_path / "a.png")
+    _gradient().save(tmp_path / "b.png")
+    data = load_image_folder(tmp_path, GRAY)
+    assert data.labels is None and len(data) == 2
+
+
+def test_training_and_serving_decode_a_file_identically(tmp_path: Path) -> None:
+    _write_folder(tmp_path)
+    training = load_image_folder(tmp_path, RGB).images
+    files = sorted(
+        p
+        for p in tmp_path.rglob("*")
+        if p.suffix in (".png", ".jpg", ".webp", ".bmp") and p.name != "corrupt.png"
+    )
+    serving = asyncio.run(
+        decode_all([NamedImage(p.name, p.read_bytes()) for p in files], RGB, max_pixels=10**6)
+    )
+    assert len(serving) == len(training) == 4
+    for served, trained in zip(serving, training, strict=True):
+        np.testing.assert_array_equal(served, trained)

@@ -1,0 +1,347 @@
+"""The HTTP contract through TestClient: embeddings, similarity, gallery, auth, bad input."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from service.app import create_app
+from service.imaging import InputSpec, decode_image
+from tests.conftest import API_KEY, AUTH, make_settings, png_bytes, wait_ready
+
+
+def _files(*blobs: bytes, field: str = "files") -> list:
+    return [(field, (f"img{i}.png", blob, "image/png")) for i, blob in enumerate(blobs)]
+
+
+def _direct_onnx(artifact: Path, blobs: list[bytes]) -> np.ndarray:
+    spec = InputSpec(channels=1, height=28, width=28, colour_mode="L")
+    pixels = np.stack([decode_image(b, spec) for b in blobs]).transpose(0, 3, 1, 2)
+    session = ort.InferenceSession(str(artifact / "encoder.onnx"))
+    return session.run(None, {"images": pixels.astype(np.float32) / 255})[0]
+
+
+def test_embed_equals_onnx_runtime_for_multipart_base64_and_raw(
+    client: TestClient, artifact: Path
+) -> None:
+    blobs = [png_bytes(i) for i in range(3)]
+    expected = _direct_onnx(artifact, blobs)
+    multipart = client.post("/embed", files=_files(*blobs)).json()
+    b64 = client.post("/embed", json={"images": [base64.b64encode(b).decode() for b in blobs]})
+    raw = client.post("/embed", content=blobs[0], headers={"Content-Type": "image/png"})
+    assert multipart["dim"] == expected.shape[1]
+    np.testing.assert_allclose(multipart["embeddings"], expected, atol=1e-5)
+    np.testing.assert_allclose(b64.json()["embeddings"], expected, atol=1e-5)
+    np.testing.assert_allclose(raw.json()["embeddings"], expected[:1], atol=1e-5)
+    assert multipart["model"] == json.loads((artifact / "model.json").read_text())["version"]
+
+
+def test_similarity_is_symmetric_with_a_unit_diagonal(client: TestClient) -> None:
+    response = client.post("/similarity", files=_files(*(png_bytes(i) for i in range(4))))
+    scores = np.array(response.json()["scores"])
+    assert scores.shape == (4, 4)
+    np.testing.assert_allclose(scores, scores.T, atol=1e-6)
+    np.testing.assert_allclose(np.diag(scores), 1.0)
+    assert (scores <= 1).all() and (scores >= -1).all()
+
+
+def test_upload_search_replace_and_delete(client: TestClient) -> None:
+    blobs = [png_bytes(i) for i in range(6)]
+    response = client.post(
+        "/images",
+        files=_files(*blobs),
+        headers=AUTH,
+        data={
+            "ids": [f"item-{i}" for i in range(6)],
+            "metadata": [json.dumps({"label": f"L{i}"}) for i in range(6)],
+        },
+    )
+    assert response.status_code == 201
+    assert response.json()["items"] == [{"id": f"item-{i}", "created": True} for i in range(6)]
+    hits = client.post("/nearest", files=_files(blobs[4], field="file"), data={"k": "3"}).json()
+    assert hits["results"][0] == {
+        "id": "item-4",
+        "score": pytest.approx(1.0, abs=1e-5),
+        "metadata": {"label": "L4"},
+    }
+    assert len(hits["results"]) == 3
+    # The same id again replaces the image.
+    again = client.post("/images", files=_files(blobs[5]), data={"ids": "item-4"}, headers=AUTH)
+    assert again.json()["items"] == [{"id": "item-4", "created": False}]
+    by_vector = client.post("/nearest", json={"id": "item-4", "k": 2}).json()["results"]
+    assert by_vector[0]["id"] in ("item-4", "item-5")
+    assert client.get("/images/item-4").json()["metadata"] == {}
+    assert client.get("/images/item-4/content").content == blobs[5]
+    assert client.delete("/images/item-4", headers=AUTH).status_code == 204
+    assert client.get("/images/item-4").status_code == 404
+    ids = [
+        r["id"] for r in client.post("/nearest", json={"id": "item-0", "k": 10}).json()["results"]
+    ]
+    assert "item-4" not in ids and len(ids) == 5
+    assert client.get("/readyz").json()["indexed"] == 5
+
+
+def test_list_is_paginated_with_a_cursor(client: TestClient) -> None:
+    client.post("/images", files=_files(*(png_bytes(i) for i in range(5))), headers=AUTH)
+    first = client.get("/images", params={"limit": 2}).json()
+    second = client.get("/images", params={"limit": 2, "cursor": first["next_cursor"]}).json()
+    third = client.get("/images", params={"limit": 2, "cursor": second["next_cursor"]}).json()
+    seen = [i["id"] for page in (first, second, third) for i in page["items"]]
+    assert len(seen) == 5 == len(set(seen))
+    assert third["next_cursor"] is None
+
+
+def test_writes_without_the_key_get_401(client: TestClient) -> None:
+    upload = client.post("/images", files=_files(png_bytes(0)))
+    assert upload.status_code == 401
+    assert upload.json()["error"]["code"] == "unauthorized"
+    wrong = client.delete("/images/x", headers={"Authorization": "Bearer nope"})
+    assert wrong.status_code == 401
+    assert client.get("/readyz").json()["images"] == 0
+
+
+def _png_with_header(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def _bomb_png() -> bytes:
+    # 12000×12000 of zeros compresses to ~140 kB but decodes to 144 MB: over the pixel limit.
+    raw = zlib.compress(b"\x00" * (12000 + 1) * 12000, 9)
+    ihdr = struct.pack(">IIBBBBB", 12000, 12000, 8, 0, 0, 0, 0)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
+
+
+def _ico_bytes() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), "red").save(buffer, format="ICO")
+    return buffer.getvalue()
+
+
+BAD_INPUTS = [
+    (
+        "text sent as an image",
+        "/embed",
+        {"files": [("files", ("a.png", b"hello world", "image/png"))]},
+        422,
+    ),
+    ("an empty file", "/embed", {"files": [("files", ("a.png", b"", "image/png"))]}, 422),
+    (
+        "a truncated PNG",
+        "/embed",
+        {"files": [("files", ("a.png", png_bytes(1, (64, 64))[:120], "image/png"))]},
+        422,
+    ),
+    (
+        "a decompression bomb",
+        "/embed",
+        {"files": [("files", ("bomb.png", _bomb_png(), "image/png"))]},
+        413,
+    ),
+    (
+        "a 30000×30000 header",
+        "/embed",
+        {"files": [("files", ("big.png", _png_with_header(30000, 30000), "image/png"))]},
+        413,
+    ),
+    (
+        "a disallowed format",
+        "/embed",
+        {"files": [("files", ("a.ico", _ico_bytes(), "image/x-icon"))]},
+        415,
+    ),
+    ("bad base64", "/embed", {"json": {"images": ["not base64!!"]}}, 422),
+    ("k of zero", "/nearest", {"json": {"vector": [1.0] * 128, "k": 0}}, 422),
+    ("k over the limit", "/nearest", {"json": {"vector": [1.0] * 128, "k": 10**6}}, 422),
+    ("a wrong vector length", "/nearest", {"json": {"vector": [1.0, 2.0], "k": 3}}, 422),
+    ("an unknown id", "/nearest", {"json": {"id": "nobody", "k": 3}}, 404),
+    (
+        "bad metadata JSON",
+        "/images",
+        {
+            "files": [("files", ("a.png", png_bytes(1), "image/png"))],
+            "data": {"metadata": "{oops"},
+            "headers": AUTH,
+        },
+        422,
+    ),
+    (
+        "a bad id",
+        "/images",
+        {
+            "files": [("files", ("a.png", png_bytes(1), "image/png"))],
+            "data": {"ids": "../etc"},
+            "headers": AUTH,
+        },
+        422,
+    ),
+    ("no images", "/embed", {"json": {"images": []}}, 422),
+    (
+        "one image for similarity",
+        "/similarity",
+        {"json": {"images": [base64.b64encode(png_bytes(1)).decode()]}},
+        422,
+    ),
+    (
+        "a wrong content type",
+        "/embed",
+        {"content": b"abc", "headers": {"Content-Type": "text/plain"}},
+        415,
+    ),
+    (
+        "malformed JSON",
+        "/embed",
+        {"content": b"{", "headers": {"Content-Type": "application/json"}},
+        422,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "path", "kwargs", "status"), BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS]
+)
+def test_bad_input_gets_a_4xx_json_error(
+    client: TestClient, case: str, path: str, kwargs: dict, status: int
+) -> None:
+    response = client.post(path, **kwargs)
+    assert response.status_code == status, response.text
+    error = response.json()["error"]
+    assert error["code"] and error["message"]
+    assert client.get("/readyz").json()["images"] == 0  # nothing was stored
+
+
+def test_a_bad_image_names_itself_and_fails_only_its_request(client: TestClient) -> None:
+    response = client.post("/embed", files=_files(png_bytes(0), b"garbage"))
+    assert response.status_code == 422
+    assert "files[1] (img1.png)" in response.json()["error"]["message"]
+    assert client.post("/embed", files=_files(png_bytes(0))).status_code == 200
+
+
+def test_oversized_body_without_content_length_gets_413(artifact: Path, tmp_path: Path) -> None:
+    app = create_app(make_settings(artifact, tmp_path / "data", max_upload_bytes=4096))
+
+    def chunks():
+        for _ in range(64):
+            yield b"x" * 1024
+
+    with TestClient(app) as client:
+        wait_ready(client)
+        response = client.post("/embed", content=chunks(), headers={"Content-Type": "image/png"})
+        assert response.status_code == 413
+        assert response.json()["error"]["code"] == "payload_too_large"
+        lying = client.post(
+            "/embed",
+            content=b"x" * 8000,
+            headers={"Content-Type": "image/png", "Content-Length": "8000"},
+        )
+        assert lying.status_code == 413
+
+
+def test_nearest_rejects_k_over_limit_in_multipart(client: TestClient) -> None:
+    response = client.post("/nearest", files=_files(png_bytes(0), field="file"), data={"k": "1001"})
+    assert response.status_code == 422
+    assert "k must be between 1 and 1000" in response.json()["error"]["message"]
+
+
+def test_unknown_route_is_a_json_404(client: TestClient) -> None:
+    response = client.get("/nope")
+    assert response.status_code == 404
+    assert response.json()["error"]["code"] == "not_found"
+
+
+def test_metrics_count_requests_and_batches(client: TestClient) -> None:
+    client.post("/embed", files=_files(png_bytes(0), png_bytes(1)))
+    text = client.get("/metrics").text
+    assert 'lookalike_requests_total{method="POST",route="/embed",status="200"} 1.0' in text
+    assert "lookalike_batch_images_count" in text
+    assert "lookalike_index_vectors" in text
+
+
+def test_service_starts_without_importing_torch(artifact: Path, tmp_path: Path) -> None:
+    script = f"""
+import sys
+from fastapi.testclient import TestClient
+from service.app import create_app
+from service.config import Settings
+app = create_app(Settings(model_dir={str(artifact)!r}, data_dir={str(tmp_path / "d")!r}))
+with TestClient(app) as client:
+    assert client.get("/healthz").status_code == 200
+assert "torch" not in sys.modules, "torch was imported"
+assert not any(m == "training" or m.startswith("training.") for m in sys.modules)
+print("ok")
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
+
+
+def test_a_changed_model_reembeds_the_gallery(artifact: Path, tmp_path: Path) -> None:
+    from tests.conftest import export_random_artifact
+
+    data = tmp_path / "data"
+    blobs = [png_bytes(i) for i in range(5)]
+    with TestClient(create_app(make_settings(artifact, data, api_key=API_KEY))) as client:
+        wait_ready(client)
+        client.post(
+            "/images", files=_files(*blobs), data={"ids": [f"i{i}" for i in range(5)]}, headers=AUTH
+        )
+    other = export_random_artifact(tmp_path / "other", seed=7)
+    with TestClient(create_app(make_settings(other, data))) as client:
+        wait_ready(client)
+        ready = client.get("/readyz").json()
+        assert ready["images"] == ready["indexed"] == 5
+        records = client.get("/images").json()["items"]
+        assert {r["model"] for r in records} == {ready["model"]}
+        hit = client.post("/nearest", files=_files(blobs[2], field="file"), data={"k": "1"})
+        assert hit.json()["results"][0]["id"] == "i2"
+        assert hit.json()["results"][0]["score"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_an_empty_gallery_is_seeded_with_labelled_fashion_mnist(
+    artifact: Path, tmp_path: Path
+) -> None:
+    settings = make_settings(
+        artifact, tmp_path / "data", seed_demo_gallery=True, demo_gallery_size=300
+    )
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        assert client.get("/readyz").json()["images"] == 300
+        results = client.post("/nearest", json={"id": "fmnist-test-00000", "k": 5}).json()[
+            "results"
+        ]
+        assert results[0]["id"] == "fmnist-test-00000"
+        assert results[0]["metadata"] == {"label": "Ankle boot", "source": "fashion-mnist/test"}
+
+
+def test_cors_is_off_by_default_and_configurable(artifact: Path, tmp_path: Path) -> None:
+    origin = {"Origin": "https://app.example.com"}
+    with TestClient(create_app(make_settings(artifact, tmp_path / "a"))) as client:
+        assert "access-control-allow-origin" not in client.get("/healthz", headers=origin).headers
+    settings = make_settings(artifact, tmp_path / "b", cors_origins=["https://app.example.com"])
+    with TestClient(create_app(settings)) as client:
+        allowed = client.get("/healthz", headers=origin).headers
+        assert allowed["access-control-allow-origin"] == "https://app.example.com"

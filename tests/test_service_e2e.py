@@ -1,0 +1,234 @@
+"""End to end against a real uvicorn in a subprocess: restart, kill -9, concurrency."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import API_KEY, AUTH, png_bytes
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`python -m service` as a user runs it, with a temporary data dir and an API key."""
+
+    def __init__(self, artifact: Path, data_dir: Path, **env: str) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "LOOKALIKE_MODEL_DIR": str(artifact),
+            "LOOKALIKE_DATA_DIR": str(data_dir),
+            "LOOKALIKE_API_KEY": API_KEY,
+            **env,
+        }
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout_s: float = 60) -> float:
+        """Start and wait for /readyz; return the seconds it took."""
+        started = time.monotonic()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(self.port)],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        while time.monotonic() - started < timeout_s:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {self.process.stderr.read().decode()[-2000:]}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return time.monotonic() - started
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError("server did not become ready")
+
+    def kill(self) -> None:
+        assert self.process
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def server(artifact: Path, tmp_path: Path) -> Iterator[Server]:
+    running = Server(artifact, tmp_path / "data")
+    running.start()
+    yield running
+    running.stop()
+
+
+def _upload(client: httpx.Client, image_id: str, seed: int) -> httpx.Response:
+    return client.post(
+        "/images",
+        headers=AUTH,
+        data={"ids": image_id},
+        files=[("files", (f"{image_id}.png", png_bytes(seed)))],
+    )
+
+
+def _assert_intact(client: httpx.Client, acknowledged: dict[str, int]) -> None:
+    ready = client.get("/readyz").json()
+    assert ready["indexed"] == ready["images"] >= len(acknowledged)
+    for image_id, seed in acknowledged.items():
+        assert client.get(f"/images/{image_id}").status_code == 200, image_id
+        top = client.post(
+            "/nearest", files=[("file", ("q.png", png_bytes(seed)))], data={"k": "1"}
+        ).json()["results"][0]
+        assert top["id"] == image_id and top["score"] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_round_trip_survives_a_graceful_restart(server: Server) -> None:
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        acknowledged = {}
+        for i in range(8):
+            assert _upload(client, f"photo-{i}", seed=100 + i).status_code == 201
+            acknowledged[f"photo-{i}"] = 100 + i
+        assert client.delete("/images/photo-3", headers=AUTH).status_code == 204
+        del acknowledged["photo-3"]
+    server.stop()
+    server.start()
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        _assert_intact(client, acknowledged)
+        assert client.get("/images/photo-3").status_code == 404
+        assert client.get("/readyz").json()["images"] == 7
+
+
+@pytest.mark.slow
+def test_kill_9_during_uploads_loses_no_acknowledged_image(server: Server) -> None:
+    acknowledged: dict[str, int] = {}
+    seed = 1000
+    for _round in range(3):
+        stop = threading.Event()
+
+        def uploader(worker: int, first_seed: int, stop: threading.Event) -> None:
+            with httpx.Client(base_url=server.url, timeout=10) as client:
+                n = 0
+                while not stop.is_set():
+                    image_id, image_seed = f"w{worker}-{first_seed + n}", first_seed + n
+                    try:
+                        if _upload(client, image_id, image_seed).status_code == 201:
+                            acknowledged[image_id] = image_seed
+                    except httpx.TransportError:
+                        return
+                    n += 1
+
+        threads = [
+            threading.Thread(target=uploader, args=(w, seed + w * 10_000, stop)) for w in range(3)
+        ]
+        for t in threads:
+            t.start()
+        time.sleep(1.5)
+        server.kill()
+        stop.set()
+        for t in threads:
+            t.join()
+        seed += 100_000
+        server.start()
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            _assert_intact(client, acknowledged)
+    assert len(acknowledged) > 10
+
+
+def test_concurrent_uploads_and_searches_give_no_errors(server: Server) -> None:
+    def work(i: int) -> list[int]:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            statuses = [_upload(client, f"c{i}", seed=5000 + i).status_code]
+            query = [("file", ("q.png", png_bytes(5000 + i)))]
+            statuses.append(client.post("/nearest", files=query, data={"k": "5"}).status_code)
+            statuses.append(
+                client.post("/embed", files=[("files", ("e.png", png_bytes(i)))]).status_code
+            )
+            return statuses
+
+    with ThreadPoolExecutor(16) as pool:
+        results = [s for statuses in pool.map(work, range(48)) for s in statuses]
+    assert set(results) == {200, 201}
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        ready = client.get("/readyz").json()
+        assert ready["images"] == ready["indexed"] == 48
+
+
+def test_bulk_import_loads_a_folder_with_sidecar_metadata_and_resumes(
+    server: Server, tmp_path: Path
+) -> None:
+    folder = tmp_path / "photos"
+    (folder / "tops").mkdir(parents=True)
+    for i in range(5):
+        (folder / "tops" / f"t{i}.png").write_bytes(png_bytes(7000 + i))
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    (folder / "metadata.csv").write_text("file,label\ntops/t0.png,shirt\ntops/t1.png,blouse\n")
+    command = [
+        sys.executable,
+        "-m",
+        "service",
+        "import",
+        str(folder),
+        "--url",
+        server.url,
+        "--api-key",
+        API_KEY,
+    ]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert "imported 5, skipped 1" in first.stderr and "broken.png" in first.stderr
+    with httpx.Client(base_url=server.url) as client:
+        assert client.get("/readyz").json()["images"] == 5
+        record = client.get("/images/tops:t1.png").json()
+        assert record["metadata"] == {"path": "tops/t1.png", "label": "blouse"}
+    again = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert "5 already imported, 1 to go" in again.stderr
+
+
+def test_a_bad_artifact_or_setting_refuses_to_start_with_one_clear_line(
+    artifact: Path, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "model.json").write_text((artifact / "model.json").read_text())
+    (broken / "encoder.onnx").write_bytes((artifact / "encoder.onnx").read_bytes()[:1000])
+    cases = {
+        "LOOKALIKE_MODEL_DIR": (str(broken), "does not match model.json's version"),
+        "LOOKALIKE_BATCH_SIZE": ("zero", "LOOKALIKE_BATCH_SIZE"),
+    }
+    for name, (value, expected) in cases.items():
+        env = {
+            **os.environ,
+            "LOOKALIKE_MODEL_DIR": str(artifact),
+            "LOOKALIKE_DATA_DIR": str(tmp_path / "d"),
+            name: value,
+        }
+        done = subprocess.run(
+            [sys.executable, "-m", "service", "--port", "1"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode != 0
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:") and expected in lines[0], lines
