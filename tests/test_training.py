@@ -190,3 +190,23 @@ def test_encoder_config_round_trips_and_rejects_unknown_keys() -> None:
         EncoderConfig.from_dict({**cfg.to_dict(), "dropout": 0.1})
     with pytest.raises(ValueError, match="pool_grid"):
         EncoderConfig(pool_grid=3)
+
+
+@pytest.mark.slow
+def test_torchrun_ddp_on_two_cpu_ranks_writes_an_artifact(tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    command = [
+        "torchrun",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "training",
+        *_smoke_args(out),
+        "--device",
+        "cpu",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    info = json.loads((out / "model.json").read_text())
+    assert info["training"]["device"].startswith("2× CPU")
+    assert info["training"]["steps"] == 2  # 64 images, global batch 32
