@@ -27,7 +27,7 @@ API_KEY = "test-key-0123456789"
 def export_random_artifact(out: Path, *, seed: int = 0) -> Path:
     """A random-init encoder written out exactly as training writes a real one."""
     torch.manual_seed(seed)
-    cfg = EncoderConfig(widths=(8, 16, 32), depths=(1, 1, 1))
+    cfg = EncoderConfig(widths=(8, 16, 32), depths=(1, 1, 1), whiten_dim=0)
     model = ContrastiveModel(cfg).eval()
     out.mkdir(parents=True, exist_ok=True)
     meta = {

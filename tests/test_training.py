@@ -184,7 +184,7 @@ def test_cli_reports_a_bad_setting_as_an_error(capsys: pytest.CaptureFixture) ->
 
 
 def test_encoder_config_round_trips_and_rejects_unknown_keys() -> None:
-    cfg = EncoderConfig(widths=(8, 16), depths=(1, 2), pool_grid=1)
+    cfg = EncoderConfig(widths=(8, 16), depths=(1, 2), pool_grid=1, whiten_dim=0)
     assert EncoderConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     with pytest.raises(ValueError, match="unknown"):
         EncoderConfig.from_dict({**cfg.to_dict(), "dropout": 0.1})
@@ -210,3 +210,30 @@ def test_torchrun_ddp_on_two_cpu_ranks_writes_an_artifact(tmp_path: Path) -> Non
     info = json.loads((out / "model.json").read_text())
     assert info["training"]["device"].startswith("2× CPU")
     assert info["training"]["steps"] == 2  # 64 images, global batch 32
+
+
+def test_whitening_decorrelates_features_without_labels() -> None:
+    cfg = EncoderConfig(widths=(4, 8, 16), depths=(1, 1, 1), whiten_dim=8, whiten_power=1.0)
+    model = ContrastiveModel(cfg)
+    mixing = torch.randn(
+        cfg.backbone_dim, cfg.backbone_dim, generator=torch.Generator().manual_seed(0)
+    )
+    h = torch.randn(5000, cfg.backbone_dim, generator=torch.Generator().manual_seed(1)) @ mixing
+    model.fit_whitening(h)
+    z = (h - model.whiten_mean) @ model.whiten_matrix  # (N, 8) before the final normalisation
+    torch.testing.assert_close(torch.cov(z.T), torch.eye(8), atol=0.05, rtol=0)
+    assert model.embed(torch.rand(3, 1, 28, 28)).shape == (3, 8)
+
+
+def test_export_command_rebuilds_the_artifact_from_its_weights(
+    smoke_artifact: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "again"
+    out.mkdir()
+    for name in ("weights.safetensors", "train_log.jsonl"):
+        (out / name).write_bytes((smoke_artifact / name).read_bytes())
+    assert main(["export", "--model", str(out)]) == 0
+    before = json.loads((smoke_artifact / "model.json").read_text())
+    after = json.loads((out / "model.json").read_text())
+    assert after["version"] == before["version"]  # same weights and whitening → same graph
+    assert (out / "metrics.json").is_file() and (out / "README.md").is_file()

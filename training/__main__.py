@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="any other TrainConfig field, e.g. --set widths=[32,64,128] "
         "--set crop_min_scale=0.3 (see training/train.py)",
     )
+    export = commands.add_parser("export", help="re-export an artifact from its weights")
+    export.add_argument("--model", required=True, type=Path, help="artifact folder")
     evaluate = commands.add_parser("evaluate", help="print and write the artifact's metrics")
     evaluate.add_argument("--model", required=True, type=Path, help="artifact folder")
     evaluate.add_argument("--limit", type=int, default=None, help="use N train images as the bank")
@@ -99,6 +101,10 @@ def main(argv: list[str] | None = None) -> int:
             from training.train import train
 
             train(config_from_args(args, argv))
+        elif args.command == "export":
+            from training.train import export_existing
+
+            export_existing(args.model)
         else:
             from training.evaluate import evaluate_artifact, format_table
 

@@ -45,7 +45,11 @@ def load_checkpoint(
     """Load weights (and optimiser and RNG state, when given) into place; return the meta."""
     tensors = load_file(str(path))
     meta = read_meta(path)
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    # Checkpoints from before whitening existed lack only its (re-fittable) buffers.
+    if unexpected or any(not k.startswith("whiten_") for k in missing):
+        raise ValueError(f"{path} does not match the model: missing {missing}, extra {unexpected}")
     if optimizer is not None and "optimizer_param_groups" in meta:
         state: dict[int, dict[str, torch.Tensor]] = {}
         for key, value in tensors.items():

@@ -24,6 +24,10 @@ class EncoderConfig:
     pool_grid: int = 2
     projection_hidden: int = 512
     projection_dim: int = 128
+    # `h` is PCA-whitened to this many dims (0: off), fitted without labels on the training
+    # set's features after training (Jégou & Chum 2012). power 1 = full whitening, 0 = PCA only.
+    whiten_dim: int = 256
+    whiten_power: float = 0.5
     # Per-channel input normalisation, baked into the exported graph.
     mean: tuple[float, ...] = (0.2860,)
     std: tuple[float, ...] = (0.3530,)
@@ -35,6 +39,8 @@ class EncoderConfig:
             raise ValueError("every stage needs at least one layer and one channel")
         if len(self.mean) != self.in_channels or len(self.std) != self.in_channels:
             raise ValueError("mean and std need one value per input channel")
+        if not 0 <= self.whiten_dim <= self.backbone_dim:
+            raise ValueError(f"whiten_dim must be in 0..{self.backbone_dim}, got {self.whiten_dim}")
         if self.feature_size % self.pool_grid:
             raise ValueError(
                 f"pool_grid {self.pool_grid} must divide the final feature map "
@@ -49,8 +55,12 @@ class EncoderConfig:
         return size
 
     @property
-    def embedding_dim(self) -> int:
+    def backbone_dim(self) -> int:
         return self.widths[-1] * self.pool_grid**2
+
+    @property
+    def embedding_dim(self) -> int:
+        return self.whiten_dim or self.backbone_dim
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -104,7 +114,7 @@ class ProjectionHead(nn.Module):
     def __init__(self, cfg: EncoderConfig) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.Linear(cfg.embedding_dim, cfg.projection_hidden, bias=False),
+            nn.Linear(cfg.backbone_dim, cfg.projection_hidden, bias=False),
             nn.BatchNorm1d(cfg.projection_hidden),
             nn.ReLU(inplace=True),
             nn.Linear(cfg.projection_hidden, cfg.projection_dim),
@@ -115,7 +125,7 @@ class ProjectionHead(nn.Module):
 
 
 class ContrastiveModel(nn.Module):
-    """Backbone + projection head; `forward` returns z for the loss."""
+    """Backbone + projection head; `forward` returns z for the loss, `embed` the served h."""
 
     def __init__(self, cfg: EncoderConfig) -> None:
         super().__init__()
@@ -124,6 +134,9 @@ class ContrastiveModel(nn.Module):
         self.head = ProjectionHead(cfg)
         self.register_buffer("mean", torch.tensor(cfg.mean).view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(cfg.std).view(1, -1, 1, 1), persistent=False)
+        width = cfg.whiten_dim or 1
+        self.register_buffer("whiten_mean", torch.zeros(cfg.backbone_dim))
+        self.register_buffer("whiten_matrix", torch.eye(cfg.backbone_dim, width))  # (D_b, D)
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         return (images - self.mean) / self.std
@@ -131,19 +144,48 @@ class ContrastiveModel(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(self.normalise(images)))  # (B, projection_dim)
 
+    def unwhitened(self, images: torch.Tensor) -> torch.Tensor:
+        return _unit(self.backbone(self.normalise(images)))  # (B, D_b)
+
+    def embedding(self, images: torch.Tensor) -> torch.Tensor:
+        """Unit-length `h` for pixels in [0, 1]: exactly what the exported graph computes."""
+        h = self.unwhitened(images)
+        if self.cfg.whiten_dim:
+            h = _unit((h - self.whiten_mean) @ self.whiten_matrix)  # (B, D)
+        return h
+
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """Unit-length `h` for pixels in [0, 1]: what the exported ONNX graph computes."""
-        return F.normalize(self.backbone(self.normalise(images)), dim=1)
+        return self.embedding(images)
+
+    @torch.no_grad()
+    def fit_whitening(self, h: torch.Tensor) -> None:
+        """PCA-whitening of unwhitened features h (N, D_b), from their covariance."""
+        if not self.cfg.whiten_dim:
+            return
+        h = h.double()
+        mean = h.mean(0)
+        cov = (h - mean).T @ (h - mean) / max(1, len(h) - 1)  # (D_b, D_b)
+        eigenvalues, eigenvectors = torch.linalg.eigh(cov)  # ascending
+        # Floor tiny eigenvalues (fewer images than dims, say) so noise is not blown up.
+        floor = eigenvalues.max().clamp_min(1e-12) * 1e-5
+        top = eigenvalues.flip(0)[: self.cfg.whiten_dim].clamp_min(floor)
+        vectors = eigenvectors.flip(1)[:, : self.cfg.whiten_dim]  # (D_b, D)
+        scale = top.sqrt().pow(-self.cfg.whiten_power)
+        self.whiten_mean.copy_(mean.float())
+        self.whiten_matrix.copy_((vectors * scale).float())
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
 class EmbeddingGraph(nn.Module):
-    """The exported graph: pixels in [0, 1] → normalise → backbone → L2-normalised `h`."""
+    """The exported graph: pixels in [0, 1] → normalise → backbone → (whitened) unit `h`."""
 
     def __init__(self, model: ContrastiveModel) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        h = self.model.backbone(self.model.normalise(images))
-        return h / h.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        return self.model.embedding(images)

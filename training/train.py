@@ -143,30 +143,46 @@ def to_pixels(images: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 @torch.no_grad()
-def embed_images(model: ContrastiveModel, images: np.ndarray, device: torch.device) -> torch.Tensor:
+def unwhitened_features(
+    model: ContrastiveModel, images: np.ndarray, device: torch.device
+) -> torch.Tensor:
     was_training = model.training
     model.eval()
     out = [
-        model.embed(to_pixels(images[s : s + 1024], device)).float().cpu()
+        model.unwhitened(to_pixels(images[s : s + 1024], device)).float().cpu()
         for s in range(0, len(images), 1024)
     ]
     model.train(was_training)
-    return torch.cat(out)  # (N, D)
+    return torch.cat(out)  # (N, D_b)
 
 
-def knn_monitor(model: ContrastiveModel, bank: Dataset, test: Dataset, device) -> float:
-    bank_h, test_h = (
-        embed_images(model, bank.images, device),
-        embed_images(model, test.images, device),
-    )
-    return knn_top1(
-        bank_h,
-        torch.from_numpy(bank.labels),
-        test_h,
-        torch.from_numpy(test.labels),
-        k=200,
-        temperature=0.1,
-    )
+def fit_whitening(model: ContrastiveModel, data: Dataset, device: torch.device) -> torch.Tensor:
+    """Fit the PCA-whitening on the training images (no labels); return their raw features."""
+    h = unwhitened_features(model, data.images, device)
+    model.fit_whitening(h.to(device))
+    return h
+
+
+def whiten(model: ContrastiveModel, h: torch.Tensor) -> torch.Tensor:
+    if not model.cfg.whiten_dim:
+        return h
+    mean, matrix = model.whiten_mean.cpu(), model.whiten_matrix.cpu()
+    return torch.nn.functional.normalize((h - mean) @ matrix, dim=1)
+
+
+def knn_monitor(model: ContrastiveModel, bank: Dataset, test: Dataset, device) -> dict:
+    """kNN top-1 (k=200, T=0.1) of the served embedding, and of `h` before whitening."""
+    bank_h = fit_whitening(model, bank, device)
+    test_h = unwhitened_features(model, test.images, device)
+    bank_y, test_y = torch.from_numpy(bank.labels), torch.from_numpy(test.labels)
+    return {
+        "knn_top1_k200_t0.1": knn_top1(
+            whiten(model, bank_h), bank_y, whiten(model, test_h), test_y, k=200, temperature=0.1
+        ),
+        "knn_top1_k200_t0.1_unwhitened": knn_top1(
+            bank_h, bank_y, test_h, test_y, k=200, temperature=0.1
+        ),
+    }
 
 
 class Distributed:
@@ -402,7 +418,7 @@ def train(cfg: TrainConfig) -> Path:
             gen=gen,
         )
         if env.main and eval_set is not None and epoch % cfg.eval_every == 0:
-            metrics["knn_top1_k200_t0.1"] = knn_monitor(model, data, eval_set, device)
+            metrics.update(knn_monitor(model, data, eval_set, device))
         if env.main:
             history.append(metrics)
             meta = {
@@ -423,17 +439,58 @@ def train(cfg: TrainConfig) -> Path:
             with open(out / "train_log.jsonl", "a") as f:
                 f.write(line + "\n")
     if env.main:
-        from training.export import export_artifact
-
-        export_artifact(
+        finish(
             out,
-            model.cpu().eval(),
-            read_meta(weights),
+            model,
+            optimizer,
+            data,
+            device,
             limit=cfg.limit,
             evaluate=cfg.data == "fashion-mnist",
         )
     env.close()
     return out
+
+
+def finish(
+    out: Path,
+    model: ContrastiveModel,
+    optimizer: torch.optim.Optimizer,
+    data: Dataset,
+    device: torch.device,
+    *,
+    limit: int | None,
+    evaluate: bool,
+) -> None:
+    """Fit the whitening on the final weights, checkpoint, export and evaluate the artifact."""
+    from training.export import export_artifact
+
+    weights = out / WEIGHTS_FILE
+    fit_whitening(model, data, device)
+    save_checkpoint(weights, model, optimizer, read_meta(weights))
+    export_artifact(out, model.cpu().eval(), read_meta(weights), limit=limit, evaluate=evaluate)
+
+
+def export_existing(out: Path) -> None:
+    """Re-export an artifact from its weights.safetensors (after code changes, say)."""
+    weights = out / WEIGHTS_FILE
+    meta = read_meta(weights)
+    cfg = TrainConfig(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in meta["train"].items()}
+    )
+    model = ContrastiveModel(EncoderConfig.from_dict(meta["encoder"]))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    load_checkpoint(weights, model, optimizer)
+    data = load_dataset(cfg.data, InputSpec.from_dict(meta["input"]))[0].subset(cfg.limit)
+    finish(
+        out,
+        model,
+        optimizer,
+        data,
+        torch.device("cpu"),
+        limit=cfg.limit,
+        evaluate=cfg.data == "fashion-mnist",
+    )
 
 
 def describe_device(device: torch.device, world: int) -> str:
