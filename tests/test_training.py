@@ -69,7 +69,9 @@ def test_smoke_run_of_two_steps_writes_a_complete_artifact(smoke_artifact: Path)
     assert info["embedding_dim"] == EncoderConfig().embedding_dim
     assert len(info["version"]) == 64
     assert info["loss"] == {"name": "ntxent", "temperature": TrainConfig().temperature}
-    assert info["training"]["command"].startswith("python -m training train --data fashion-mnist")
+    assert info["training"]["commands"][0].startswith(
+        "python -m training train --data fashion-mnist"
+    )
     metrics = json.loads((smoke_artifact / "metrics.json").read_text())["metrics"]
     row = metrics["knn_top1_k200_t0.1"]
     assert 0.1 < row["model"] <= 1 and 0.1 < row["raw_pixels"] <= 1 and "k=200" in row["protocol"]
@@ -87,6 +89,7 @@ def test_resume_continues_from_the_next_epoch(
     assert "resuming from" in capsys.readouterr().err
     info = json.loads((out / "model.json").read_text())
     assert info["training"]["epochs"] == 2 and info["training"]["steps"] == 4
+    assert len(info["training"]["commands"]) == 2 and "--resume" in info["training"]["commands"][1]
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [entry["epoch"] for entry in log] == [2]
 

@@ -90,7 +90,8 @@ def write_card(
         "",
         "## Training",
         "",
-        f"- Command: `{training['command']}`",
+        "- Commands (a resumed run lists each):",
+        *[f"  - `{command}`" for command in training["commands"]],
         f"- Data: {training['data']['source']}, {training['data']['images']} images "
         "(labels unused by the loss)",
         f"- Loss: {info['loss']}",

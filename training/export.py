@@ -103,7 +103,7 @@ def model_json(out: Path, model: ContrastiveModel, meta: dict) -> dict:
         "architecture": model.cfg.to_dict(),
         "loss": loss_summary(train_cfg),
         "training": {
-            "command": train_cfg.get("command") or "",
+            "commands": meta.get("commands", [train_cfg.get("command", "")]),
             "data": meta["data"],
             "epochs": meta["epoch"],
             "steps": meta["step"],

