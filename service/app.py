@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -26,7 +27,7 @@ from service.encoder import load_encoder
 from service.errors import ApiError, PayloadTooLarge
 from service.gallery import Gallery
 from service.metrics import Metrics
-from service.routes import router
+from service.routes import WEB_DIR, router
 from service.store import Store
 
 log = logging.getLogger("service")
@@ -160,6 +161,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.ready = False
     app.state.phase = "starting"
     app.include_router(router)
+    app.mount("/web", StaticFiles(directory=WEB_DIR), name="web")
 
     @app.exception_handler(ApiError)
     async def api_error(_: Request, exc: ApiError) -> JSONResponse:

@@ -343,6 +343,27 @@ async def readyz(request: Request) -> Any:
     return {"status": "ready", "model": model_version(request), **status}
 
 
+@router.get("/info")
+async def service_info(request: Request, settings: SettingsDep) -> dict:
+    """What the web page and clients need to know: the model, auth and limits."""
+    model = request.app.state.encoder.info
+    return {
+        "model": {
+            "name": model.name,
+            "version": model.version,
+            "dim": model.dim,
+            "input": model.spec.to_dict(),
+        },
+        "auth_required": settings.api_key is not None,
+        "limits": {
+            "max_k": settings.max_k,
+            "max_upload_bytes": settings.max_upload_bytes,
+            "max_images_per_request": settings.max_images_per_request,
+            "max_pixels": settings.max_pixels,
+        },
+    }
+
+
 @router.get("/metrics", response_class=Response)
 async def metrics(request: Request) -> Response:
     state = request.app.state
@@ -352,8 +373,5 @@ async def metrics(request: Request) -> Response:
 
 
 @router.get("/", include_in_schema=False)
-async def web_page() -> Any:
-    page = WEB_DIR / "index.html"
-    if not page.exists():
-        return JSONResponse({"service": "lookalike", "docs": "/docs"})
-    return FileResponse(page, media_type="text/html")
+async def web_page() -> FileResponse:
+    return FileResponse(WEB_DIR / "index.html", media_type="text/html")
