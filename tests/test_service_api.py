@@ -112,28 +112,25 @@ def test_writes_without_the_key_get_401(client: TestClient) -> None:
     assert client.get("/readyz").json()["images"] == 0
 
 
-def _png_with_header(width: int, height: int) -> bytes:
+def _png(width: int, height: int, idat: bytes) -> bytes:
+    """A grayscale PNG built by hand, so its header can claim any size."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return (
             struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
         )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * 64)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def _png_with_header(width: int, height: int) -> bytes:
+    return _png(width, height, zlib.compress(b"\x00" * 64))
 
 
 def _bomb_png() -> bytes:
     # 12000×12000 of zeros compresses to ~140 kB but decodes to 144 MB: over the pixel limit.
-    raw = zlib.compress(b"\x00" * (12000 + 1) * 12000, 9)
-    ihdr = struct.pack(">IIBBBBB", 12000, 12000, 8, 0, 0, 0, 0)
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        )
-
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
+    return _png(12000, 12000, zlib.compress(b"\x00" * (12000 + 1) * 12000, 9))
 
 
 def _ico_bytes() -> bytes:
