@@ -12,7 +12,6 @@ APT_PACKAGES := dataset-fashion-mnist chromium chromium-driver
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: the CPU wheel. An unpinned torch would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[train,serve,dev]"

