@@ -1,6 +1,6 @@
 """Precision@10 of /nearest on real Fashion-MNIST images, beside raw pixels on the same gallery.
 
-    python bench/nearest_precision.py [--model models/fashion-mnist] [--gallery 1000] [--queries 300]
+    python bench/nearest_precision.py [--model DIR] [--gallery 1000] [--queries 300]
 
 Starts `python -m service` with a temporary data dir and an API key, uploads `--gallery` train
 images with client ids and {"label": …} metadata, asks /nearest (k=10) for `--queries` test
@@ -132,10 +132,8 @@ def main() -> None:
     print(f"{'raw pixels (cosine)':<22}{pixels:>14.4f}")
     print(f"{'gain':<22}{ours - pixels:>+14.4f}")
     print(f"/embed vs ONNX Runtime max |diff|: {np.abs(served - direct).max():.2e}")
-    symmetric = np.abs(scores - scores.T).max()
-    print(
-        f"/similarity {scores.shape}, max asymmetry {symmetric:.1e}, diagonal {np.diag(scores).min():.6f}"
-    )
+    asymmetry, diagonal = np.abs(scores - scores.T).max(), np.diag(scores).min()
+    print(f"/similarity {scores.shape}, max asymmetry {asymmetry:.1e}, diagonal {diagonal:.6f}")
 
 
 if __name__ == "__main__":
