@@ -240,3 +240,30 @@ def test_export_command_rebuilds_the_artifact_from_its_weights(
     after = json.loads((out / "model.json").read_text())
     assert after["version"] == before["version"]  # same weights and whitening → same graph
     assert (out / "metrics.json").is_file() and (out / "README.md").is_file()
+
+
+def test_a_non_finite_loss_aborts_naming_the_step() -> None:
+    from training.data import Dataset
+    from training.train import Distributed, train_one_epoch
+
+    class NaNLoss(torch.nn.Module):
+        def forward(self, z0: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
+            return (z0 * float("nan")).sum()
+
+    model = ContrastiveModel(EncoderConfig(widths=(4, 8, 16), depths=(1, 1, 1), whiten_dim=0))
+    images = np.random.default_rng(0).integers(0, 256, (16, 28, 28, 1), dtype=np.uint8)
+    cfg = TrainConfig(batch_size=8, epochs=1)
+    with pytest.raises(FloatingPointError, match=r"epoch 1, step 0"):
+        train_one_epoch(
+            model=model,
+            loss_fn=NaNLoss(),
+            optimizer=torch.optim.AdamW(model.parameters()),
+            views=TwoViews(AugmentConfig()),
+            data=Dataset(images, None),
+            epoch=1,
+            step=0,
+            total_steps=2,
+            cfg=cfg,
+            env=Distributed(torch.device("cpu")),
+            gen=torch.Generator().manual_seed(0),
+        )
