@@ -31,6 +31,7 @@ def save_checkpoint(
     save_file(tensors, str(tmp), metadata={META_KEY: json.dumps(meta)})
     with open(tmp, "rb") as f:
         os.fsync(f.fileno())
+    tmp.chmod(0o644)
     tmp.replace(path)
 
 

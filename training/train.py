@@ -483,6 +483,11 @@ def export_existing(out: Path) -> None:
     model = ContrastiveModel(EncoderConfig.from_dict(meta["encoder"]))
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     load_checkpoint(weights, model, optimizer)
+    meta["commands"] = [
+        *meta.get("commands", [cfg.command]),
+        f"python -m training export --model {out}",
+    ]
+    save_checkpoint(weights, model, optimizer, meta)
     data = load_dataset(cfg.data, InputSpec.from_dict(meta["input"]))[0].subset(cfg.limit)
     finish(
         out,
