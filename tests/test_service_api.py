@@ -342,3 +342,65 @@ def test_cors_is_off_by_default_and_configurable(artifact: Path, tmp_path: Path)
     with TestClient(create_app(settings)) as client:
         allowed = client.get("/healthz", headers=origin).headers
         assert allowed["access-control-allow-origin"] == "https://app.example.com"
+
+
+def _wait_for(predicate, timeout_s: float = 60) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.05)
+
+
+def test_hnsw_index_filters_tombstones_and_rebuilds_past_their_share(
+    artifact: Path, tmp_path: Path
+) -> None:
+    settings = make_settings(
+        artifact, tmp_path / "data", api_key=API_KEY, index_kind="hnsw", tombstone_rebuild_ratio=0.5
+    )
+    blobs = [png_bytes(300 + i) for i in range(10)]
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        client.post(
+            "/images",
+            files=_files(*blobs),
+            data={"ids": [f"h{i}" for i in range(10)]},
+            headers=AUTH,
+        )
+        for i in range(3):
+            assert client.delete(f"/images/h{i}", headers=AUTH).status_code == 204
+        # 3 tombstones of 10: below the share, so they are filtered at query time.
+        ready = client.get("/readyz").json()
+        assert ready["index_kind"] == "hnsw" and ready["indexed"] == ready["images"] == 7
+        ids = [
+            r["id"] for r in client.post("/nearest", json={"id": "h5", "k": 10}).json()["results"]
+        ]
+        assert sorted(ids) == sorted(f"h{i}" for i in range(3, 10))
+        # Upserts tombstone the old version too; past half the index it is rebuilt without them.
+        client.post(
+            "/images",
+            files=_files(*blobs[3:8]),
+            data={"ids": [f"h{i}" for i in range(3, 8)]},
+            headers=AUTH,
+        )
+        app = client.app
+        _wait_for(lambda: app.state.gallery.index.tombstone_share == 0)
+        top = client.post("/nearest", files=_files(blobs[4], field="file"), data={"k": "1"}).json()
+        assert top["results"][0]["id"] == "h4"
+        assert client.get("/readyz").json()["indexed"] == 7
+
+
+def test_auto_index_switches_to_hnsw_past_the_configured_size(
+    artifact: Path, tmp_path: Path
+) -> None:
+    settings = make_settings(artifact, tmp_path / "data", approximate_index_min_vectors=6)
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        client.post("/images", files=_files(*(png_bytes(400 + i) for i in range(4))))
+        ready = client.get("/readyz").json()
+        assert ready["index_kind"] == "flat" and ready["indexed"] == 4, ready
+        client.post("/images", files=_files(*(png_bytes(500 + i) for i in range(4))))
+        _wait_for(lambda: client.get("/readyz").json()["index_kind"] == "hnsw")
+        ready = client.get("/readyz").json()
+        assert ready["indexed"] == ready["images"] == 8, ready

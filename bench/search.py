@@ -1,0 +1,119 @@
+"""Search index kinds side by side: build time, memory, latency and recall@10 against exact.
+
+    python bench/search.py [--model models/fashion-mnist] [--sizes 100000] [--ef 32,64,96,192]
+
+Vectors are the artifact's Fashion-MNIST embeddings (train + test, 70k) tiled with small noise
+up to each size; queries are 1,000 other noisy copies. Every index is the service's own
+`VectorIndex`, so the numbers describe what the service runs. Writes bench/results/search.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from service.encoder import load_encoder
+from service.fashion_mnist import load_split
+from service.index import VectorIndex
+
+K = 10
+
+
+def corpus(model: Path, size: int, queries: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    encoder = load_encoder(model)
+    images = np.concatenate([load_split("train")[0], load_split("test")[0]])
+    base = np.concatenate(
+        [encoder.embed_pixels(list(images[i : i + 1024])) for i in range(0, len(images), 1024)]
+    )
+    rng = np.random.default_rng(seed)
+
+    def noisy(rows: np.ndarray) -> np.ndarray:
+        out = base[rows] + rng.normal(0, 0.02, (len(rows), base.shape[1])).astype(np.float32)
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+    vectors = base if size <= len(base) else noisy(rng.integers(0, len(base), size))
+    vectors[: min(size, len(base))] = base[: min(size, len(base))]
+    return vectors[:size], noisy(rng.integers(0, len(base), queries))
+
+
+def measure(index: VectorIndex, queries: np.ndarray) -> tuple[list[list[int]], np.ndarray]:
+    found, latencies = [], []
+    for q in queries:
+        start = time.perf_counter()
+        hits = index.search(q[None, :], K)[0]
+        latencies.append(time.perf_counter() - start)
+        found.append([label for label, _ in hits])
+    return found, np.array(latencies) * 1000
+
+
+def recall(found: list[list[int]], truth: list[list[int]]) -> float:
+    return float(np.mean([len(set(f) & set(t)) / K for f, t in zip(found, truth, strict=True)]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", type=Path, default=Path("models/fashion-mnist"))
+    parser.add_argument("--sizes", default="100000")
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--m", type=int, default=32)
+    parser.add_argument("--ef-construction", type=int, default=80)
+    parser.add_argument("--ef", default="32,64,96,192")
+    args = parser.parse_args()
+    faiss.omp_set_num_threads(2)
+    rows = []
+    for size in (int(s) for s in args.sizes.split(",")):
+        vectors, queries = corpus(args.model, size, args.queries)
+        labels = np.arange(size, dtype=np.int64)
+        configs = [("flat", {})] + [("hnsw", {"ef_search": int(ef)}) for ef in args.ef.split(",")]
+        truth: list[list[int]] = []
+        built: dict[str, tuple[VectorIndex, float]] = {}
+        for kind, options in configs:
+            if kind not in built:
+                start = time.perf_counter()
+                index = VectorIndex(
+                    vectors.shape[1], kind, hnsw_m=args.m, ef_construction=args.ef_construction
+                )
+                index.add(labels, vectors)
+                built[kind] = (index, time.perf_counter() - start)
+            index, build_s = built[kind]
+            if kind == "hnsw":
+                faiss.downcast_index(index._index.index).hnsw.efSearch = options["ef_search"]
+            found, ms = measure(index, queries)
+            if kind == "flat":
+                truth = found
+            memory_mb = len(index.snapshot_bytes(model_version="bench")) / 2**20
+            rows.append(
+                {
+                    "vectors": size,
+                    "dim": vectors.shape[1],
+                    "kind": kind,
+                    **options,
+                    "build_s": round(build_s, 2),
+                    "memory_mb": round(memory_mb, 1),
+                    "p50_ms": round(float(np.percentile(ms, 50)), 3),
+                    "p99_ms": round(float(np.percentile(ms, 99)), 3),
+                    "recall_at_10": round(recall(found, truth), 4),
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    print(
+        f"\n{'vectors':>9} {'kind':<6} {'ef':>4} {'build s':>8} {'MB':>7} {'p50 ms':>7} "
+        f"{'p99 ms':>7} {'recall@10':>10}"
+    )
+    for r in rows:
+        print(
+            f"{r['vectors']:>9} {r['kind']:<6} {r.get('ef_search', ''):>4} {r['build_s']:>8} "
+            f"{r['memory_mb']:>7} {r['p50_ms']:>7} {r['p99_ms']:>7} {r['recall_at_10']:>10}"
+        )
+    out = Path(__file__).parent / "results"
+    out.mkdir(exist_ok=True)
+    (out / "search.json").write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
