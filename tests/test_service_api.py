@@ -404,3 +404,35 @@ def test_auto_index_switches_to_hnsw_past_the_configured_size(
         _wait_for(lambda: client.get("/readyz").json()["index_kind"] == "hnsw")
         ready = client.get("/readyz").json()
         assert ready["indexed"] == ready["images"] == 8, ready
+
+
+@pytest.mark.parametrize("damage", ["truncate", "corrupt", "delete"])
+def test_a_damaged_index_snapshot_is_rebuilt_from_the_store(
+    artifact: Path, tmp_path: Path, damage: str
+) -> None:
+    data = tmp_path / "data"
+    blobs = [png_bytes(600 + i) for i in range(5)]
+    with TestClient(create_app(make_settings(artifact, data, api_key=API_KEY))) as client:
+        wait_ready(client)
+        client.post(
+            "/images", files=_files(*blobs), data={"ids": [f"s{i}" for i in range(5)]}, headers=AUTH
+        )
+    snapshot = data / "index.snapshot"
+    content = snapshot.read_bytes()
+    if damage == "truncate":
+        snapshot.write_bytes(content[: len(content) // 2])
+    elif damage == "corrupt":
+        snapshot.write_bytes(
+            content[:100] + bytes(b ^ 0xFF for b in content[100:200]) + content[200:]
+        )
+    else:
+        snapshot.unlink()
+    with TestClient(create_app(make_settings(artifact, data, api_key=API_KEY))) as client:
+        wait_ready(client)
+        ready = client.get("/readyz").json()
+        assert ready["indexed"] == ready["images"] == 5
+        top = client.post("/nearest", files=_files(blobs[3], field="file"), data={"k": "1"}).json()
+        assert top["results"][0]["id"] == "s3"
+        upload = client.post("/images", files=_files(png_bytes(700)), headers=AUTH)
+        assert upload.status_code == 201
+    assert snapshot.exists()  # written again

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -211,11 +212,18 @@ def test_a_bad_artifact_or_setting_refuses_to_start_with_one_clear_line(
     broken.mkdir()
     (broken / "model.json").write_text((artifact / "model.json").read_text())
     (broken / "encoder.onnx").write_bytes((artifact / "encoder.onnx").read_bytes()[:1000])
-    cases = {
-        "LOOKALIKE_MODEL_DIR": (str(broken), "does not match model.json's version"),
-        "LOOKALIKE_BATCH_SIZE": ("zero", "LOOKALIKE_BATCH_SIZE"),
-    }
-    for name, (value, expected) in cases.items():
+    mismatched = tmp_path / "mismatched"
+    mismatched.mkdir()
+    meta = json.loads((artifact / "model.json").read_text())
+    (mismatched / "model.json").write_text(json.dumps({**meta, "embedding_dim": 999}))
+    (mismatched / "encoder.onnx").write_bytes((artifact / "encoder.onnx").read_bytes())
+    cases = [
+        ("LOOKALIKE_MODEL_DIR", str(broken), "does not match model.json's version"),
+        ("LOOKALIKE_MODEL_DIR", str(mismatched), "model.json says embedding_dim 999"),
+        ("LOOKALIKE_MODEL_DIR", str(tmp_path / "nowhere"), "is not a model artifact"),
+        ("LOOKALIKE_BATCH_SIZE", "zero", "LOOKALIKE_BATCH_SIZE"),
+    ]
+    for name, value, expected in cases:
         env = {
             **os.environ,
             "LOOKALIKE_MODEL_DIR": str(artifact),
