@@ -144,7 +144,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await opening
         await state.batcher.stop()
         if state.ready:
-            await asyncio.to_thread(state.gallery.snapshot)
+            await asyncio.to_thread(state.gallery.close)
         state.store.close()
 
 

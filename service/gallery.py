@@ -44,6 +44,8 @@ class Gallery:
         self._snapshot_seq = 0
         self._rebuilding = threading.Lock()
         self._writing = threading.Lock()  # serialises writes and the swap of a rebuilt index
+        self._snapshotting = threading.Lock()
+        self._background: threading.Thread | None = None  # a rebuild or snapshot in progress
 
     # --- start-up --------------------------------------------------------------------------
     def open(self) -> None:
@@ -152,24 +154,34 @@ class Gallery:
             self._rebuilding.release()
 
     def snapshot(self) -> None:
-        index = self.index
-        with index.lock.read():
-            content = index.snapshot_bytes(model_version=self.version)
-            seq = index.seq
-        VectorIndex.write_snapshot(self.snapshot_path, content)
-        self.store.prune_changes(seq)
-        self._snapshot_seq = seq
+        with self._snapshotting:  # background snapshots, rebuilds and shutdown may overlap
+            index = self.index
+            with index.lock.read():
+                content = index.snapshot_bytes(model_version=self.version)
+                seq = index.seq
+            VectorIndex.write_snapshot(self.snapshot_path, content)
+            self.store.prune_changes(seq)
+            self._snapshot_seq = seq
 
     def _after_write(self) -> None:
         index = self.index
         due_snapshot = index.seq - self._snapshot_seq >= self.settings.snapshot_every_writes
         wrong_kind = index.kind != self._kind_for(index.count)
         too_many_tombstones = index.tombstone_share > self.settings.tombstone_rebuild_ratio
-        if wrong_kind or too_many_tombstones:
-            threading.Thread(target=self.rebuild, name="index-rebuild", daemon=True).start()
-        elif due_snapshot:
+        busy = self._background is not None and self._background.is_alive()
+        if busy or not (wrong_kind or too_many_tombstones or due_snapshot):
+            return
+        if due_snapshot:
             self._snapshot_seq = index.seq  # claim it, so only one snapshot starts
-            threading.Thread(target=self.snapshot, name="index-snapshot", daemon=True).start()
+        work = self.rebuild if wrong_kind or too_many_tombstones else self.snapshot
+        self._background = threading.Thread(target=work, name="index-maintenance", daemon=True)
+        self._background.start()
+
+    def close(self) -> None:
+        """Let background maintenance finish, then write a final snapshot."""
+        if self._background is not None:
+            self._background.join()
+        self.snapshot()
 
     # --- writes ----------------------------------------------------------------------------
     def _commit(self, write) -> list[Change]:
