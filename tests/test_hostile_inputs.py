@@ -1,0 +1,69 @@
+"""Every hostile or odd file to every endpoint that takes images, against a real server:
+the specified status with a JSON error, never a 5xx or a hang, and bounded memory."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import AUTH, png_bytes
+from tests.hostile_corpus import Specimen, specimens
+from tests.test_service_e2e import Server
+
+PEAK_RSS_LIMIT_MB = 512  # the server's high-water mark after the whole corpus
+
+
+@pytest.fixture(scope="module")
+def server(artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    running = Server(artifact, tmp_path_factory.mktemp("hostile") / "data")
+    running.start()
+    yield running
+    running.stop()
+
+
+def _calls(specimen: Specimen) -> dict[str, dict]:
+    good = png_bytes(1)
+    part = ("files", (specimen.name, specimen.data, "image/png"))
+    return {
+        "embed multipart": {"url": "/embed", "files": [part]},
+        "embed raw body": {
+            "url": "/embed",
+            "content": specimen.data,
+            "headers": {"Content-Type": "image/jpeg"},
+        },
+        "embed base64": {
+            "url": "/embed",
+            "json": {"images": [base64.b64encode(specimen.data).decode()]},
+        },
+        "similarity": {"url": "/similarity", "files": [part, ("files", ("good.png", good))]},
+        "nearest": {"url": "/nearest", "files": [("file", part[1])], "data": {"k": "3"}},
+        "upload": {"url": "/images", "files": [part], "headers": AUTH},
+    }
+
+
+@pytest.mark.parametrize("specimen", specimens(), ids=lambda s: s.name)
+def test_every_endpoint_answers_the_specified_status(server: Server, specimen: Specimen) -> None:
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        for call, kwargs in _calls(specimen).items():
+            response = client.post(**kwargs)
+            expected = specimen.status
+            if expected == 200 and call == "upload":
+                expected = 201
+            assert response.status_code == expected, (call, response.text[:300])
+            if expected >= 400:
+                error = response.json()["error"]
+                assert error["code"] and error["message"], call
+
+
+def test_server_memory_stays_bounded_after_the_corpus(server: Server) -> None:
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        for specimen in specimens():
+            client.post("/embed", files=[("files", (specimen.name, specimen.data))])
+        assert client.get("/healthz").status_code == 200
+    status = Path(f"/proc/{server.process.pid}/status").read_text()
+    peak_kb = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")))
+    assert peak_kb / 1024 < PEAK_RSS_LIMIT_MB
