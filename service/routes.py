@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import numpy as np
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.batcher import MicroBatcher, Overloaded
 from service.config import Settings
@@ -72,15 +73,18 @@ def get_batcher(request: Request) -> MicroBatcher:
     return request.app.state.batcher
 
 
-def require_write_key(request: Request) -> None:
+bearer = HTTPBearer(auto_error=False, description="the service's LOOKALIKE_API_KEY")
+
+
+def require_write_key(
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+) -> None:
     key = request.app.state.settings.api_key
     if key is None:
         return
-    given = request.headers.get("authorization", "")
-    scheme, _, token = given.partition(" ")
-    if scheme.lower() != "bearer" or not token:
+    if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
         raise Unauthorized("this write needs Authorization: Bearer <key>")
-    if not hmac.compare_digest(token.encode(), key.get_secret_value().encode()):
+    if not hmac.compare_digest(credentials.credentials.encode(), key.get_secret_value().encode()):
         raise Unauthorized("wrong API key")
 
 
@@ -106,7 +110,10 @@ def vectors_json(vectors: np.ndarray) -> list[list[float]]:
 
 
 @router.post(
-    "/embed", response_model=EmbedResponse, responses=ERRORS, openapi_extra=images_body(raw=True)
+    "/embed",
+    response_model=EmbedResponse,
+    responses=ERRORS,
+    openapi_extra=images_body(min_items=1, raw=True),
 )
 async def embed_images(request: Request, settings: SettingsDep, batcher: BatcherDep) -> Any:
     """Images → unit vectors, in input order."""
@@ -128,7 +135,7 @@ async def embed_images(request: Request, settings: SettingsDep, batcher: Batcher
     "/similarity",
     response_model=SimilarityResponse,
     responses=ERRORS,
-    openapi_extra=images_body(raw=False),
+    openapi_extra=images_body(min_items=2, raw=False),
 )
 async def similarity(request: Request, settings: SettingsDep, batcher: BatcherDep) -> Any:
     """The N×N cosine-score matrix of 2..N images."""
@@ -274,7 +281,9 @@ async def upload_images(
 @router.get("/images", response_model=ImageList, responses=ERRORS)
 async def list_images(
     gallery: GalleryDep,
-    cursor: Annotated[str | None, Query(description="next_cursor of the previous page")] = None,
+    cursor: Annotated[
+        str | None, Query(pattern=r"^[0-9]{1,18}$", description="next_cursor of the previous page")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> Any:
     """Gallery images in upload order, a page at a time."""

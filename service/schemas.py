@@ -78,15 +78,21 @@ def _multipart(properties: dict, required: list[str]) -> dict:
     return {"schema": {"type": "object", "properties": properties, "required": required}}
 
 
-_FILES = {"type": "array", "items": {"type": "string", "format": "binary"}}
-_B64_IMAGES = {"$ref": "#/components/schemas/ImagesJson"}
+def _files(min_items: int) -> dict:
+    return {"type": "array", "minItems": min_items, "items": {"type": "string", "format": "binary"}}
 
 
-def images_body(*, raw: bool) -> dict:
+def _b64_images(min_items: int) -> dict:
+    schema = ImagesJson.model_json_schema()
+    schema["properties"]["images"]["minItems"] = min_items
+    return schema
+
+
+def images_body(*, min_items: int, raw: bool) -> dict:
     """openapi_extra for endpoints that parse their own (multipart | JSON | raw) bodies."""
     content: dict[str, Any] = {
-        "multipart/form-data": _multipart({"files": _FILES}, ["files"]),
-        "application/json": {"schema": _B64_IMAGES},
+        "multipart/form-data": _multipart({"files": _files(min_items)}, ["files"]),
+        "application/json": {"schema": _b64_images(min_items)},
     }
     if raw:
         content["image/*"] = {"schema": {"type": "string", "format": "binary"}}
@@ -101,7 +107,7 @@ NEAREST_BODY = {
                 {"file": {"type": "string", "format": "binary"}, "k": {"type": "integer"}},
                 ["file"],
             ),
-            "application/json": {"schema": {"$ref": "#/components/schemas/NearestJson"}},
+            "application/json": {"schema": NearestJson.model_json_schema()},
         },
     }
 }
@@ -112,7 +118,7 @@ UPLOAD_BODY = {
         "content": {
             "multipart/form-data": _multipart(
                 {
-                    "files": _FILES,
+                    "files": _files(1),
                     "ids": {"type": "array", "items": {"type": "string"}},
                     "metadata": {
                         "type": "array",
