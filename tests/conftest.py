@@ -16,12 +16,11 @@ from PIL import Image
 
 from service.app import create_app
 from service.config import Settings
+from tests.support import API_KEY
 from training.augment import AugmentConfig
 from training.encoder import ContrastiveModel, EncoderConfig
 from training.export import export_artifact
 from training.train import TrainConfig
-
-API_KEY = "test-key-0123456789"
 
 
 def export_random_artifact(out: Path, *, seed: int = 0) -> Path:

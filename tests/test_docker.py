@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from service.config import Settings
-from tests.test_service_e2e import _free_port
+from tests.support import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTING_NAMES = {f"LOOKALIKE_{name.upper()}" for name in Settings.model_fields}
@@ -121,7 +121,7 @@ def test_the_dockerfile_install_steps_serve_without_torch_from_a_fresh_venv(tmp_
     python = str(venv / "bin" / "python")
     no_torch = subprocess.run([python, "-c", "import torch"], capture_output=True)
     assert no_torch.returncode != 0, "torch is installed in the service venv"
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "LOOKALIKE_MODEL_DIR": str(ROOT / "models" / "fashion-mnist"),

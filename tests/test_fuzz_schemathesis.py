@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import API_KEY
-from tests.test_service_e2e import Server
+from tests.support import Server
 
 PASSES = {
     "reads and deletes": ["--exclude-method", "POST"],

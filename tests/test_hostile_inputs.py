@@ -12,7 +12,7 @@ import pytest
 
 from tests.conftest import AUTH, png_bytes
 from tests.hostile_corpus import Specimen, specimens
-from tests.test_service_e2e import Server
+from tests.support import Server
 
 PEAK_RSS_LIMIT_MB = 512  # the server's high-water mark after the whole corpus
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -18,61 +16,7 @@ import httpx
 import pytest
 
 from tests.conftest import API_KEY, AUTH, png_bytes
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`python -m service` as a user runs it, with a temporary data dir and an API key."""
-
-    def __init__(self, artifact: Path, data_dir: Path, **env: str) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {
-            **os.environ,
-            "LOOKALIKE_MODEL_DIR": str(artifact),
-            "LOOKALIKE_DATA_DIR": str(data_dir),
-            "LOOKALIKE_API_KEY": API_KEY,
-            **env,
-        }
-        self.process: subprocess.Popen | None = None
-
-    def start(self, timeout_s: float = 60) -> float:
-        """Start and wait for /readyz; return the seconds it took."""
-        started = time.monotonic()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(self.port)],
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        while time.monotonic() - started < timeout_s:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {self.process.stderr.read().decode()[-2000:]}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
-                    return time.monotonic() - started
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise TimeoutError("server did not become ready")
-
-    def kill(self) -> None:
-        assert self.process
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.kill()
+from tests.support import Server
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 from service.fashion_mnist import FASHION_MNIST_CLASSES, load_split
 from service.imaging import encode_png
 from tests.conftest import API_KEY, AUTH
-from tests.test_service_e2e import Server
+from tests.support import Server
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-artifacts"
