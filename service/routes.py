@@ -105,6 +105,17 @@ def model_version(request: Request) -> str:
     return request.app.state.encoder.info.version
 
 
+async def embed_request(
+    request: Request, settings: Settings, batcher: MicroBatcher, *, min_count: int, allow_raw: bool
+) -> np.ndarray:
+    """The request's images, read, decoded and embedded: (N, D) unit vectors in input order."""
+    images = await read_images(
+        request, min_count=min_count, max_count=settings.max_images_per_request, allow_raw=allow_raw
+    )
+    spec = request.app.state.encoder.info.spec
+    return await embed(batcher, await decode_all(images, spec, max_pixels=settings.max_pixels))
+
+
 def vectors_json(vectors: np.ndarray) -> list[list[float]]:
     return np.round(vectors.astype(np.float64), 7).tolist()
 
@@ -117,11 +128,7 @@ def vectors_json(vectors: np.ndarray) -> list[list[float]]:
 )
 async def embed_images(request: Request, settings: SettingsDep, batcher: BatcherDep) -> Any:
     """Images → unit vectors, in input order."""
-    images = await read_images(
-        request, min_count=1, max_count=settings.max_images_per_request, allow_raw=True
-    )
-    spec = request.app.state.encoder.info.spec
-    vectors = await embed(batcher, await decode_all(images, spec, max_pixels=settings.max_pixels))
+    vectors = await embed_request(request, settings, batcher, min_count=1, allow_raw=True)
     return JSONResponse(
         {
             "model": model_version(request),
@@ -139,11 +146,7 @@ async def embed_images(request: Request, settings: SettingsDep, batcher: Batcher
 )
 async def similarity(request: Request, settings: SettingsDep, batcher: BatcherDep) -> Any:
     """The N×N cosine-score matrix of 2..N images."""
-    images = await read_images(
-        request, min_count=2, max_count=settings.max_images_per_request, allow_raw=False
-    )
-    spec = request.app.state.encoder.info.spec
-    h = await embed(batcher, await decode_all(images, spec, max_pixels=settings.max_pixels))
+    h = await embed_request(request, settings, batcher, min_count=2, allow_raw=False)
     scores = np.clip(h.astype(np.float64) @ h.T.astype(np.float64), -1.0, 1.0)
     np.fill_diagonal(scores, 1.0)
     return JSONResponse({"model": model_version(request), "scores": np.round(scores, 6).tolist()})

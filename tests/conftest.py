@@ -16,7 +16,7 @@ from PIL import Image
 
 from service.app import create_app
 from service.config import Settings
-from tests.support import API_KEY
+from tests.support import API_KEY, Server
 from training.augment import AugmentConfig
 from training.encoder import ContrastiveModel, EncoderConfig
 from training.export import export_artifact
@@ -89,3 +89,12 @@ def wait_ready(client: TestClient, timeout_s: float = 30) -> None:
 
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+@pytest.fixture(scope="module")
+def module_server(artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One real server (with the API key) for a whole test module."""
+    running = Server(artifact, tmp_path_factory.mktemp("server") / "data")
+    running.start()
+    yield running
+    running.stop()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,17 +30,9 @@ PASSES = {
 }
 
 
-@pytest.fixture(scope="module")
-def server(artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    running = Server(artifact, tmp_path_factory.mktemp("fuzz") / "data")
-    running.start()
-    yield running
-    running.stop()
-
-
 @pytest.mark.parametrize("name", PASSES)
 def test_schemathesis_finds_no_server_errors_or_schema_violations(
-    server: Server, name: str
+    module_server: Server, name: str
 ) -> None:
     beside_python = Path(sys.executable).parent / "st"
     st = str(beside_python) if beside_python.exists() else shutil.which("st")
@@ -49,7 +40,7 @@ def test_schemathesis_finds_no_server_errors_or_schema_violations(
     command = [
         st,
         "run",
-        f"{server.url}/openapi.json",
+        f"{module_server.url}/openapi.json",
         "--checks",
         "all",
         "--max-examples",

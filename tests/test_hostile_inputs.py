@@ -4,7 +4,6 @@ the specified status with a JSON error, never a 5xx or a hang, and bounded memor
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -15,14 +14,6 @@ from tests.hostile_corpus import Specimen, specimens
 from tests.support import Server
 
 PEAK_RSS_LIMIT_MB = 512  # the server's high-water mark after the whole corpus
-
-
-@pytest.fixture(scope="module")
-def server(artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    running = Server(artifact, tmp_path_factory.mktemp("hostile") / "data")
-    running.start()
-    yield running
-    running.stop()
 
 
 def _calls(specimen: Specimen) -> dict[str, dict]:
@@ -46,8 +37,10 @@ def _calls(specimen: Specimen) -> dict[str, dict]:
 
 
 @pytest.mark.parametrize("specimen", specimens(), ids=lambda s: s.name)
-def test_every_endpoint_answers_the_specified_status(server: Server, specimen: Specimen) -> None:
-    with httpx.Client(base_url=server.url, timeout=30) as client:
+def test_every_endpoint_answers_the_specified_status(
+    module_server: Server, specimen: Specimen
+) -> None:
+    with httpx.Client(base_url=module_server.url, timeout=30) as client:
         for call, kwargs in _calls(specimen).items():
             response = client.post(**kwargs)
             expected = specimen.status
@@ -59,11 +52,11 @@ def test_every_endpoint_answers_the_specified_status(server: Server, specimen: S
                 assert error["code"] and error["message"], call
 
 
-def test_server_memory_stays_bounded_after_the_corpus(server: Server) -> None:
-    with httpx.Client(base_url=server.url, timeout=30) as client:
+def test_server_memory_stays_bounded_after_the_corpus(module_server: Server) -> None:
+    with httpx.Client(base_url=module_server.url, timeout=30) as client:
         for specimen in specimens():
             client.post("/embed", files=[("files", (specimen.name, specimen.data))])
         assert client.get("/healthz").status_code == 200
-    status = Path(f"/proc/{server.process.pid}/status").read_text()
+    status = Path(f"/proc/{module_server.process.pid}/status").read_text()
     peak_kb = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")))
     assert peak_kb / 1024 < PEAK_RSS_LIMIT_MB
