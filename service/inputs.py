@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
@@ -40,6 +41,10 @@ async def read_form(request: Request, *, max_files: int) -> FormData:
         return await request.form(max_files=max_files, max_fields=max_files * 2 + 16)
     except MultiPartException as exc:
         raise InvalidInput(f"malformed multipart body: {exc.message}") from exc
+    except HTTPException as exc:  # Starlette reports some parser failures as a bare 400
+        if exc.status_code != 400:
+            raise
+        raise InvalidInput(f"malformed multipart body: {exc.detail}") from exc
 
 
 async def read_json(request: Request) -> dict[str, Any]:

@@ -34,6 +34,7 @@ def _rank(rank: int, init_file: str, out_dir: str) -> None:
     dist.all_gather(losses, loss.detach())
     np.save(Path(out_dir) / f"loss{rank}.npy", torch.stack(losses).numpy())
     np.save(Path(out_dir) / f"grad{rank}.npy", layer.weight.grad.numpy())
+    dist.barrier()  # neither rank tears down gloo while the other still talks to it
     dist.destroy_process_group()
 
 

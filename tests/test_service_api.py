@@ -215,6 +215,15 @@ BAD_INPUTS = [
         {"content": b"{", "headers": {"Content-Type": "application/json"}},
         422,
     ),
+    (
+        "malformed multipart",
+        "/nearest",
+        {
+            "content": b"--xx\r\n[[]]--xx--\r\n",
+            "headers": {"Content-Type": "multipart/form-data; boundary=xx"},
+        },
+        422,
+    ),
 ]
 
 
