@@ -99,7 +99,8 @@ class MetricsMiddleware:
             route = getattr(scope.get("route"), "path", "unmatched")
             method = scope["method"]
             self.metrics.requests.labels(method, route, str(status)).inc()
-            self.metrics.latency.labels(method, route).observe(time.perf_counter() - start)
+            elapsed = time.perf_counter() - start
+            self.metrics.latency.labels(method, route, str(status)).observe(elapsed)
 
 
 async def _open_gallery(app: FastAPI) -> None:

@@ -6,7 +6,11 @@ import json
 import logging
 import sys
 
-_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "color_message",  # uvicorn's ANSI-coloured twin of the message
+}
 
 
 class JsonFormatter(logging.Formatter):

@@ -20,7 +20,7 @@ class Metrics:
         self.latency = Histogram(
             "lookalike_request_seconds",
             "HTTP request latency",
-            ["method", "route"],
+            ["method", "route", "status"],
             buckets=LATENCY_BUCKETS_S,
             registry=self.registry,
         )

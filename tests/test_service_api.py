@@ -283,6 +283,7 @@ def test_metrics_count_requests_and_batches(client: TestClient) -> None:
     client.post("/embed", files=_files(png_bytes(0), png_bytes(1)))
     text = client.get("/metrics").text
     assert 'lookalike_requests_total{method="POST",route="/embed",status="200"} 1.0' in text
+    assert 'lookalike_request_seconds_count{method="POST",route="/embed",status="200"} 1.0' in text
     assert "lookalike_batch_images_count" in text
     assert "lookalike_index_vectors" in text
 
