@@ -42,7 +42,7 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
 
 train: setup
-	$(PY) -m training train --data fashion-mnist --loss ntxent --epochs 50 \
+	$(PY) -m training train --data fashion-mnist --loss ntxent --epochs 40 \
 		--set 'widths=[48,96,192]' --out models/fashion-mnist
 
 clean:
