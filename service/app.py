@@ -15,9 +15,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -191,6 +192,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if exc.status_code == 405:  # every method of the path, not just the first route's
             headers["Allow"] = ", ".join(sorted(allowed_methods(app, request.scope)))
         return error_response(exc.status_code, code, str(exc.detail), headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, _: ClientDisconnect) -> Response:
+        # Not an error: the client closed the connection mid-body; nobody reads this answer.
+        log.debug("client disconnected", extra={"path": request.url.path})
+        return Response(status_code=499)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

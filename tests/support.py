@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,15 +40,17 @@ class Server:
     def start(self, timeout_s: float = 60) -> float:
         """Start and wait for /readyz; return the seconds it took."""
         started = time.monotonic()
+        # A file, not a pipe: an unread pipe fills up and then blocks the server's logging.
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server
         self.process = subprocess.Popen(
             [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(self.port)],
             env=self.env,
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=self.log,
         )
         while time.monotonic() - started < timeout_s:
             if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {self.process.stderr.read().decode()[-2000:]}")
+                raise RuntimeError(f"server exited: {self.log_tail()}")
             try:
                 if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
                     return time.monotonic() - started
@@ -55,6 +58,10 @@ class Server:
                 pass
             time.sleep(0.05)
         raise TimeoutError("server did not become ready")
+
+    def log_tail(self, size: int = 3000) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")[-size:]
 
     def kill(self) -> None:
         assert self.process
