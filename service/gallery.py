@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from service.config import Settings
+from service.durable import write_atomically
 from service.encoder import Encoder
 from service.imaging import ImageError, decode_image
 from service.index import SnapshotError, VectorIndex
@@ -42,7 +43,6 @@ class Gallery:
         self.snapshot_path = Path(settings.data_dir) / SNAPSHOT_FILE
         self.index = self._new_index(self._kind_for(store.count()))
         self._snapshot_seq = 0
-        self._rebuilding = threading.Lock()
         self._writing = threading.Lock()  # serialises writes and the swap of a rebuilt index
         self._snapshotting = threading.Lock()
         self._background: threading.Thread | None = None  # a rebuild or snapshot in progress
@@ -65,7 +65,7 @@ class Gallery:
             for change in replayed:
                 index.apply(change.seq, change.old_seq, change.vector)
         self.index = index
-        self._snapshot_seq = index.seq if not replayed else 0
+        self._snapshot_seq = index.seq
         log.info(
             "index ready",
             extra={"vectors": index.count, "replayed": len(replayed), "kind": index.kind},
@@ -131,27 +131,22 @@ class Gallery:
 
     def rebuild(self) -> None:
         """Build a new index beside the live one, catch it up, and swap it in."""
-        if not self._rebuilding.acquire(blocking=False):
-            return
-        try:
-            started = time.monotonic()
-            fresh = self._build(self._kind_for(self.store.count()))
-            with self._writing:  # fresh is not visible yet: catching it up needs no index lock
-                for change in self.store.changes_since(fresh.seq):
-                    fresh.apply(change.seq, change.old_seq, change.vector)
-                old, self.index = self.index, fresh
-            log.info(
-                "index rebuilt",
-                extra={
-                    "kind": fresh.kind,
-                    "vectors": fresh.count,
-                    "was": old.kind,
-                    "seconds": round(time.monotonic() - started, 1),
-                },
-            )
-            self.snapshot()
-        finally:
-            self._rebuilding.release()
+        started = time.monotonic()
+        fresh = self._build(self._kind_for(self.store.count()))
+        with self._writing:  # fresh is not visible yet: catching it up needs no index lock
+            for change in self.store.changes_since(fresh.seq):
+                fresh.apply(change.seq, change.old_seq, change.vector)
+            old, self.index = self.index, fresh
+        log.info(
+            "index rebuilt",
+            extra={
+                "kind": fresh.kind,
+                "vectors": fresh.count,
+                "was": old.kind,
+                "seconds": round(time.monotonic() - started, 1),
+            },
+        )
+        self.snapshot()
 
     def snapshot(self) -> None:
         with self._snapshotting:  # background snapshots, rebuilds and shutdown may overlap
@@ -159,7 +154,7 @@ class Gallery:
             with index.lock.read():
                 content = index.snapshot_bytes(model_version=self.version)
                 seq = index.seq
-            VectorIndex.write_snapshot(self.snapshot_path, content)
+            write_atomically(self.snapshot_path, content)
             self.store.prune_changes(seq)
             self._snapshot_seq = seq
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import struct
 import threading
 from collections.abc import Iterator
@@ -163,21 +162,6 @@ class VectorIndex:
         body = MAGIC + struct.pack("<Q", len(header)) + header
         body += faiss.serialize_index(self._index).tobytes()
         return body + hashlib.sha256(body).digest()
-
-    @staticmethod
-    def write_snapshot(path: Path, content: bytes) -> None:
-        """Atomically: temp file, fsync, rename, fsync the folder."""
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            f.write(content)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
 
     @classmethod
     def load(cls, path: Path, *, model_version: str, **options: int) -> VectorIndex:

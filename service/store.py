@@ -16,7 +16,6 @@ import datetime as dt
 import errno
 import hashlib
 import json
-import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -24,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from service.durable import write_atomically
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -150,21 +151,7 @@ class Store:
         if path.exists():
             return sha
         path.parent.mkdir(exist_ok=True)
-        tmp = path.with_suffix(f".tmp{threading.get_ident()}")
-        try:
-            with open(tmp, "wb") as f:
-                f.write(content)
-                f.flush()
-                os.fsync(f.fileno())
-            tmp.replace(path)
-        except OSError:
-            tmp.unlink(missing_ok=True)
-            raise
-        directory = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        write_atomically(path, content)
         return sha
 
     def read_original(self, record: ImageRecord) -> bytes:

@@ -149,10 +149,13 @@ class ContrastiveModel(nn.Module):
 
     def embedding(self, images: torch.Tensor) -> torch.Tensor:
         """Unit-length `h` for pixels in [0, 1]: exactly what the exported graph computes."""
-        h = self.unwhitened(images)
-        if self.cfg.whiten_dim:
-            h = _unit((h - self.whiten_mean) @ self.whiten_matrix)  # (B, D)
-        return h
+        return self.whiten(self.unwhitened(images))
+
+    def whiten(self, h: torch.Tensor) -> torch.Tensor:
+        """Unwhitened unit features (B, D_b) → the served unit `h` (B, D)."""
+        if not self.cfg.whiten_dim:
+            return h
+        return _unit((h - self.whiten_mean) @ self.whiten_matrix)  # (B, D)
 
     @torch.no_grad()
     def embed(self, images: torch.Tensor) -> torch.Tensor:

@@ -87,20 +87,19 @@ def pixel_features(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images.reshape(len(images), -1).astype(np.float32) / 255.0)
 
 
-def onnx_embedder(model_dir: Path, *, batch_size: int = 512) -> Callable[[np.ndarray], np.ndarray]:
-    """Embed uint8 (N, H, W, C) images through the artifact's encoder.onnx."""
-    import onnxruntime as ort
+def onnx_embedder(model_dir: Path) -> Callable[[np.ndarray], np.ndarray]:
+    """Embed uint8 (N, H, W, C) images exactly as the service does: its own ONNX encoder."""
+    from service.encoder import load_encoder
 
-    session = ort.InferenceSession(
-        str(Path(model_dir) / "encoder.onnx"), providers=["CPUExecutionProvider"]
-    )
+    encoder = load_encoder(model_dir)
 
-    def embed(images: np.ndarray) -> np.ndarray:
-        out = []
-        for start in range(0, len(images), batch_size):
-            batch = images[start : start + batch_size].transpose(0, 3, 1, 2)
-            out.append(session.run(None, {"images": batch.astype(np.float32) / 255.0})[0])
-        return np.concatenate(out)
+    def embed(images: np.ndarray, batch_size: int = 512) -> np.ndarray:
+        return np.concatenate(
+            [
+                encoder.embed_pixels(list(images[s : s + batch_size]))
+                for s in range(0, len(images), batch_size)
+            ]
+        )
 
     return embed
 

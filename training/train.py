@@ -163,22 +163,15 @@ def fit_whitening(model: ContrastiveModel, data: Dataset, device: torch.device) 
     return h
 
 
-def whiten(model: ContrastiveModel, h: torch.Tensor) -> torch.Tensor:
-    if not model.cfg.whiten_dim:
-        return h
-    mean, matrix = model.whiten_mean.cpu(), model.whiten_matrix.cpu()
-    return torch.nn.functional.normalize((h - mean) @ matrix, dim=1)
-
-
 def knn_monitor(model: ContrastiveModel, bank: Dataset, test: Dataset, device) -> dict:
     """kNN top-1 (k=200, T=0.1) of the served embedding, and of `h` before whitening."""
     bank_h = fit_whitening(model, bank, device)
     test_h = unwhitened_features(model, test.images, device)
     bank_y, test_y = torch.from_numpy(bank.labels), torch.from_numpy(test.labels)
+    with torch.no_grad():
+        bank_w, test_w = (model.whiten(h.to(device)).cpu() for h in (bank_h, test_h))
     return {
-        "knn_top1_k200_t0.1": knn_top1(
-            whiten(model, bank_h), bank_y, whiten(model, test_h), test_y, k=200, temperature=0.1
-        ),
+        "knn_top1_k200_t0.1": knn_top1(bank_w, bank_y, test_w, test_y, k=200, temperature=0.1),
         "knn_top1_k200_t0.1_unwhitened": knn_top1(
             bank_h, bank_y, test_h, test_y, k=200, temperature=0.1
         ),
