@@ -6,9 +6,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
-APT_PACKAGES := dataset-fashion-mnist chromium chromium-driver
+APT_PACKAGES := dataset-fashion-mnist chromium chromium-driver wrk
+BENCH_VENV ?= .venv-bench
 
-.PHONY: setup apt run test test-fast lint train clean
+.PHONY: setup apt run test test-fast lint train bench-venv clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,5 +46,16 @@ train: setup
 	$(PY) -m training train --data fashion-mnist --loss ntxent --epochs 40 \
 		--set 'widths=[48,96,192]' --out models/fashion-mnist
 
+# bench/train_speed.py runs lightly beside our pipeline on one torch: lightly needs torchvision,
+# which imports only beside its own torch build, so both pipelines get this separate venv.
+$(BENCH_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_VENV)/bin/pip install -q torch==2.14.1 torchvision==0.29.1 lightly==1.6.0
+	$(BENCH_VENV)/bin/pip install -q --no-deps -e .
+	$(BENCH_VENV)/bin/pip install -q numpy pillow safetensors tqdm
+	touch $@
+
+bench-venv: apt $(BENCH_VENV)/.installed
+
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache .ruff_cache .mypy_cache

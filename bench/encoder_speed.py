@@ -3,20 +3,17 @@
     python bench/encoder_speed.py models/fashion-mnist [--seconds 5]
 
 Prints images/s for several batch sizes, measured back to back in one run, and writes
-bench/results/encoder_speed.json.
+RESULTS/encoder_speed.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
+from report import add_results_argument, table, write
 
 from service.encoder import load_encoder
 
@@ -38,25 +35,19 @@ def main() -> None:
     parser.add_argument("artifact", type=Path)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--batches", default="1,16,64,256")
+    add_results_argument(parser)
     args = parser.parse_args()
     encoder = load_encoder(args.artifact)
-    rows = {
-        int(b): images_per_second(encoder, int(b), args.seconds) for b in args.batches.split(",")
-    }
-    print(f"{'batch':>6} {'images/s':>10}")
-    for batch, rate in rows.items():
-        print(f"{batch:>6} {rate:>10.0f}")
-    result = {
-        "artifact": str(args.artifact),
-        "version": encoder.info.version,
-        "images_per_s_by_batch": rows,
-        "cpu_count": os.cpu_count(),
-        "cpu": platform.processor() or platform.machine(),
-        "onnxruntime": ort.__version__,
-    }
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / "encoder_speed.json").write_text(json.dumps(result, indent=2) + "\n")
+    rows = [
+        {"batch": int(b), "images_per_s": images_per_second(encoder, int(b), args.seconds)}
+        for b in args.batches.split(",")
+    ]
+    print(table(rows, [("batch", "batch"), ("images_per_s", "images/s")]))
+    write(
+        args.results,
+        "encoder_speed",
+        {"artifact": str(args.artifact), "version": encoder.info.version, "rows": rows},
+    )
 
 
 if __name__ == "__main__":

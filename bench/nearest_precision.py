@@ -12,46 +12,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import socket
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import onnxruntime as ort
+from report import add_results_argument, write
 
 from service.fashion_mnist import FASHION_MNIST_CLASSES, load_split
 from service.imaging import encode_png
-
-KEY = "bench-key"
-
-
-def start_service(model: Path, data_dir: Path) -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = {
-        **os.environ,
-        "LOOKALIKE_MODEL_DIR": str(model),
-        "LOOKALIKE_DATA_DIR": str(data_dir),
-        "LOOKALIKE_API_KEY": KEY,
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service", "--port", str(port)], env=env, stderr=subprocess.DEVNULL
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(url + "/readyz").status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError("service did not start")
+from tests.support import API_KEY, Server
 
 
 def pixel_precision(
@@ -70,16 +41,18 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=Path("models/fashion-mnist"))
     parser.add_argument("--gallery", type=int, default=1000)
     parser.add_argument("--queries", type=int, default=300)
+    add_results_argument(parser)
     args = parser.parse_args()
     train_x, train_y = load_split("train")
     test_x, test_y = load_split("test")
     gallery, g_labels = train_x[: args.gallery], train_y[: args.gallery]
     queries, q_labels = test_x[: args.queries], test_y[: args.queries]
     with tempfile.TemporaryDirectory() as data_dir:
-        process, url = start_service(args.model, Path(data_dir))
+        server = Server(args.model, Path(data_dir))
+        server.start()
         try:
-            with httpx.Client(base_url=url, timeout=60) as client:
-                auth = {"Authorization": f"Bearer {KEY}"}
+            with httpx.Client(base_url=server.url, timeout=60) as client:
+                auth = {"Authorization": f"Bearer {API_KEY}"}
                 for start in range(0, len(gallery), 100):
                     batch = range(start, min(start + 100, len(gallery)))
                     response = client.post(
@@ -123,8 +96,7 @@ def main() -> None:
                     ).json()["scores"]
                 )
         finally:
-            process.terminate()
-            process.wait()
+            server.stop()
     pixels = pixel_precision(gallery, g_labels, queries, q_labels, 10)
     print(f"gallery {len(gallery)} train images, {len(queries)} test queries, k=10")
     print(f"{'':<22}{'precision@10':>14}")
@@ -134,6 +106,17 @@ def main() -> None:
     print(f"/embed vs ONNX Runtime max |diff|: {np.abs(served - direct).max():.2e}")
     asymmetry, diagonal = np.abs(scores - scores.T).max(), np.diag(scores).min()
     print(f"/similarity {scores.shape}, max asymmetry {asymmetry:.1e}, diagonal {diagonal:.6f}")
+    write(
+        args.results,
+        "nearest_precision",
+        {
+            "gallery": len(gallery),
+            "queries": len(queries),
+            "precision_at_10": {"lookalike": ours, "raw_pixels": pixels},
+            "embed_vs_onnx_max_abs_diff": float(np.abs(served - direct).max()),
+            "similarity_max_asymmetry": float(asymmetry),
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -1,10 +1,12 @@
 """Search index kinds side by side: build time, memory, latency and recall@10 against exact.
 
-    python bench/search.py [--model models/fashion-mnist] [--sizes 100000] [--ef 32,64,96,192]
+    python bench/search.py [--model models/fashion-mnist] [--sizes 100000,1000000] [--dim 128]
 
-Vectors are the artifact's Fashion-MNIST embeddings (train + test, 70k) tiled with small noise
-up to each size; queries are 1,000 other noisy copies. Every index is the service's own
-`VectorIndex`, so the numbers describe what the service runs. Writes bench/results/search.json.
+Vectors are the artifact's Fashion-MNIST embeddings (train + test, 70k; `--dim` keeps that many
+leading whitened-PCA dims, renormalised) tiled with small noise up to each size; queries are
+1,000 other noisy copies. Every index is the service's own `VectorIndex`, so the numbers
+describe what the service runs; memory is the size of its serialised index. Searches are one
+query at a time (k=10), as /nearest runs them. Writes RESULTS/search.json.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import faiss
 import numpy as np
+from report import add_results_argument, table, write
 
 from service.encoder import load_encoder
 from service.fashion_mnist import load_split
@@ -24,12 +27,19 @@ from service.index import VectorIndex
 K = 10
 
 
-def corpus(model: Path, size: int, queries: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def embeddings(model: Path, dim: int | None) -> np.ndarray:
+    """Fashion-MNIST train + test through the artifact; `dim` keeps the leading (PCA) dims."""
     encoder = load_encoder(model)
     images = np.concatenate([load_split("train")[0], load_split("test")[0]])
     base = np.concatenate(
         [encoder.embed_pixels(list(images[i : i + 1024])) for i in range(0, len(images), 1024)]
-    )
+    )[:, :dim]
+    return base / np.linalg.norm(base, axis=1, keepdims=True)
+
+
+def corpus(
+    base: np.ndarray, size: int, queries: int, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
 
     def noisy(rows: np.ndarray) -> np.ndarray:
@@ -58,16 +68,19 @@ def recall(found: list[list[int]], truth: list[list[int]]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", type=Path, default=Path("models/fashion-mnist"))
-    parser.add_argument("--sizes", default="100000")
+    parser.add_argument("--sizes", default="100000,1000000")
+    parser.add_argument("--dim", type=int, help="leading dims kept (default: all)")
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--m", type=int, default=32)
     parser.add_argument("--ef-construction", type=int, default=80)
     parser.add_argument("--ef", default="32,64,96,192")
+    add_results_argument(parser)
     args = parser.parse_args()
+    base = embeddings(args.model, args.dim)
     faiss.omp_set_num_threads(2)
     rows = []
     for size in (int(s) for s in args.sizes.split(",")):
-        vectors, queries = corpus(args.model, size, args.queries)
+        vectors, queries = corpus(base, size, args.queries)
         labels = np.arange(size, dtype=np.int64)
         configs = [("flat", {})] + [("hnsw", {"ef_search": int(ef)}) for ef in args.ef.split(",")]
         truth: list[list[int]] = []
@@ -101,18 +114,21 @@ def main() -> None:
                 }
             )
             print(json.dumps(rows[-1]), flush=True)
-    print(
-        f"\n{'vectors':>9} {'kind':<6} {'ef':>4} {'build s':>8} {'MB':>7} {'p50 ms':>7} "
-        f"{'p99 ms':>7} {'recall@10':>10}"
+    columns = [
+        ("vectors", "vectors"),
+        ("dim", "dim"),
+        ("kind", "kind"),
+        ("ef_search", "efSearch"),
+        ("build_s", "build s"),
+        ("memory_mb", "MB"),
+        ("p50_ms", "p50 ms"),
+        ("p99_ms", "p99 ms"),
+        ("recall_at_10", "recall@10"),
+    ]
+    print("\n" + table(rows, columns))
+    write(
+        args.results, "search", {"m": args.m, "ef_construction": args.ef_construction, "rows": rows}
     )
-    for r in rows:
-        print(
-            f"{r['vectors']:>9} {r['kind']:<6} {r.get('ef_search', ''):>4} {r['build_s']:>8} "
-            f"{r['memory_mb']:>7} {r['p50_ms']:>7} {r['p99_ms']:>7} {r['recall_at_10']:>10}"
-        )
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / "search.json").write_text(json.dumps(rows, indent=2) + "\n")
 
 
 if __name__ == "__main__":

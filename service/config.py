@@ -32,7 +32,9 @@ class Settings(BaseSettings):
     # Micro-batching of inference.
     micro_batching: bool = True  # off: each request runs on its own (the naive baseline)
     batch_size: int = Field(64, ge=1)  # most images per model call
-    batch_wait_ms: float = Field(2.0, ge=0)  # longest wait for batch-mates
+    # Longest wait for batch-mates. 0: the model starts at once and batches whatever queued
+    # while it was busy, which under load beats a fixed wait (bench/serve.py, BENCHMARKS.md).
+    batch_wait_ms: float = Field(0.0, ge=0)
     queue_max_images: int = Field(2048, ge=1)  # beyond this, 503 + Retry-After
     inference_threads: int = Field(0, ge=0)  # ONNX Runtime intra-op threads; 0 = its default
 

@@ -61,6 +61,9 @@ def load_encoder(model_dir: Path, *, threads: int = 0) -> Encoder:
             "(sha256); the files come from different exports"
         )
     options = ort.SessionOptions()
+    # Idle intra-op threads sleep instead of spinning: model calls come in bursts between
+    # requests, and a spinning thread takes a core from the event loop (bench/serve.py).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
     try:

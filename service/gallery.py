@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +46,8 @@ class Gallery:
         self._snapshot_seq = 0
         self._writing = threading.Lock()  # serialises writes and the swap of a rebuilt index
         self._snapshotting = threading.Lock()
-        self._background: threading.Thread | None = None  # a rebuild or snapshot in progress
+        self._background: threading.Thread | None = None  # set while maintenance runs
+        self._maintenance = threading.Lock()  # guards starting `_background`
 
     # --- start-up --------------------------------------------------------------------------
     def open(self) -> None:
@@ -159,23 +161,48 @@ class Gallery:
             self._snapshot_seq = seq
 
     def _after_write(self) -> None:
+        with self._maintenance:
+            if self._background is not None:
+                return  # the running thread checks again when its work is done
+            work = self._due_work()
+            if work is None:
+                return
+            self._background = threading.Thread(
+                target=self._maintain, args=(work,), name="index-maintenance", daemon=True
+            )
+            self._background.start()
+
+    def _due_work(self) -> Callable[[], None] | None:
         index = self.index
         due_snapshot = index.seq - self._snapshot_seq >= self.settings.snapshot_every_writes
         wrong_kind = index.kind != self._kind_for(index.count)
         too_many_tombstones = index.tombstone_share > self.settings.tombstone_rebuild_ratio
-        busy = self._background is not None and self._background.is_alive()
-        if busy or not (wrong_kind or too_many_tombstones or due_snapshot):
-            return
+        if not (wrong_kind or too_many_tombstones or due_snapshot):
+            return None
         if due_snapshot:
             self._snapshot_seq = index.seq  # claim it, so only one snapshot starts
-        work = self.rebuild if wrong_kind or too_many_tombstones else self.snapshot
-        self._background = threading.Thread(target=work, name="index-maintenance", daemon=True)
-        self._background.start()
+        return self.rebuild if wrong_kind or too_many_tombstones else self.snapshot
+
+    def _maintain(self, work: Callable[[], None] | None) -> None:
+        """Run maintenance, then whatever fell due meanwhile (the gallery may have crossed the
+        HNSW size during a snapshot, with no further write to notice it)."""
+        try:
+            while work is not None:
+                work()
+                with self._maintenance:
+                    work = self._due_work()
+                    if work is None:
+                        self._background = None
+        except BaseException:
+            with self._maintenance:
+                self._background = None
+            raise
 
     def close(self) -> None:
         """Let background maintenance finish, then write a final snapshot."""
-        if self._background is not None:
-            self._background.join()
+        background = self._background
+        if background is not None:
+            background.join()
         self.snapshot()
 
     # --- writes ----------------------------------------------------------------------------

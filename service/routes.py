@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
+import orjson
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -55,12 +56,15 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 router = APIRouter()
 
+# Dependencies are `async def` on purpose: FastAPI runs a plain `def` dependency in a thread
+# pool, one thread hop per dependency per request (a fifth of single-image /embed's CPU).
 
-def get_settings(request: Request) -> Settings:
+
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_gallery(request: Request) -> Gallery:
+async def get_gallery(request: Request) -> Gallery:
     gallery = getattr(request.app.state, "gallery", None)
     if gallery is None or not request.app.state.ready:
         raise Unavailable(
@@ -69,14 +73,14 @@ def get_gallery(request: Request) -> Gallery:
     return gallery
 
 
-def get_batcher(request: Request) -> MicroBatcher:
+async def get_batcher(request: Request) -> MicroBatcher:
     return request.app.state.batcher
 
 
 bearer = HTTPBearer(auto_error=False, description="the service's LOOKALIKE_API_KEY")
 
 
-def require_write_key(
+async def require_write_key(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
 ) -> None:
     key = request.app.state.settings.api_key
@@ -116,8 +120,16 @@ async def embed_request(
     return await embed(batcher, await decode_all(images, spec, max_pixels=settings.max_pixels))
 
 
-def vectors_json(vectors: np.ndarray) -> list[list[float]]:
-    return np.round(vectors.astype(np.float64), 7).tolist()
+class ArrayJSONResponse(JSONResponse):
+    """JSON by orjson, numpy arrays written directly: 64×256 floats in ~1 ms instead of ~6."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def rounded(values: np.ndarray, decimals: int) -> np.ndarray:
+    """float64, rounded: float32's noise digits stay out of the JSON."""
+    return np.round(values.astype(np.float64), decimals)
 
 
 @router.post(
@@ -129,11 +141,11 @@ def vectors_json(vectors: np.ndarray) -> list[list[float]]:
 async def embed_images(request: Request, settings: SettingsDep, batcher: BatcherDep) -> Any:
     """Images → unit vectors, in input order."""
     vectors = await embed_request(request, settings, batcher, min_count=1, allow_raw=True)
-    return JSONResponse(
+    return ArrayJSONResponse(
         {
             "model": model_version(request),
             "dim": int(vectors.shape[1]),
-            "embeddings": vectors_json(vectors),
+            "embeddings": rounded(vectors, 7),
         }
     )
 
@@ -149,7 +161,7 @@ async def similarity(request: Request, settings: SettingsDep, batcher: BatcherDe
     h = await embed_request(request, settings, batcher, min_count=2, allow_raw=False)
     scores = np.clip(h.astype(np.float64) @ h.T.astype(np.float64), -1.0, 1.0)
     np.fill_diagonal(scores, 1.0)
-    return JSONResponse({"model": model_version(request), "scores": np.round(scores, 6).tolist()})
+    return ArrayJSONResponse({"model": model_version(request), "scores": rounded(scores, 6)})
 
 
 async def _query_vector(

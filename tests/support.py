@@ -43,7 +43,7 @@ class Server:
         # A file, not a pipe: an unread pipe fills up and then blocks the server's logging.
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(self.port)],
+            self.command(),
             env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=self.log,
@@ -58,6 +58,9 @@ class Server:
                 pass
             time.sleep(0.05)
         raise TimeoutError("server did not become ready")
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(self.port)]
 
     def log_tail(self, size: int = 3000) -> str:
         self.log.seek(0)

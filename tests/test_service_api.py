@@ -8,6 +8,7 @@ import json
 import struct
 import subprocess
 import sys
+import threading
 import zlib
 from pathlib import Path
 
@@ -414,6 +415,32 @@ def test_auto_index_switches_to_hnsw_past_the_configured_size(
         _wait_for(lambda: client.get("/readyz").json()["index_kind"] == "hnsw")
         ready = client.get("/readyz").json()
         assert ready["indexed"] == ready["images"] == 8, ready
+
+
+def test_a_size_crossed_during_a_snapshot_still_switches_the_index_without_another_write(
+    artifact: Path, tmp_path: Path
+) -> None:
+    settings = make_settings(
+        artifact, tmp_path / "data", approximate_index_min_vectors=8, snapshot_every_writes=4
+    )
+    release = threading.Event()
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        gallery = client.app.state.gallery
+        snapshot = gallery.snapshot
+
+        def slow_snapshot() -> None:
+            release.wait(30)
+            snapshot()
+
+        gallery.snapshot = slow_snapshot
+        client.post("/images", files=_files(*(png_bytes(700 + i) for i in range(4))))
+        # The snapshot is due and now held; these writes cross the HNSW size meanwhile.
+        client.post("/images", files=_files(*(png_bytes(800 + i) for i in range(4))))
+        assert client.get("/readyz").json()["index_kind"] == "flat"
+        release.set()
+        _wait_for(lambda: client.get("/readyz").json()["index_kind"] == "hnsw")
+        assert client.get("/readyz").json()["indexed"] == 8
 
 
 @pytest.mark.parametrize("damage", ["truncate", "corrupt", "delete"])

@@ -1,0 +1,71 @@
+"""The HTTP ceiling: a bare endpoint on the service's framework and server, no decoding, no model.
+
+    python bench/bare_app.py --port 8001 --responses DIR
+
+POST /embed reads the request the way the service does — a multipart body parsed into its files
+by the same Starlette form parser, or a raw image body read whole — and answers the bytes of
+DIR/<n>.json for n images: the service's own answer to the same request, so the response size
+matches too. uvicorn is started with the service's own arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI, Request, Response, UploadFile
+
+
+def create_app(responses: dict[int, bytes]) -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/readyz")
+    async def readyz() -> dict:
+        return {"status": "ready"}
+
+    @app.post("/minimal/embed")
+    async def minimal(request: Request) -> Response:
+        if request.headers.get("content-type", "").startswith("multipart/form-data"):
+            form = await request.form(max_files=1024, max_fields=2064)
+            count = len([await part.read() for part in form.getlist("files")])  # type: ignore[union-attr]
+        else:
+            await request.body()
+            count = 1
+        return Response(responses[count], media_type="application/json")
+
+    documents = {count: json.loads(body) for count, body in responses.items()}
+
+    @app.post("/fastapi/embed")
+    async def idiomatic(files: list[UploadFile]) -> dict:
+        for part in files:
+            await part.read()
+        return documents[len(files)]
+
+    @app.post("/fastapi/embed-raw")
+    async def idiomatic_raw(request: Request) -> dict:
+        await request.body()
+        return documents[1]
+
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--responses", type=Path, required=True)
+    args = parser.parse_args()
+    responses = {int(p.stem): p.read_bytes() for p in args.responses.glob("*.json")}
+    uvicorn.run(
+        create_app(responses),
+        host=args.host,
+        port=args.port,
+        log_config=None,
+        timeout_graceful_shutdown=10,
+    )
+
+
+if __name__ == "__main__":
+    main()

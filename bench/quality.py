@@ -1,0 +1,114 @@
+"""Embedding quality on Fashion-MNIST: the artifact beside a random-init twin and raw pixels.
+
+    python bench/quality.py models/fashion-mnist [--limit N]
+
+Three feature sets, every metric computed the same way on each (training/evaluate.py):
+- the artifact, embedded through the service's own ONNX encoder;
+- a random-init encoder of the same architecture (model.json's, seed 0), with
+  its PCA-whitening fitted on the train images exactly as training does (no labels);
+- raw pixels (784 values in [0, 1]).
+Metrics: kNN top-1 (k=200/T=0.1, k=20/T=0.07), recall@1 and mAP@R, and a linear probe:
+multinomial logistic regression (scikit-learn, lbfgs, C=1, at most 5,000 iterations,
+standardised features) fitted on the frozen train features and scored on the test set.
+Writes RESULTS/quality.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from report import add_results_argument, table, write
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+from training.data import load_fashion_mnist
+from training.encoder import ContrastiveModel, EncoderConfig
+from training.evaluate import all_metrics, onnx_embedder, pixel_features
+
+
+def random_init_features(
+    artifact: Path, train: np.ndarray, test: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    torch.manual_seed(0)
+    architecture = json.loads((artifact / "model.json").read_text())["architecture"]
+    model = ContrastiveModel(EncoderConfig.from_dict(architecture))
+    model.eval()
+
+    def unwhitened(images: np.ndarray) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat(
+                [
+                    model.unwhitened(
+                        torch.from_numpy(images[s : s + 1024]).permute(0, 3, 1, 2).float() / 255
+                    )
+                    for s in range(0, len(images), 1024)
+                ]
+            )
+
+    train_h = unwhitened(train)
+    model.fit_whitening(train_h)
+    with torch.no_grad():
+        return model.whiten(train_h).numpy(), model.whiten(unwhitened(test)).numpy()
+
+
+def linear_probe(
+    train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray
+) -> float:
+    scaler = StandardScaler().fit(train_x)
+    probe = LogisticRegression(C=1.0, max_iter=5000)
+    probe.fit(scaler.transform(train_x), train_y)
+    return float(probe.score(scaler.transform(test_x), test_y))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("artifact", type=Path)
+    parser.add_argument("--limit", type=int, help="train and test images (smoke runs)")
+    add_results_argument(parser)
+    args = parser.parse_args()
+    train = load_fashion_mnist("train").subset(args.limit)
+    test = load_fashion_mnist("test").subset(args.limit)
+    embed = onnx_embedder(args.artifact)
+    features = {
+        "model": (embed(train.images), embed(test.images)),
+        "random init": random_init_features(args.artifact, train.images, test.images),
+        "raw pixels": tuple(pixel_features(x.images).numpy() for x in (train, test)),
+    }
+    results: dict[str, dict[str, float]] = {}
+    for name, (train_x, test_x) in features.items():
+        start = time.perf_counter()
+        metrics = all_metrics(
+            torch.from_numpy(train_x),
+            torch.from_numpy(train.labels),
+            torch.from_numpy(test_x),
+            torch.from_numpy(test.labels),
+        )
+        metrics["linear_probe"] = linear_probe(train_x, train.labels, test_x, test.labels)
+        results[name] = metrics
+        print(f"{name}: {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+    rows = [
+        {"metric": metric, **{name: results[name][metric] for name in results}}
+        for metric in results["model"]
+    ]
+    print(f"\nFashion-MNIST: {len(train):,} train, {len(test):,} test images; {args.artifact}")
+    print(table(rows, [("metric", "metric")] + [(name, name) for name in results]))
+    write(
+        args.results,
+        "quality",
+        {
+            "artifact": str(args.artifact),
+            "train_images": len(train),
+            "test_images": len(test),
+            "results": results,
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,98 @@
+"""Each benchmark script runs end to end on tiny inputs and writes its JSON.
+
+Smoke only: speed is never asserted here (these machines are noisy); BENCHMARKS.md holds the
+measured numbers. Fashion-MNIST must be installed (apt-get install dataset-fashion-mnist).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def run_script(name: str, *args: str, results: Path) -> dict:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / f"{name}.py"), *args, "--results", str(results)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads((results / f"{name}.json").read_text())
+
+
+def test_quality(artifact: Path, tmp_path: Path) -> None:
+    result = run_script("quality", str(artifact), "--limit", "600", results=tmp_path)
+    assert set(result["results"]) == {"model", "random init", "raw pixels"}
+    for metrics in result["results"].values():
+        assert set(metrics) >= {"knn_top1_k200_t0.1", "map_at_r", "linear_probe"}
+        assert all(0 <= v <= 1 for v in metrics.values())
+    assert result["machine"]["cores"] >= 1
+
+
+def test_train_speed(tmp_path: Path) -> None:
+    pipelines = "ours,lightly" if importlib.util.find_spec("lightly") else "ours"
+    result = run_script(
+        "train_speed",
+        *("--pipelines", pipelines, "--workers", "0", "--limit", "512", "--batch-size", "64"),
+        *("--widths", "8,16,32", "--warmup", "1", "--steps", "2", "--epochs", "1"),
+        results=tmp_path,
+    )
+    assert result["throughput"][0]["pipeline"] == "ours"
+    assert all(row["images_per_s"] > 0 for row in result["throughput"])
+    curve = result["time_to_accuracy"]["ours"]["curve"]
+    assert len(curve) == 1 and 0 <= curve[0]["knn_top1_k200_t0.1"] <= 1
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk (apt-get install wrk)")
+def test_serve(artifact: Path, tmp_path: Path) -> None:
+    result = run_script(
+        "serve",
+        *("--model", str(artifact), "--seconds", "1", "--connections", "4"),
+        *("--gallery", "300", "--overload-seconds", "1"),
+        results=tmp_path,
+    )
+    servers = {row["server"] for row in result["rows"]}
+    assert servers == {"service", "naive", "HTTP ceiling"}
+    assert all(set(row["statuses"]) == {"200"} for row in result["rows"])
+    assert result["rows"][-1]["request"].startswith("nearest k=10, 300 images")
+    assert result["overload"]["passed"]
+
+
+def test_search(artifact: Path, tmp_path: Path) -> None:
+    result = run_script(
+        "search",
+        *("--model", str(artifact), "--sizes", "3000", "--queries", "20", "--ef", "16,64"),
+        results=tmp_path,
+    )
+    kinds = [(row["kind"], row.get("ef_search")) for row in result["rows"]]
+    assert kinds == [("flat", None), ("hnsw", 16), ("hnsw", 64)]
+    assert result["rows"][0]["recall_at_10"] == 1.0
+
+
+def test_encoder_speed(artifact: Path, tmp_path: Path) -> None:
+    result = run_script(
+        "encoder_speed", str(artifact), "--seconds", "0.2", "--batches", "1,8", results=tmp_path
+    )
+    assert [row["batch"] for row in result["rows"]] == [1, 8]
+
+
+def test_nearest_precision(artifact: Path, tmp_path: Path) -> None:
+    result = run_script(
+        "nearest_precision",
+        *("--model", str(artifact), "--gallery", "100", "--queries", "10"),
+        results=tmp_path,
+    )
+    assert 0 <= result["precision_at_10"]["lookalike"] <= 1
+    assert result["embed_vs_onnx_max_abs_diff"] < 1e-4
