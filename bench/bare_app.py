@@ -2,10 +2,12 @@
 
     python bench/bare_app.py --port 8001 --responses DIR
 
-POST /embed reads the request the way the service does — a multipart body parsed into its files
-by the same Starlette form parser, or a raw image body read whole — and answers the bytes of
-DIR/<n>.json for n images: the service's own answer to the same request, so the response size
-matches too. uvicorn is started with the service's own arguments.
+DIR/<n>.json is the service's own answer for n images, so response sizes match. Two variants:
+- POST /minimal/embed reads the request the way the service does — a multipart body parsed into
+  its files by Starlette's form parser, or a raw image body read whole — and answers those bytes;
+- POST /fastapi/embed (`files: list[UploadFile]`) and /fastapi/embed-raw are the endpoints a
+  FastAPI user writes first: they answer the same document as a dict, encoded by FastAPI.
+uvicorn is started with the service's own arguments.
 """
 
 from __future__ import annotations

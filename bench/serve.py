@@ -8,7 +8,9 @@ All in one run, one after another on this machine (wrk in its own process, one t
    (multipart and raw image/png) at `--connections`, and with 64 images per request;
 3. the naive server: the same, with LOOKALIKE_MICRO_BATCHING=false;
 4. the HTTP ceiling: bench/bare_app.py on the same FastAPI + uvicorn, receiving the same bodies
-   and answering the service's own response bytes, with no decoding and no model;
+   and answering the service's own response bytes, with no decoding and no model — minimal
+   (Starlette's form parser, pre-encoded bytes), and the bare FastAPI endpoint a user would
+   write (`files: list[UploadFile]`, a dict answer encoded by FastAPI);
 5. /nearest (multipart file, k=10) at a `--gallery`-image gallery, filled over HTTP with
    Fashion-MNIST train + test + mirrored train images (all distinct);
 6. overload: reliability.overload at 4× the connections, against a short queue.
@@ -36,6 +38,8 @@ from service.imaging import encode_png
 from tests.support import API_KEY, Server
 
 BATCH_IMAGES = 64
+CEILING = "HTTP ceiling"
+BARE_FASTAPI = "bare FastAPI"
 
 
 class BareServer(Server):
@@ -61,11 +65,14 @@ def requests(images: np.ndarray) -> dict[str, tuple[bytes, str, int]]:
     }
 
 
-def load(url: str, bodies: dict, args: argparse.Namespace, server: str) -> list[dict]:
+def load(base: str, path, bodies: dict, args: argparse.Namespace, server: str) -> list[dict]:
+    """wrk against each request body; `path` maps (content type, images) → the URL's path."""
     rows = []
     for name, (body, kind, count) in bodies.items():
         connections = args.connections if count == 1 else args.batch_connections
-        result = wrk.run(url, body, kind, connections=connections, seconds=args.seconds)
+        result = wrk.run(
+            base + path(kind, count), body, kind, connections=connections, seconds=args.seconds
+        )
         row = {
             "server": server,
             "request": name,
@@ -173,18 +180,27 @@ def main() -> None:
                         f"{server.url}/embed", content=body, headers={"Content-Type": kind}
                     )
                     (responses / f"{count}.json").write_bytes(answer.raise_for_status().content)
-                rows += load(f"{server.url}/embed", bodies, args, name)
+                rows += load(server.url, lambda kind, n: "/embed", bodies, args, name)
             finally:
                 server.stop()
         bare = BareServer(responses)
         bare.start()
         try:
-            rows += load(f"{bare.url}/embed", bodies, args, "HTTP ceiling")
+            rows += load(bare.url, lambda kind, n: "/minimal/embed", bodies, args, CEILING)
+            rows += load(
+                bare.url,
+                lambda kind, n: "/fastapi/embed-raw" if kind == "image/png" else "/fastapi/embed",
+                bodies,
+                args,
+                BARE_FASTAPI,
+            )
         finally:
             bare.stop()
-    ceiling = {r["request"]: r["requests_per_s"] for r in rows if r["server"] == "HTTP ceiling"}
+    ceiling = {r["request"]: r["requests_per_s"] for r in rows if r["server"] == CEILING}
+    bare = {r["request"]: r["requests_per_s"] for r in rows if r["server"] == BARE_FASTAPI}
     for row in rows:
         row["vs_ceiling"] = row["requests_per_s"] / ceiling[row["request"]]
+        row["vs_bare_fastapi"] = row["requests_per_s"] / bare[row["request"]]
         row["vs_model_limit"] = row["images_per_s"] / model_limit
     rows.append(nearest(args.model, args, encode_png(images[0])))
     print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
@@ -204,6 +220,7 @@ def main() -> None:
                 ("p95_ms", "p95 ms"),
                 ("p99_ms", "p99 ms"),
                 ("vs_ceiling", "÷ ceiling"),
+                ("vs_bare_fastapi", "÷ bare FastAPI"),
                 ("vs_model_limit", "÷ model"),
             ],
         )
