@@ -2,11 +2,12 @@
 
     python bench/search.py [--model models/fashion-mnist] [--sizes 100000,1000000] [--dim 128]
 
-Vectors are the artifact's Fashion-MNIST embeddings (train + test, 70k; `--dim` keeps that many
-leading whitened-PCA dims, renormalised) tiled with small noise up to each size; queries are
-1,000 other noisy copies. Every index is the service's own `VectorIndex`, so the numbers
-describe what the service runs; memory is the size of its serialised index. Searches are one
-query at a time (k=10), as /nearest runs them. Writes RESULTS/search.json.
+Vectors are the artifact's embeddings of the Fashion-MNIST train images (60k; `--dim` keeps
+that many leading whitened-PCA dims, renormalised), then noisy copies of them up to each size
+(noise σ 0.02 per dim). Queries are the first `--queries` test images, which the corpus never
+holds. Every index is the service's own `VectorIndex`, so the numbers describe what the
+service runs; memory is the size of its serialised index. Searches are one query at a time
+(k=10), as /nearest runs them. Writes RESULTS/search.json.
 """
 
 from __future__ import annotations
@@ -27,28 +28,24 @@ from service.index import VectorIndex
 K = 10
 
 
-def embeddings(model: Path, dim: int | None) -> np.ndarray:
-    """Fashion-MNIST train + test through the artifact; `dim` keeps the leading (PCA) dims."""
+def embeddings(model: Path, split: str, dim: int | None) -> np.ndarray:
+    """A Fashion-MNIST split through the artifact; `dim` keeps the leading (PCA) dims."""
     encoder = load_encoder(model)
-    images = np.concatenate([load_split("train")[0], load_split("test")[0]])
-    base = np.concatenate(
+    images = load_split(split)[0]
+    vectors = np.concatenate(
         [encoder.embed_pixels(list(images[i : i + 1024])) for i in range(0, len(images), 1024)]
     )[:, :dim]
-    return base / np.linalg.norm(base, axis=1, keepdims=True)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
-def corpus(
-    base: np.ndarray, size: int, queries: int, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
+def corpus(base: np.ndarray, size: int, seed: int = 0) -> np.ndarray:
+    """`base` first, then noisy copies of random rows up to `size` (unit vectors)."""
+    if size <= len(base):
+        return base[:size]
     rng = np.random.default_rng(seed)
-
-    def noisy(rows: np.ndarray) -> np.ndarray:
-        out = base[rows] + rng.normal(0, 0.02, (len(rows), base.shape[1])).astype(np.float32)
-        return out / np.linalg.norm(out, axis=1, keepdims=True)
-
-    vectors = base if size <= len(base) else noisy(rng.integers(0, len(base), size))
-    vectors[: min(size, len(base))] = base[: min(size, len(base))]
-    return vectors[:size], noisy(rng.integers(0, len(base), queries))
+    rows = rng.integers(0, len(base), size - len(base))
+    copies = base[rows] + rng.normal(0, 0.02, (len(rows), base.shape[1])).astype(np.float32)
+    return np.concatenate([base, copies / np.linalg.norm(copies, axis=1, keepdims=True)])
 
 
 def measure(index: VectorIndex, queries: np.ndarray) -> tuple[list[list[int]], np.ndarray]:
@@ -76,11 +73,12 @@ def main() -> None:
     parser.add_argument("--ef", default="32,64,96,192")
     add_results_argument(parser)
     args = parser.parse_args()
-    base = embeddings(args.model, args.dim)
+    base = embeddings(args.model, "train", args.dim)
+    queries = embeddings(args.model, "test", args.dim)[: args.queries]
     faiss.omp_set_num_threads(2)
     rows = []
     for size in (int(s) for s in args.sizes.split(",")):
-        vectors, queries = corpus(base, size, args.queries)
+        vectors = corpus(base, size)
         labels = np.arange(size, dtype=np.int64)
         configs = [("flat", {})] + [("hnsw", {"ef_search": int(ef)}) for ef in args.ef.split(",")]
         truth: list[list[int]] = []

@@ -204,7 +204,9 @@ def main() -> None:
         row["vs_model_limit"] = row["images_per_s"] / model_limit
     rows.append(nearest(args.model, args, encode_png(images[0])))
     print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    shed = overload.measure(args.model, factor=4, seconds=args.overload_seconds, queue=64)
+    shed = overload.measure(
+        args.model, factor=4, seconds=args.overload_seconds, queue=overload.QUEUE
+    )
 
     print(f"\nmodel limit (ONNX offline, batch 256): {model_limit:,.0f} images/s")
     print(

@@ -70,11 +70,16 @@ class MicroBatcher:
                 await self._task
         self._executor.shutdown(wait=True)
 
-    async def embed(self, pixels: list[np.ndarray]) -> np.ndarray:
-        """Unit vectors (N, D) for decoded images, in order."""
-        if self._queued + len(pixels) > self._max_queued:
+    def ensure_room(self, images: int = 1) -> None:
+        """Raise Overloaded unless `images` more may queue. Checked once before a request's body
+        is read (so refusing costs little under overload) and again as its images queue."""
+        if self._queued + images > self._max_queued:
             wait = self._queued * self._seconds_per_image
             raise Overloaded(retry_after_s=max(1, int(wait + 0.999)))
+
+    async def embed(self, pixels: list[np.ndarray]) -> np.ndarray:
+        """Unit vectors (N, D) for decoded images, in order."""
+        self.ensure_room(len(pixels))
         loop = asyncio.get_running_loop()
         if not self._enabled:
             self._queued += len(pixels)
@@ -104,6 +109,9 @@ class MicroBatcher:
             job = self._jobs.popleft()
             batch.append(job)
             count += len(job.pixels)
+        # Taken images no longer wait: while the model runs, a full next batch may queue.
+        self._queued -= count
+        self._metrics.queue_depth.set(self._queued)
         return batch
 
     async def _run(self) -> None:
@@ -128,9 +136,6 @@ class MicroBatcher:
                         if not job.future.done():  # the client may have gone away
                             job.future.set_result(vectors[start : start + len(job.pixels)])
                         start += len(job.pixels)
-                finally:
-                    self._queued -= len(pixels)
-                    self._metrics.queue_depth.set(self._queued)
 
     def _run_model(self, pixels: list[np.ndarray]) -> np.ndarray:
         # One oversized request still runs, in chunks of max_batch.

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import re
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -98,11 +100,23 @@ BatcherDep = Annotated[MicroBatcher, Depends(get_batcher)]
 WriteKey = Depends(require_write_key)
 
 
-async def embed(batcher: MicroBatcher, pixels: list[np.ndarray]) -> np.ndarray:
+@contextlib.contextmanager
+def overload_as_503() -> Iterator[None]:
     try:
-        return await batcher.embed(pixels)
+        yield
     except Overloaded as exc:
         raise Unavailable(str(exc), headers={"Retry-After": str(exc.retry_after_s)}) from exc
+
+
+def ensure_room(batcher: MicroBatcher) -> None:
+    """A full queue refuses before the body is read and decoded."""
+    with overload_as_503():
+        batcher.ensure_room()
+
+
+async def embed(batcher: MicroBatcher, pixels: list[np.ndarray]) -> np.ndarray:
+    with overload_as_503():
+        return await batcher.embed(pixels)
 
 
 def model_version(request: Request) -> str:
@@ -113,6 +127,7 @@ async def embed_request(
     request: Request, settings: Settings, batcher: MicroBatcher, *, min_count: int, allow_raw: bool
 ) -> np.ndarray:
     """The request's images, read, decoded and embedded: (N, D) unit vectors in input order."""
+    ensure_room(batcher)
     images = await read_images(
         request, min_count=min_count, max_count=settings.max_images_per_request, allow_raw=allow_raw
     )
@@ -170,6 +185,7 @@ async def _query_vector(
     spec = request.app.state.encoder.info.spec
     kind = content_type(request)
     if kind == "multipart/form-data":
+        ensure_room(batcher)
         form = await read_form(request, max_files=2)
         files = await form_files(form, "file")
         count_between(files, "file uploads in the field 'file'", 1, 1)
