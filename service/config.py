@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     # Longest wait for batch-mates. 0: the model starts at once and batches whatever queued
     # while it was busy, which under load beats a fixed wait (bench/serve.py, BENCHMARKS.md).
     batch_wait_ms: float = Field(0.0, ge=0)
-    queue_max_images: int = Field(2048, ge=1)  # beyond this, 503 + Retry-After
+    queue_max_images: int = Field(2048, ge=1)  # waiting (not in the model); beyond: 503
     inference_threads: int = Field(0, ge=0)  # ONNX Runtime intra-op threads; 0 = its default
 
     # Index.
