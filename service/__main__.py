@@ -33,9 +33,6 @@ def serve(args: argparse.Namespace) -> int:
     from service.app import create_app
     from service.logs import configure_logging
 
-    # Hand the GIL over every 0.5 ms, not 5: when a model call returns, the request handlers
-    # waiting on it resume sooner instead of queueing behind the event loop (bench/serve.py).
-    sys.setswitchinterval(0.0005)
     overrides = {"seed_demo_gallery": True} if args.seed_demo_gallery else {}
     settings = _settings(**overrides)
     configure_logging(settings.log_level)
