@@ -7,7 +7,7 @@ DIR/<n>.json is the service's own answer for n images, so response sizes match. 
   its files by Starlette's form parser, or a raw image body read whole — and answers those bytes;
 - POST /fastapi/embed (`files: list[UploadFile]`) and /fastapi/embed-raw are the endpoints a
   FastAPI user writes first: they answer the same document as a dict, encoded by FastAPI.
-uvicorn is started with the service's own arguments.
+uvicorn is started by the service's own `run_uvicorn`.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import argparse
 import json
 from pathlib import Path
 
-import uvicorn
 from fastapi import FastAPI, Request, Response, UploadFile
+
+from service.__main__ import run_uvicorn
 
 
 def create_app(responses: dict[int, bytes]) -> FastAPI:
@@ -60,13 +61,7 @@ def main() -> None:
     parser.add_argument("--responses", type=Path, required=True)
     args = parser.parse_args()
     responses = {int(p.stem): p.read_bytes() for p in args.responses.glob("*.json")}
-    uvicorn.run(
-        create_app(responses),
-        host=args.host,
-        port=args.port,
-        log_config=None,
-        timeout_graceful_shutdown=10,
-    )
+    run_uvicorn(create_app(responses), args.host, args.port)
 
 
 if __name__ == "__main__":

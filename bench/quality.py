@@ -27,34 +27,22 @@ from report import add_results_argument, table, write
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from training.data import load_fashion_mnist
+from training.data import Dataset, load_fashion_mnist
 from training.encoder import ContrastiveModel, EncoderConfig
 from training.evaluate import all_metrics, onnx_embedder, pixel_features
+from training.train import fit_whitening, unwhitened_features
 
 
-def random_init_features(
-    artifact: Path, train: np.ndarray, test: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+def random_init_features(artifact: Path, train: Dataset, test: Dataset) -> tuple[np.ndarray, ...]:
+    """The artifact's architecture at seed 0, whitened on the train images as training does."""
     torch.manual_seed(0)
     architecture = json.loads((artifact / "model.json").read_text())["architecture"]
     model = ContrastiveModel(EncoderConfig.from_dict(architecture))
-    model.eval()
-
-    def unwhitened(images: np.ndarray) -> torch.Tensor:
-        with torch.no_grad():
-            return torch.cat(
-                [
-                    model.unwhitened(
-                        torch.from_numpy(images[s : s + 1024]).permute(0, 3, 1, 2).float() / 255
-                    )
-                    for s in range(0, len(images), 1024)
-                ]
-            )
-
-    train_h = unwhitened(train)
-    model.fit_whitening(train_h)
+    cpu = torch.device("cpu")
+    train_h = fit_whitening(model, train, cpu)
+    test_h = unwhitened_features(model, test.images, cpu)
     with torch.no_grad():
-        return model.whiten(train_h).numpy(), model.whiten(unwhitened(test)).numpy()
+        return model.whiten(train_h).numpy(), model.whiten(test_h).numpy()
 
 
 def linear_probe(
@@ -77,7 +65,7 @@ def main() -> None:
     embed = onnx_embedder(args.artifact)
     features = {
         "model": (embed(train.images), embed(test.images)),
-        "random init": random_init_features(args.artifact, train.images, test.images),
+        "random init": random_init_features(args.artifact, train, test),
         "raw pixels": tuple(pixel_features(x.images).numpy() for x in (train, test)),
     }
     results: dict[str, dict[str, float]] = {}

@@ -12,8 +12,9 @@ import re
 import shutil
 import subprocess
 import tempfile
-import uuid
 from pathlib import Path
+
+import httpx
 
 LUA = r"""
 wrk.method = "POST"
@@ -60,19 +61,11 @@ def require_wrk() -> str:
 
 
 def multipart(files: list[tuple[str, bytes]], field: str = "files") -> tuple[bytes, str]:
-    """A multipart/form-data body with one part per (filename, bytes): (body, content type)."""
-    boundary = uuid.uuid4().hex
-    parts = [
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; '
-            f'filename="{name}"\r\nContent-Type: image/png\r\n\r\n'
-        ).encode()
-        + content
-        + b"\r\n"
-        for name, content in files
-    ]
-    body = b"".join(parts) + f"--{boundary}--\r\n".encode()
-    return body, f"multipart/form-data; boundary={boundary}"
+    """A multipart/form-data body with one part per (filename, PNG bytes): (body, content type).
+    httpx encodes it, exactly as the tests' clients send it."""
+    parts = [(field, (name, content, "image/png")) for name, content in files]
+    request = httpx.Request("POST", "http://wrk.invalid/", files=parts)
+    return request.read(), request.headers["Content-Type"]
 
 
 def run(

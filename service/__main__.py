@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from service.config import Settings
 from service.encoder import ArtifactError, load_encoder
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 
 def _settings(**overrides: object) -> Settings:
@@ -27,9 +31,15 @@ def _settings(**overrides: object) -> Settings:
         raise SystemExit(f"error: bad settings: {problems}") from None
 
 
-def serve(args: argparse.Namespace) -> int:
+def run_uvicorn(app: FastAPI, host: str, port: int) -> None:
+    """uvicorn as the service runs it (bench/bare_app.py too): our JSON logging, not uvicorn's;
+    shutdown gives in-flight requests 10 s."""
     import uvicorn
 
+    uvicorn.run(app, host=host, port=port, log_config=None, timeout_graceful_shutdown=10)
+
+
+def serve(args: argparse.Namespace) -> int:
     from service.app import create_app
     from service.logs import configure_logging
 
@@ -41,13 +51,7 @@ def serve(args: argparse.Namespace) -> int:
     except ArtifactError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    uvicorn.run(
-        create_app(settings),
-        host=args.host,
-        port=args.port,
-        log_config=None,
-        timeout_graceful_shutdown=10,
-    )
+    run_uvicorn(create_app(settings), args.host, args.port)
     return 0
 
 

@@ -6,8 +6,10 @@ ApiError
 ├── InvalidInput           422 invalid_input         undecodable image, bad JSON, bad parameter
 ├── NotFound               404 not_found             unknown id
 ├── Unauthorized           401 unauthorized          missing or wrong API key
-├── Unavailable            503 overloaded|not_ready  queue full (with Retry-After) or starting
+├── Unavailable            503 not_ready             still starting (with Retry-After)
 └── InsufficientStorage    507 insufficient_storage  the data dir is full
+
+The batcher's own `Overloaded` (queue full) becomes 503 overloaded + Retry-After in app.py.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ class Unauthorized(ApiError):
 
 
 class Unavailable(ApiError):
-    status, code = 503, "overloaded"
+    status, code = 503, "not_ready"
 
 
 class InsufficientStorage(ApiError):

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hmac
 import json
 import re
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,7 +16,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from service.batcher import MicroBatcher, Overloaded
+from service.batcher import MicroBatcher
 from service.config import Settings
 from service.errors import InsufficientStorage, InvalidInput, NotFound, Unauthorized, Unavailable
 from service.gallery import Gallery
@@ -69,9 +67,7 @@ async def get_settings(request: Request) -> Settings:
 async def get_gallery(request: Request) -> Gallery:
     gallery = getattr(request.app.state, "gallery", None)
     if gallery is None or not request.app.state.ready:
-        raise Unavailable(
-            "the gallery is still loading", code="not_ready", headers={"Retry-After": "5"}
-        )
+        raise Unavailable("the gallery is still loading", headers={"Retry-After": "5"})
     return gallery
 
 
@@ -100,25 +96,6 @@ BatcherDep = Annotated[MicroBatcher, Depends(get_batcher)]
 WriteKey = Depends(require_write_key)
 
 
-@contextlib.contextmanager
-def overload_as_503() -> Iterator[None]:
-    try:
-        yield
-    except Overloaded as exc:
-        raise Unavailable(str(exc), headers={"Retry-After": str(exc.retry_after_s)}) from exc
-
-
-def ensure_room(batcher: MicroBatcher) -> None:
-    """A full queue refuses before the body is read and decoded."""
-    with overload_as_503():
-        batcher.ensure_room()
-
-
-async def embed(batcher: MicroBatcher, pixels: list[np.ndarray]) -> np.ndarray:
-    with overload_as_503():
-        return await batcher.embed(pixels)
-
-
 def model_version(request: Request) -> str:
     return request.app.state.encoder.info.version
 
@@ -127,12 +104,12 @@ async def embed_request(
     request: Request, settings: Settings, batcher: MicroBatcher, *, min_count: int, allow_raw: bool
 ) -> np.ndarray:
     """The request's images, read, decoded and embedded: (N, D) unit vectors in input order."""
-    ensure_room(batcher)
+    batcher.ensure_room()  # a full queue refuses before the body is read and decoded
     images = await read_images(
         request, min_count=min_count, max_count=settings.max_images_per_request, allow_raw=allow_raw
     )
     spec = request.app.state.encoder.info.spec
-    return await embed(batcher, await decode_all(images, spec, max_pixels=settings.max_pixels))
+    return await batcher.embed(await decode_all(images, spec, max_pixels=settings.max_pixels))
 
 
 class ArrayJSONResponse(JSONResponse):
@@ -185,7 +162,7 @@ async def _query_vector(
     spec = request.app.state.encoder.info.spec
     kind = content_type(request)
     if kind == "multipart/form-data":
-        ensure_room(batcher)
+        batcher.ensure_room()
         form = await read_form(request, max_files=2)
         files = await form_files(form, "file")
         count_between(files, "file uploads in the field 'file'", 1, 1)
@@ -195,7 +172,7 @@ async def _query_vector(
             limit=settings.max_k,
         )
         pixels = await decode_all(files, spec, max_pixels=settings.max_pixels)
-        return (await embed(batcher, pixels))[0], k
+        return (await batcher.embed(pixels))[0], k
     if kind != "application/json":
         raise InvalidInput(
             "send multipart/form-data (file, k) or JSON (image | id | vector, k)",
@@ -217,7 +194,7 @@ async def _query_vector(
     pixels = await decode_all(
         [b64_image(body["image"], "image")], spec, max_pixels=settings.max_pixels
     )
-    return (await embed(batcher, pixels))[0], k
+    return (await batcher.embed(pixels))[0], k
 
 
 @router.post(
@@ -296,7 +273,7 @@ async def upload_images(
     metadata = _parse_metadata(form.getlist("metadata"), len(files), settings.max_metadata_bytes)
     spec = request.app.state.encoder.info.spec
     pixels = await decode_all(files, spec, max_pixels=settings.max_pixels)
-    vectors = await embed(batcher, pixels)
+    vectors = await batcher.embed(pixels)
     images = [
         NewImage(image_id, f.data, sniff_format(f.data), meta, vector)
         for image_id, f, meta, vector in zip(ids, files, metadata, vectors, strict=True)

@@ -19,6 +19,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from service.app import create_app
+from service.batcher import Overloaded
 from service.imaging import InputSpec, decode_image
 from tests.conftest import API_KEY, AUTH, make_settings, png_bytes, wait_ready
 
@@ -473,3 +474,18 @@ def test_a_damaged_index_snapshot_is_rebuilt_from_the_store(
         upload = client.post("/images", files=_files(png_bytes(700)), headers=AUTH)
         assert upload.status_code == 201
     assert snapshot.exists()  # written again
+
+
+def test_a_full_model_queue_answers_503_overloaded_with_retry_after(client: TestClient) -> None:
+    def full(images: int = 1) -> None:
+        raise Overloaded(retry_after_s=7)
+
+    client.app.state.batcher.ensure_room = full  # this test's own app
+    for path, kwargs in (
+        ("/embed", {"files": _files(png_bytes(1))}),
+        ("/nearest", {"files": _files(png_bytes(1), field="file")}),
+    ):
+        response = client.post(path, **kwargs)
+        assert response.status_code == 503, response.text
+        assert response.headers["Retry-After"] == "7"
+        assert response.json()["error"]["code"] == "overloaded"
