@@ -26,15 +26,18 @@ from service.batcher import MicroBatcher, Overloaded
 from service.config import Settings
 from service.demo import seed_demo_gallery
 from service.encoder import load_encoder
-from service.errors import ApiError, PayloadTooLarge
+from service.errors import ApiError, PayloadTooLarge, api_error_for
 from service.gallery import Gallery
 from service.metrics import Metrics
 from service.routes import WEB_DIR, router
-from service.store import Store
+from service.runtime import Runtime
+from service.store import ModelMismatch, StoreUnavailable, open_store
+from service.store.base import StoreError
 
 log = logging.getLogger("service")
 
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
+STORE_RETRY_S = 2.0
 
 
 def error_response(
@@ -104,51 +107,62 @@ class MetricsMiddleware:
             self.metrics.latency.labels(method, route, str(status)).observe(elapsed)
 
 
-async def _open_gallery(app: FastAPI) -> None:
-    state, settings = app.state, app.state.settings
-    state.phase = "loading the index"
-    await asyncio.to_thread(state.gallery.open)
+async def _open_gallery(runtime: Runtime) -> None:
+    """Bring the gallery up in the background (readiness stays 503 meanwhile): wait for the
+    store, re-embed after a model change, load the index, seed the demo gallery."""
+    gallery, settings = runtime.gallery, runtime.settings
+    while True:
+        try:
+            await asyncio.to_thread(gallery.open)
+            break
+        except StoreUnavailable as exc:
+            runtime.phase = "waiting for the database"
+            log.warning("waiting for the database", extra={"why": str(exc)})
+            await asyncio.sleep(STORE_RETRY_S)
+        except ModelMismatch as exc:
+            runtime.phase = f"refused: {exc}"
+            log.error("refusing to serve: %s", exc)
+            return
     if settings.seed_demo_gallery:
-        state.phase = "seeding the demo gallery"
-        await asyncio.to_thread(seed_demo_gallery, state.gallery, settings.demo_gallery_size)
-    state.metrics.store_size.set(state.gallery.store.count())
-    state.ready, state.phase = True, "ready"
-    log.info("ready", extra=state.gallery.status())
+        runtime.phase = "seeding the demo gallery"
+        size = settings.demo_gallery_size
+        await asyncio.to_thread(seed_demo_gallery, gallery, runtime.encoder, size)
+    runtime.metrics.store_size.set(await asyncio.to_thread(gallery.count))
+    runtime.phase = "ready"
+    log.info("ready", extra=await asyncio.to_thread(gallery.status))
 
 
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    state, settings = app.state, app.state.settings
-    state.ready, state.phase = False, "loading the model"
-    state.encoder = load_encoder(settings.model_dir, threads=settings.inference_threads)
-    log.info(
-        "model loaded",
-        extra={"model": state.encoder.info.name, "version": state.encoder.info.version},
-    )
-    state.batcher = MicroBatcher(
-        state.encoder.embed_pixels,
-        max_batch=settings.batch_size,
-        max_wait_s=settings.batch_wait_ms / 1000,
-        max_queued=settings.queue_max_images,
-        enabled=settings.micro_batching,
-        metrics=state.metrics,
-    )
-    await state.batcher.start()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    state.store = Store(settings.data_dir)
-    state.gallery = Gallery(state.store, state.encoder, settings)
-    opening = asyncio.create_task(_open_gallery(app))
-    try:
-        yield
-    finally:
-        if not opening.done():
-            opening.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await opening
-        await state.batcher.stop()
-        if state.ready:
-            await asyncio.to_thread(state.gallery.close)
-        state.store.close()
+def lifespan_for(settings: Settings, metrics: Metrics):
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        encoder = load_encoder(settings.model_dir, threads=settings.inference_threads)
+        model = encoder.info
+        log.info("model loaded", extra={"model": model.name, "version": model.version})
+        batcher = MicroBatcher(
+            encoder.embed_pixels,
+            max_batch=settings.batch_size,
+            max_wait_s=settings.batch_wait_ms / 1000,
+            max_queued=settings.queue_max_images,
+            enabled=settings.micro_batching,
+            metrics=metrics,
+        )
+        await batcher.start()
+        store = open_store(settings)
+        runtime = Runtime(settings, metrics, encoder, batcher, Gallery(store, encoder, settings))
+        app.state.runtime = runtime
+        opening = asyncio.create_task(_open_gallery(runtime))
+        try:
+            yield
+        finally:
+            if not opening.done():
+                opening.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await opening
+            await batcher.stop()
+            await asyncio.to_thread(runtime.gallery.close)
+            store.close()
+
+    return lifespan
 
 
 def allowed_methods(app: FastAPI, scope: Scope) -> set[str]:
@@ -162,16 +176,13 @@ def allowed_methods(app: FastAPI, scope: Scope) -> set[str]:
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    metrics = Metrics()
     app = FastAPI(
         title="lookalike",
         version="0.1.0",
-        lifespan=lifespan,
+        lifespan=lifespan_for(settings, metrics),
         description="Find the images that look alike.",
     )
-    app.state.settings = settings
-    app.state.metrics = Metrics()
-    app.state.ready = False
-    app.state.phase = "starting"
     app.include_router(router)
     app.mount("/web", StaticFiles(directory=WEB_DIR), name="web")
 
@@ -180,9 +191,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return error_response(exc.status, exc.code, exc.message, exc.headers)
 
     @app.exception_handler(Overloaded)
-    async def overloaded(_: Request, exc: Overloaded) -> JSONResponse:
-        headers = {"Retry-After": str(exc.retry_after_s)}
-        return error_response(503, "overloaded", str(exc), headers)
+    @app.exception_handler(StoreError)
+    async def mapped(request: Request, exc: Exception) -> JSONResponse:
+        error = api_error_for(exc)
+        if error is None:
+            return await unexpected(request, exc)
+        return error_response(error.status, error.code, error.message, error.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -217,5 +231,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type"],
         )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
-    app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

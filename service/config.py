@@ -18,8 +18,15 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LOOKALIKE_", env_file=".env", extra="ignore")
 
     model_dir: Path = REPO_ROOT / "models" / "fashion-mnist"
-    data_dir: Path = Path("data")
+    data_dir: Path = Path("data")  # the SQLite truth, originals and this replica's index snapshot
+    # postgresql://user:password@host:5432/db — the truth then lives there, shared by replicas.
+    database_url: SecretStr | None = None
+    database_pool_size: int = Field(8, ge=1)  # connections per worker process
+    database_timeout_s: float = Field(5.0, gt=0)  # longest wait for a connection; then 503
     api_key: SecretStr | None = None  # when set, writes need `Authorization: Bearer <key>`
+
+    # Processes. "auto": one per core this process may use; each holds the whole index.
+    workers: int | Literal["auto"] = "auto"
 
     # Limits on what one request may ask for.
     max_upload_bytes: int = Field(32 * 1024 * 1024, ge=1024)
@@ -46,11 +53,32 @@ class Settings(BaseSettings):
     hnsw_ef_search: int = Field(96, ge=8)
     snapshot_every_writes: int = Field(1000, ge=1)  # index snapshot after this many changes
     tombstone_rebuild_ratio: float = Field(0.1, gt=0, le=1)
+    # The index follows the store's change log before every read and at least this often.
+    follow_interval_s: float = Field(1.0, gt=0)
+    # The log is kept for every consumer (snapshot, process) seen within this time; one gone
+    # longer rebuilds its index from the rows when it comes back.
+    log_retention_s: float = Field(3600.0, gt=0)
 
     cors_origins: list[str] = []  # e.g. ["https://app.example.com"]; empty = CORS off
     seed_demo_gallery: bool = False  # fill an empty gallery with Fashion-MNIST test images
     demo_gallery_size: int = Field(3000, ge=1, le=10_000)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("workers")
+    @classmethod
+    def _workers_positive(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError('must be a whole number of at least 1, or "auto"')
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_only(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(
+            ("postgresql://", "postgres://")
+        ):
+            raise ValueError("must be a postgresql:// URL (unset it for the embedded SQLite)")
+        return value
 
     @field_validator("model_dir")
     @classmethod

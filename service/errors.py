@@ -7,14 +7,22 @@ ApiError
 ├── NotFound               404 not_found             unknown id
 ├── Unauthorized           401 unauthorized          missing or wrong API key
 ├── Unavailable            503 not_ready             still starting (with Retry-After)
-└── InsufficientStorage    507 insufficient_storage  the data dir is full
+└── InsufficientStorage    507 insufficient_storage  the data dir or database is full
 
-The batcher's own `Overloaded` (queue full) becomes 503 overloaded + Retry-After in app.py.
+Other layers' exceptions map to statuses in one table, `api_error_for`:
+  batcher.Overloaded         503 overloaded            the model queue is full (Retry-After)
+  store.StoreUnavailable     503 store_unavailable     the database is away (Retry-After)
+  store.StorageFullError     507 insufficient_storage  the data dir or database is full
+  store.ModelMismatch        503 model_mismatch        the store's vectors are another model's
 """
 
 from __future__ import annotations
 
+from service.batcher import Overloaded
 from service.imaging import ImageError, ImageTooLargeError, UnsupportedFormatError
+from service.store import ModelMismatch, StorageFullError, StoreUnavailable
+
+STORE_RETRY_AFTER_S = 5
 
 
 class ApiError(Exception):
@@ -60,6 +68,22 @@ class Unavailable(ApiError):
 
 class InsufficientStorage(ApiError):
     status, code = 507, "insufficient_storage"
+
+
+def api_error_for(exc: Exception) -> ApiError | None:
+    """The API error for another layer's exception; None when it is not the client's to see."""
+    if isinstance(exc, Overloaded):
+        retry = {"Retry-After": str(exc.retry_after_s)}
+        return Unavailable(str(exc), code="overloaded", headers=retry)
+    if isinstance(exc, StoreUnavailable):
+        retry = {"Retry-After": str(STORE_RETRY_AFTER_S)}
+        message = "the gallery's database is unavailable; nothing was changed, retry shortly"
+        return Unavailable(message, code="store_unavailable", headers=retry)
+    if isinstance(exc, StorageFullError):
+        return InsufficientStorage(f"{exc}")
+    if isinstance(exc, ModelMismatch):
+        return Unavailable(str(exc), code="model_mismatch")
+    return None
 
 
 def image_error(exc: ImageError, name: str) -> ApiError:

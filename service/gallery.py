@@ -1,18 +1,32 @@
-"""The gallery: the store (truth) and the index (derived), kept in step.
+"""The gallery: the only way in for routes. It keeps the store (truth) and this process's index
+view (derived from the store's change log) in step.
 
-Writes are serialised under the index's write lock: commit to the store first, then apply the
-change to the index. A crash between the two loses nothing, because on start the index snapshot
-is loaded and every newer store change is replayed; a missing or corrupt snapshot is rebuilt from
-the store. Searches take the read lock and run concurrently.
+- **Writes** commit to the store first; the view then catches up from the log. A crash between
+  the two loses nothing: the log still holds the change.
+- **Reads** first bring the view up to the store's latest seq (one cheap query), so a write
+  acknowledged by any process is seen by the next read in every process. When the store cannot
+  be reached, searches answer from the view as it stands, and the check is skipped for a moment
+  so they stay fast.
+- **A follower thread** catches the view up at least every `follow_interval_s`, reports this
+  process's position to the log, and does the chores: snapshots of the index (one writer per data
+  dir, under a file lock) and rebuilds when the index kind or its tombstones call for one.
+- **Start-up** re-embeds the stored originals after a model change (SQLite: one process does it
+  while the others wait; PostgreSQL: refused, see `check_model`), then loads the snapshot (or
+  rebuilds from the rows) and catches up.
+
+Every method blocks: routes call them through `asyncio.to_thread`.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -21,236 +35,309 @@ from service.config import Settings
 from service.durable import write_atomically
 from service.encoder import Encoder
 from service.imaging import ImageError, decode_image
-from service.index import SnapshotError, VectorIndex
-from service.store import Change, ImageRecord, NewImage, Store
+from service.index import Hit, SnapshotError, VectorIndex
+from service.index_view import IndexView
+from service.store import ImageRecord, ModelMismatch, NewImage, Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 SNAPSHOT_FILE = "index.snapshot"
+STORE_RETRY_S = 2.0  # after a failed freshness check, searches skip it this long
+ACK_EVERY_S = 5.0
 
 
-@dataclass(frozen=True)
-class Hit:
-    record: ImageRecord
-    score: float
+@contextmanager
+def file_lock(path: Path) -> Iterator[bool]:
+    """Try to hold an exclusive lock on `path`; yields whether it was taken."""
+    with open(path, "a+b") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def data_dir_id(data_dir: Path) -> str:
+    """This data dir's stable name in the log's consumer list (its snapshot is a consumer)."""
+    path = data_dir / "instance.id"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as f:
+        f.write(uuid.uuid4().hex)
+    return path.read_text().strip()
+
+
+def check_model(store: Store, name: str, version: str) -> None:
+    """Refuse a PostgreSQL store whose vectors another model made: every replica must serve one
+    model. (SQLite galleries re-embed on start instead; their workers share one command.)"""
+    recorded = store.model_version()
+    if store.backend != "postgresql" or recorded in (None, version):
+        return
+    raise ModelMismatch(
+        f"the database's vectors were made by model version {recorded[:12]}…, but this replica "
+        f"serves {name} {version[:12]}…; all replicas must serve one model. To upgrade, stop "
+        "every replica, run `python -m service reembed` once with the new LOOKALIKE_MODEL_DIR "
+        "and this LOOKALIKE_DATABASE_URL, then start the replicas with the new model (README: "
+        "Upgrading the model)"
+    )
 
 
 class Gallery:
     def __init__(self, store: Store, encoder: Encoder, settings: Settings) -> None:
-        self.store = store
-        self.encoder = encoder
-        self.settings = settings
+        self._store = store
+        self._encoder = encoder
+        self._settings = settings
         self.version = encoder.info.version
-        self.snapshot_path = Path(settings.data_dir) / SNAPSHOT_FILE
-        self.index = self._new_index(self._kind_for(store.count()))
+        data_dir = Path(settings.data_dir)
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self._snapshot_path = data_dir / SNAPSHOT_FILE
+        self._snapshot_lock = data_dir / ".snapshot.lock"
+        self._snapshot_consumer = f"snapshot:{data_dir_id(data_dir)}"
+        self._process_consumer = f"process:{uuid.uuid4().hex}"
+        self._view = IndexView(store, encoder.info.dim, settings)
         self._snapshot_seq = 0
-        self._writing = threading.Lock()  # serialises writes and the swap of a rebuilt index
-        self._snapshotting = threading.Lock()
-        self._background: threading.Thread | None = None  # set while maintenance runs
-        self._maintenance = threading.Lock()  # guards starting `_background`
+        self._acked_at = 0.0
+        self._store_retry_at = 0.0
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._lifecycle = threading.Lock()  # close() waits for an open() in progress
+        self._follower: threading.Thread | None = None
 
-    # --- start-up --------------------------------------------------------------------------
+    @property
+    def backend(self) -> str:
+        return self._store.backend
+
+    def chore(self, name: str) -> AbstractContextManager[None]:
+        """Hold a store-wide lock: one process at a time does the chore `name`."""
+        return self._store.chore(name)
+
+    # --- start-up and shutdown ----------------------------------------------------------------
     def open(self) -> None:
-        """Re-embed stale vectors if the model changed, then load or rebuild the index."""
-        self.reembed_stale()
+        """Bring the stored vectors to this model, load or build the index, start following.
+        Returns early, unopened, once `close` has been called."""
+        with self._lifecycle:
+            self._store.migrate()
+            check_model(self._store, self._encoder.info.name, self.version)
+            if self._store.model_version() != self.version:
+                with self._store.chore("reembed"):  # one process re-embeds; the others wait
+                    if self.reembed_stale() is None:
+                        return
+                    self._store.set_model_version(self.version)
+            if self._stopping.is_set():
+                return
+            self._load_index()
+            self._follower = threading.Thread(
+                target=self._follow, name="index-follower", daemon=True
+            )
+            self._follower.start()
+
+    def _load_index(self) -> None:
         try:
             index = VectorIndex.load(
-                self.snapshot_path, model_version=self.version, **self._index_options()
+                self._snapshot_path, model_version=self.version, **self._view.options()
             )
-            log.info("loaded index snapshot", extra={"seq": index.seq, "vectors": index.count})
+            self._snapshot_seq = index.seq
         except SnapshotError as exc:
-            if self.snapshot_path.exists():
-                log.warning("index snapshot unusable, rebuilding from the store: %s", exc)
-            index = self._build(self._kind_for(self.store.count()))
-        replayed = self.store.changes_since(index.seq)
-        with index.lock.write():
-            for change in replayed:
-                index.apply(change.seq, change.old_seq, change.vector)
-        self.index = index
-        self._snapshot_seq = index.seq
+            log.warning("rebuilding the index from the store", extra={"why": str(exc)})
+            index = self._view.build()
+        from_seq = index.seq
+        self._view.install(index)
+        self._ack()
         log.info(
             "index ready",
-            extra={"vectors": index.count, "replayed": len(replayed), "kind": index.kind},
+            extra={
+                "vectors": self._view.index.count,
+                "replayed": self._view.index.seq - from_seq,
+                "kind": self._view.index.kind,
+            },
         )
-        if replayed or not self.snapshot_path.exists():
+        if self._view.index.seq > self._snapshot_seq or not self._snapshot_path.exists():
             self.snapshot()
 
-    def reembed_stale(self) -> None:
-        total = self.store.count_stale(self.version)
+    def reembed_stale(self) -> int | None:
+        """Re-embed every stored original whose vector another model made; how many, or None
+        when `close` interrupted it (the rest is done at the next start)."""
+        total = self._store.count_stale(self.version)
         if not total:
-            return
+            return 0
         log.info("model changed: re-embedding stored originals", extra={"images": total})
         done, started = 0, time.monotonic()
-        for records in self.store.stale(self.version):
+        for records in self._store.stale(self.version):
+            if self._stopping.is_set():
+                return None
             updates, pixels = [], []
             for record in records:
+                content = self._store.read_original(record.sha256)
                 try:
-                    pixels.append(
-                        decode_image(self.store.read_original(record), self.encoder.info.spec)
-                    )
-                    updates.append(record.id)
+                    if content is None:
+                        raise OSError("its original is missing")
+                    pixels.append(decode_image(content, self._encoder.info.spec))
+                    updates.append(record)
                 except (ImageError, OSError) as exc:
                     log.error("cannot re-embed %s: %s", record.id, exc)
             if pixels:
-                vectors = self.encoder.embed_pixels(pixels)
-                self.store.set_vectors(list(zip(updates, vectors, strict=True)), self.version)
+                vectors = self._encoder.embed_pixels(pixels)
+                self._store.replace_vectors(list(zip(updates, vectors, strict=True)), self.version)
             done += len(records)
             log.info(
                 "re-embedding",
-                extra={
-                    "done": done,
-                    "total": total,
-                    "seconds": round(time.monotonic() - started, 1),
-                },
+                extra={"done": done, "total": total, "seconds": round(time.monotonic() - started)},
             )
-        self.snapshot_path.unlink(missing_ok=True)  # its vectors are the old model's
+        return done
 
-    # --- index building --------------------------------------------------------------------
-    def _index_options(self) -> dict:
-        s = self.settings
-        return {
-            "hnsw_m": s.hnsw_m,
-            "ef_construction": s.hnsw_ef_construction,
-            "ef_search": s.hnsw_ef_search,
-        }
+    def close(self) -> None:
+        """Stop following, write a final snapshot, and leave the log's consumer list. Waits for
+        an `open` in progress to stop at its next step."""
+        self._stopping.set()
+        self._wake.set()
+        with self._lifecycle:
+            if self._follower is None:
+                return  # never opened
+            self._follower.join()
+        try:
+            self.snapshot()
+            self._store.forget(self._process_consumer)
+        except StoreUnavailable as exc:
+            log.warning("closing without the store", extra={"why": str(exc)})
 
-    def _kind_for(self, count: int) -> str:
-        if self.settings.index_kind != "auto":
-            return self.settings.index_kind
-        return "hnsw" if count >= self.settings.approximate_index_min_vectors else "flat"
+    # --- the follower: catching up and chores -------------------------------------------------
+    def _follow(self) -> None:
+        down = False
+        while not self._stopping.is_set():
+            self._wake.wait(self._settings.follow_interval_s)
+            self._wake.clear()
+            if self._stopping.is_set():
+                return
+            try:
+                self._view.catch_up(self._store.last_seq())
+                if time.monotonic() - self._acked_at > ACK_EVERY_S:
+                    self._ack()
+                work = self._due_work()
+                if work is not None:
+                    work()
+                    self._wake.set()  # then look again: more may have fallen due meanwhile
+                if down:
+                    log.info("the store is back")
+                down = False
+            except StoreUnavailable as exc:
+                if not down:
+                    log.warning("the store is unavailable", extra={"why": str(exc)})
+                down = True
+            except Exception:
+                log.exception("index follower failed; it goes on")
 
-    def _new_index(self, kind: str) -> VectorIndex:
-        return VectorIndex(self.encoder.info.dim, kind, **self._index_options())
+    def _ack(self) -> None:
+        self._store.ack(self._process_consumer, self._view.index.seq)
+        self._acked_at = time.monotonic()
 
-    def _build(self, kind: str) -> VectorIndex:
-        """A fresh index of every stored vector up to the store's current seq."""
-        upto = self.store.last_seq()
-        index = self._new_index(kind)
-        for seqs, vectors in self.store.vectors(max_seq=upto):
-            index.add(seqs, vectors)
-        index.seq = upto
-        return index
-
-    def rebuild(self) -> None:
-        """Build a new index beside the live one, catch it up, and swap it in."""
-        started = time.monotonic()
-        fresh = self._build(self._kind_for(self.store.count()))
-        with self._writing:  # fresh is not visible yet: catching it up needs no index lock
-            for change in self.store.changes_since(fresh.seq):
-                fresh.apply(change.seq, change.old_seq, change.vector)
-            old, self.index = self.index, fresh
-        log.info(
-            "index rebuilt",
-            extra={
-                "kind": fresh.kind,
-                "vectors": fresh.count,
-                "was": old.kind,
-                "seconds": round(time.monotonic() - started, 1),
-            },
-        )
-        self.snapshot()
+    def _due_work(self) -> Callable[[], object] | None:
+        index = self._view.index
+        if index.kind != self._view.kind_for(index.count):
+            return self._view.rebuild
+        if index.tombstone_share > self._settings.tombstone_rebuild_ratio:
+            return self._view.rebuild
+        if index.seq - self._snapshot_seq >= self._settings.snapshot_every_writes:
+            return self.snapshot
+        return None
 
     def snapshot(self) -> None:
-        with self._snapshotting:  # background snapshots, rebuilds and shutdown may overlap
-            index = self.index
+        """Write this process's index as the data dir's snapshot, then prune the log below its
+        consumers. Skipped while another process holds the snapshot lock, or when the snapshot
+        on disk is less than `snapshot_every_writes` changes behind (workers share one)."""
+        with file_lock(self._snapshot_lock) as mine:
+            index = self._view.index
+            on_disk = VectorIndex.peek_seq(self._snapshot_path)
+            cadence = self._settings.snapshot_every_writes
+            if not mine or (on_disk is not None and index.seq - on_disk < cadence):
+                self._snapshot_seq = index.seq if on_disk is None else on_disk
+                return
             with index.lock.read():
                 content = index.snapshot_bytes(model_version=self.version)
                 seq = index.seq
-            write_atomically(self.snapshot_path, content)
-            self.store.prune_changes(seq)
+            write_atomically(self._snapshot_path, content)
             self._snapshot_seq = seq
+        self._store.ack(self._snapshot_consumer, seq)
+        self._store.prune_log(self._settings.log_retention_s)
 
-    def _after_write(self) -> None:
-        with self._maintenance:
-            if self._background is not None:
-                return  # the running thread checks again when its work is done
-            work = self._due_work()
-            if work is None:
-                return
-            self._background = threading.Thread(
-                target=self._maintain, args=(work,), name="index-maintenance", daemon=True
-            )
-            self._background.start()
-
-    def _due_work(self) -> Callable[[], None] | None:
-        index = self.index
-        due_snapshot = index.seq - self._snapshot_seq >= self.settings.snapshot_every_writes
-        wrong_kind = index.kind != self._kind_for(index.count)
-        too_many_tombstones = index.tombstone_share > self.settings.tombstone_rebuild_ratio
-        if not (wrong_kind or too_many_tombstones or due_snapshot):
-            return None
-        if due_snapshot:
-            self._snapshot_seq = index.seq  # claim it, so only one snapshot starts
-        return self.rebuild if wrong_kind or too_many_tombstones else self.snapshot
-
-    def _maintain(self, work: Callable[[], None] | None) -> None:
-        """Run maintenance, then whatever fell due meanwhile (the gallery may have crossed the
-        HNSW size during a snapshot, with no further write to notice it)."""
-        try:
-            while work is not None:
-                work()
-                with self._maintenance:
-                    work = self._due_work()
-                    if work is None:
-                        self._background = None
-        except BaseException:
-            with self._maintenance:
-                self._background = None
-            raise
-
-    def close(self) -> None:
-        """Let background maintenance finish, then write a final snapshot."""
-        background = self._background
-        if background is not None:
-            background.join()
-        self.snapshot()
-
-    # --- writes ----------------------------------------------------------------------------
-    def _commit(self, write) -> list[Change]:
-        with self._writing:
-            changes = write()
-            index = self.index
-            with index.lock.write():
-                for change in changes:
-                    index.apply(change.seq, change.old_seq, change.vector)
-        self._after_write()
-        return changes
-
+    # --- writes -------------------------------------------------------------------------------
     def upsert(self, images: list[NewImage]) -> list[bool]:
         """Store and index; per image, whether it was created (False: replaced)."""
-        created: list[bool] = []
-
-        def write() -> list[Change]:
-            results = self.store.upsert(images, self.version)
-            created.extend(c for c, _ in results)
-            return [change for _, change in results]
-
-        self._commit(write)
-        return created
+        results = self._store.upsert(images, self.version)
+        self._caught_up_to(max(change.seq for _, change in results))
+        return [created for created, _ in results]
 
     def delete(self, image_id: str) -> bool:
-        def write() -> list[Change]:
-            change = self.store.delete(image_id)
-            return [change] if change else []
+        change = self._store.delete(image_id)
+        if change is None:
+            return False
+        self._caught_up_to(change.seq)
+        return True
 
-        return bool(self._commit(write))
+    def _caught_up_to(self, seq: int) -> None:
+        """After a commit: index it now, so this process's next read needs no replay. A store
+        failure here leaves it to the follower; the write itself has committed."""
+        try:
+            self._view.catch_up(seq)
+        except StoreUnavailable as exc:
+            log.warning("indexing a committed write later", extra={"why": str(exc)})
+        self._wake.set()
 
-    # --- reads -----------------------------------------------------------------------------
+    # --- reads --------------------------------------------------------------------------------
+    def _fresh(self) -> None:
+        """Bring the view up to the store's latest seq; on a store failure, go on as is."""
+        if time.monotonic() < self._store_retry_at:
+            return
+        try:
+            self._view.catch_up(self._store.last_seq())
+        except StoreUnavailable as exc:
+            self._store_retry_at = time.monotonic() + STORE_RETRY_S
+            log.warning("searching the index as it stands", extra={"why": str(exc)})
+
     def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
-        index = self.index
-        with index.lock.read():
-            found = index.search(queries, k)
-        records = self.store.by_seq([label for hits in found for label, _ in hits])
-        return [
-            [Hit(records[label], score) for label, score in hits if label in records]
-            for hits in found
-        ]
+        self._fresh()
+        return self._view.search(queries, k)
+
+    def vector_of(self, image_id: str) -> np.ndarray | None:
+        self._fresh()
+        return self._view.vector_of(image_id)
+
+    def get(self, image_id: str) -> ImageRecord | None:
+        return self._store.get(image_id)
+
+    def content(self, image_id: str) -> tuple[ImageRecord, bytes] | None:
+        record = self._store.get(image_id)
+        if record is None:
+            return None
+        content = self._store.read_original(record.sha256)
+        return None if content is None else (record, content)
+
+    def page(self, *, after_key: int, limit: int) -> tuple[list[ImageRecord], int | None]:
+        return self._store.page(after_key=after_key, limit=limit)
+
+    def count(self) -> int:
+        return self._store.count()
+
+    @property
+    def indexed(self) -> int:
+        return self._view.index.count
 
     def status(self) -> dict:
-        return {
-            "images": self.store.count(),
-            "indexed": self.index.count,
-            "index_kind": self.index.kind,
-            "index_seq": self.index.seq,
-            "store_seq": self.store.last_seq(),
+        index = self._view.index
+        status = {
+            "indexed": index.count,
+            "index_kind": index.kind,
+            "index_tombstones": index.tombstones,
+            "index_seq": index.seq,
+            "store": self._store.backend,
         }
+        try:
+            status |= {"images": self._store.count(), "store_seq": self._store.last_seq()}
+        except StoreUnavailable:
+            status["store_available"] = False
+        return status

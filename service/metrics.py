@@ -1,11 +1,29 @@
-"""Prometheus instruments, one registry per app (so tests can run several apps)."""
+"""Prometheus instruments, one registry per app (so tests can run several apps).
+
+With `--workers N`, the command sets PROMETHEUS_MULTIPROC_DIR before any worker starts:
+prometheus_client then keeps every worker's values in files there, and `render` adds them up,
+so /metrics on any worker reports the whole service. Gauges say how workers combine: queued
+images add up, while every worker holds the same gallery, so sizes take the largest.
+"""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import glob
+import os
+import re
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
 
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+MULTIPROCESS_DIR = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class Metrics:
@@ -31,14 +49,47 @@ class Metrics:
             registry=self.registry,
         )
         self.queue_depth = Gauge(
-            "lookalike_queue_images", "images waiting for the model", registry=self.registry
+            "lookalike_queue_images",
+            "images waiting for the model",
+            registry=self.registry,
+            multiprocess_mode="livesum",
         )
         self.index_size = Gauge(
-            "lookalike_index_vectors", "vectors in the search index", registry=self.registry
+            "lookalike_index_vectors",
+            "vectors in the search index",
+            registry=self.registry,
+            multiprocess_mode="livemax",
         )
         self.store_size = Gauge(
-            "lookalike_store_images", "images in the store", registry=self.registry
+            "lookalike_store_images",
+            "images in the store",
+            registry=self.registry,
+            multiprocess_mode="livemax",
         )
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        folder = os.environ.get(MULTIPROCESS_DIR)
+        if not folder:
+            return generate_latest(self.registry)
+        _forget_dead_workers(folder)
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged, path=folder)
+        return generate_latest(merged)
+
+
+def _forget_dead_workers(folder: str) -> None:
+    """A killed worker never says goodbye: drop its live gauges (its counters stay counted)."""
+    for path in glob.glob(os.path.join(folder, "gauge_live*_*.db")):
+        match = re.search(r"_(\d+)\.db$", path)
+        if match and not _alive(int(match.group(1))):
+            multiprocess.mark_process_dead(int(match.group(1)), folder)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

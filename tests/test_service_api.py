@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import struct
@@ -21,6 +22,7 @@ from PIL import Image
 from service.app import create_app
 from service.batcher import Overloaded
 from service.imaging import InputSpec, decode_image
+from service.routes.deps import get_runtime
 from tests.conftest import API_KEY, AUTH, make_settings, png_bytes, wait_ready
 
 
@@ -396,8 +398,7 @@ def test_hnsw_index_filters_tombstones_and_rebuilds_past_their_share(
             data={"ids": [f"h{i}" for i in range(3, 8)]},
             headers=AUTH,
         )
-        app = client.app
-        _wait_for(lambda: app.state.gallery.index.tombstone_share == 0)
+        _wait_for(lambda: client.get("/readyz").json()["index_tombstones"] == 0)
         top = client.post("/nearest", files=_files(blobs[4], field="file"), data={"k": "1"}).json()
         assert top["results"][0]["id"] == "h4"
         assert client.get("/readyz").json()["indexed"] == 7
@@ -427,7 +428,7 @@ def test_a_size_crossed_during_a_snapshot_still_switches_the_index_without_anoth
     release = threading.Event()
     with TestClient(create_app(settings)) as client:
         wait_ready(client)
-        gallery = client.app.state.gallery
+        gallery = client.app.state.runtime.gallery
         snapshot = gallery.snapshot
 
         def slow_snapshot() -> None:
@@ -476,11 +477,15 @@ def test_a_damaged_index_snapshot_is_rebuilt_from_the_store(
     assert snapshot.exists()  # written again
 
 
-def test_a_full_model_queue_answers_503_overloaded_with_retry_after(client: TestClient) -> None:
-    def full(images: int = 1) -> None:
+class FullBatcher:
+    def ensure_room(self, images: int = 1) -> None:
         raise Overloaded(retry_after_s=7)
 
-    client.app.state.batcher.ensure_room = full  # this test's own app
+
+def test_a_full_model_queue_answers_503_overloaded_with_retry_after(client: TestClient) -> None:
+    runtime = client.app.state.runtime
+    full = dataclasses.replace(runtime, batcher=FullBatcher())
+    client.app.dependency_overrides[get_runtime] = lambda: full
     for path, kwargs in (
         ("/embed", {"files": _files(png_bytes(1))}),
         ("/nearest", {"files": _files(png_bytes(1), field="file")}),

@@ -1,0 +1,60 @@
+"""Images in, vectors out: /embed and /similarity. No gallery involved."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+
+from service.inputs import decode_all, read_images
+from service.routes.deps import ERRORS, ArrayJSONResponse, RuntimeDep, rounded
+from service.runtime import Runtime
+from service.schemas import EmbedResponse, SimilarityResponse, images_body
+
+router = APIRouter()
+
+
+async def embed_request(
+    request: Request, runtime: Runtime, *, min_count: int, allow_raw: bool
+) -> np.ndarray:
+    """The request's images, read, decoded and embedded: (N, D) unit vectors in input order."""
+    settings, batcher = runtime.settings, runtime.batcher
+    batcher.ensure_room()  # a full queue refuses before the body is read and decoded
+    images = await read_images(
+        request, min_count=min_count, max_count=settings.max_images_per_request, allow_raw=allow_raw
+    )
+    pixels = await decode_all(images, runtime.encoder.info.spec, max_pixels=settings.max_pixels)
+    return await batcher.embed(pixels)
+
+
+@router.post(
+    "/embed",
+    response_model=EmbedResponse,
+    responses=ERRORS,
+    openapi_extra=images_body(min_items=1, raw=True),
+)
+async def embed_images(request: Request, runtime: RuntimeDep) -> Any:
+    """Images → unit vectors, in input order."""
+    vectors = await embed_request(request, runtime, min_count=1, allow_raw=True)
+    return ArrayJSONResponse(
+        {
+            "model": runtime.encoder.info.version,
+            "dim": int(vectors.shape[1]),
+            "embeddings": rounded(vectors, 7),
+        }
+    )
+
+
+@router.post(
+    "/similarity",
+    response_model=SimilarityResponse,
+    responses=ERRORS,
+    openapi_extra=images_body(min_items=2, raw=False),
+)
+async def similarity(request: Request, runtime: RuntimeDep) -> Any:
+    """The N×N cosine-score matrix of 2..N images."""
+    h = await embed_request(request, runtime, min_count=2, allow_raw=False)
+    scores = np.clip(h.astype(np.float64) @ h.T.astype(np.float64), -1.0, 1.0)
+    np.fill_diagonal(scores, 1.0)
+    return ArrayJSONResponse({"model": runtime.encoder.info.version, "scores": rounded(scores, 6)})

@@ -1,0 +1,222 @@
+"""The gallery: /nearest, and /images to add, list, read and delete. Every route goes through
+`Gallery`, and every blocking call leaves the event loop (`asyncio.to_thread`)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import uuid
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import JSONResponse
+
+from service.errors import InvalidInput, NotFound
+from service.imaging import sniff_format
+from service.inputs import (
+    b64_image,
+    content_type,
+    count_between,
+    decode_all,
+    form_files,
+    parse_k,
+    parse_vector,
+    read_form,
+    read_json,
+)
+from service.routes.deps import ERRORS, GalleryDep, RuntimeDep, WriteKey
+from service.runtime import Runtime
+from service.schemas import (
+    NEAREST_BODY,
+    UPLOAD_BODY,
+    CreatedResponse,
+    ImageInfo,
+    ImageList,
+    NearestResponse,
+)
+from service.store import CONTENT_TYPES, NewImage
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
+
+router = APIRouter()
+
+
+def _not_found(image_id: object) -> NotFound:
+    return NotFound(f"no image with id {image_id!r}")
+
+
+async def _query_vector(request: Request, runtime: Runtime) -> tuple[np.ndarray, int]:
+    settings, batcher, model = runtime.settings, runtime.batcher, runtime.encoder.info
+    kind = content_type(request)
+    if kind == "multipart/form-data":
+        batcher.ensure_room()
+        form = await read_form(request, max_files=2)
+        files = await form_files(form, "file")
+        count_between(files, "file uploads in the field 'file'", 1, 1)
+        k = parse_k(
+            form.get("k") or request.query_params.get("k"),
+            default=settings.default_k,
+            limit=settings.max_k,
+        )
+        pixels = await decode_all(files, model.spec, max_pixels=settings.max_pixels)
+        return (await batcher.embed(pixels))[0], k
+    if kind != "application/json":
+        raise InvalidInput(
+            "send multipart/form-data (file, k) or JSON (image | id | vector, k)",
+            code="unsupported_content_type",
+        )
+    body = await read_json(request)
+    k = parse_k(body.get("k"), default=settings.default_k, limit=settings.max_k)
+    given = [key for key in ("image", "id", "vector") if body.get(key) is not None]
+    if len(given) != 1:
+        raise InvalidInput('give exactly one of "image", "id" or "vector"')
+    if given[0] == "vector":
+        return parse_vector(body["vector"], model.dim), k
+    if given[0] == "id":
+        image_id = body["id"]
+        vector = (
+            await asyncio.to_thread(runtime.gallery.vector_of, image_id)
+            if isinstance(image_id, str)
+            else None
+        )
+        if vector is None:
+            raise _not_found(image_id)
+        return vector, k
+    image = b64_image(body["image"], "image")
+    pixels = await decode_all([image], model.spec, max_pixels=settings.max_pixels)
+    return (await batcher.embed(pixels))[0], k
+
+
+@router.post(
+    "/nearest", response_model=NearestResponse, responses=ERRORS, openapi_extra=NEAREST_BODY
+)
+async def nearest(request: Request, runtime: RuntimeDep, gallery: GalleryDep) -> Any:
+    """The k gallery images that look most like the query, best first."""
+    vector, k = await _query_vector(request, runtime)
+    hits = (await asyncio.to_thread(gallery.search, vector[None, :], k))[0]
+    results = [
+        {"id": h.id, "score": round(min(1.0, h.score), 6), "metadata": h.metadata} for h in hits
+    ]
+    return JSONResponse({"model": runtime.encoder.info.version, "results": results})
+
+
+def _parse_ids(values: list, count: int) -> list[str]:
+    if not values:
+        return [uuid.uuid4().hex for _ in range(count)]
+    if len(values) != count:
+        raise InvalidInput(f"give one id per file: {len(values)} ids for {count} files")
+    ids = [str(v) for v in values]
+    for image_id in ids:
+        if not ID_PATTERN.match(image_id):
+            raise InvalidInput(
+                f"id {image_id!r} must be 1–128 of A–Z a–z 0–9 . _ : @ - "
+                "and start with a letter or digit"
+            )
+    if len(set(ids)) != len(ids):
+        raise InvalidInput("ids in one request must differ")
+    return ids
+
+
+def _parse_metadata(values: list, count: int, max_bytes: int) -> list[dict]:
+    if not values:
+        return [{} for _ in range(count)]
+    if len(values) != count:
+        raise InvalidInput(f"give one metadata JSON object per file: {len(values)} for {count}")
+    parsed = []
+    for i, text in enumerate(values):
+        if not isinstance(text, str) or len(text.encode()) > max_bytes:
+            raise InvalidInput(f"metadata[{i}] must be a JSON object of at most {max_bytes} bytes")
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            raise InvalidInput(f"metadata[{i}] is not valid JSON: {exc}") from exc
+        if not isinstance(value, dict):
+            raise InvalidInput(f"metadata[{i}] must be a JSON object")
+        parsed.append(value)
+    return parsed
+
+
+@router.post(
+    "/images",
+    status_code=201,
+    response_model=CreatedResponse,
+    responses=ERRORS,
+    dependencies=[WriteKey],
+    openapi_extra=UPLOAD_BODY,
+)
+async def upload_images(request: Request, runtime: RuntimeDep, gallery: GalleryDep) -> Any:
+    """Add images to the gallery; an id that exists is replaced (upsert)."""
+    settings = runtime.settings
+    if content_type(request) != "multipart/form-data":
+        raise InvalidInput(
+            "send multipart/form-data with files (+ ids, metadata)", code="unsupported_content_type"
+        )
+    limit = settings.max_images_per_request
+    form = await read_form(request, max_files=limit + 1)
+    files = await form_files(form, "files")
+    count_between(files, "files", 1, limit)
+    ids = _parse_ids(form.getlist("ids"), len(files))
+    metadata = _parse_metadata(form.getlist("metadata"), len(files), settings.max_metadata_bytes)
+    pixels = await decode_all(files, runtime.encoder.info.spec, max_pixels=settings.max_pixels)
+    vectors = await runtime.batcher.embed(pixels)
+    images = [
+        NewImage(image_id, f.data, sniff_format(f.data), meta, vector)
+        for image_id, f, meta, vector in zip(ids, files, metadata, vectors, strict=True)
+    ]
+    created = await asyncio.to_thread(gallery.upsert, images)
+    items = [{"id": i, "created": c} for i, c in zip(ids, created, strict=True)]
+    return JSONResponse({"items": items}, status_code=201)
+
+
+@router.get("/images", response_model=ImageList, responses=ERRORS)
+async def list_images(
+    gallery: GalleryDep,
+    cursor: Annotated[
+        str | None, Query(pattern=r"^[0-9]{1,18}$", description="next_cursor of the previous page")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> Any:
+    """Gallery images in upload order, a page at a time."""
+    after = int(cursor) if cursor else 0
+    records, next_key = await asyncio.to_thread(gallery.page, after_key=after, limit=limit)
+    return {
+        "items": [r.to_json() for r in records],
+        "next_cursor": str(next_key) if next_key is not None else None,
+    }
+
+
+@router.get("/images/{image_id}", response_model=ImageInfo, responses=ERRORS)
+async def get_image(image_id: str, gallery: GalleryDep) -> Any:
+    record = await asyncio.to_thread(gallery.get, image_id)
+    if record is None:
+        raise _not_found(image_id)
+    return record.to_json()
+
+
+@router.get("/images/{image_id}/content", responses=ERRORS, response_class=Response)
+async def get_image_content(image_id: str, gallery: GalleryDep) -> Response:
+    """The original bytes, as uploaded."""
+    found = await asyncio.to_thread(gallery.content, image_id)
+    if found is None:
+        raise _not_found(image_id)
+    record, content = found
+    return Response(
+        content,
+        media_type=CONTENT_TYPES.get(record.format, "application/octet-stream"),
+        headers={"Cache-Control": "private, max-age=3600", "ETag": f'"{record.sha256}"'},
+    )
+
+
+@router.delete(
+    "/images/{image_id}",
+    status_code=204,
+    responses=ERRORS,
+    dependencies=[WriteKey],
+    response_class=Response,
+)
+async def delete_image(image_id: str, gallery: GalleryDep) -> Response:
+    if not await asyncio.to_thread(gallery.delete, image_id):
+        raise _not_found(image_id)
+    return Response(status_code=204)

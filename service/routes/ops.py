@@ -1,0 +1,72 @@
+"""Operations: liveness, readiness, what the service serves, metrics, and the web page."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import FileResponse, JSONResponse
+
+from service.routes.deps import RuntimeDep
+from service.schemas import ErrorResponse
+
+WEB_DIR = Path(__file__).resolve().parent.parent / "web"
+
+router = APIRouter()
+
+
+@router.get("/healthz")
+async def healthz() -> dict:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: {"model": ErrorResponse}})
+async def readyz(request: Request) -> Any:
+    """Ready once the model is loaded and this worker's index has caught up with the store."""
+    runtime = getattr(request.app.state, "runtime", None)
+    if runtime is None or not runtime.ready:
+        phase = runtime.phase if runtime is not None else "starting"
+        return JSONResponse(
+            {"error": {"code": "not_ready", "message": phase}},
+            status_code=503,
+            headers={"Retry-After": "5"},
+        )
+    status = await asyncio.to_thread(runtime.gallery.status)
+    return {"status": "ready", "model": runtime.encoder.info.version, **status}
+
+
+@router.get("/info")
+async def service_info(runtime: RuntimeDep) -> dict:
+    """What the web page and clients need to know: the model, auth and limits."""
+    model, settings = runtime.encoder.info, runtime.settings
+    return {
+        "model": {
+            "name": model.name,
+            "version": model.version,
+            "dim": model.dim,
+            "input": model.spec.to_dict(),
+        },
+        "auth_required": settings.api_key is not None,
+        "limits": {
+            "max_k": settings.max_k,
+            "max_upload_bytes": settings.max_upload_bytes,
+            "max_images_per_request": settings.max_images_per_request,
+            "max_pixels": settings.max_pixels,
+        },
+    }
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(runtime: RuntimeDep) -> Response:
+    if runtime.ready:
+        runtime.metrics.index_size.set(runtime.gallery.indexed)
+    body = await asyncio.to_thread(runtime.metrics.render)
+    return Response(body, media_type="text/plain; version=0.0.4")
+
+
+@router.get("/", include_in_schema=False)
+async def web_page() -> FileResponse:
+    return FileResponse(WEB_DIR / "index.html", media_type="text/html")

@@ -1,0 +1,214 @@
+"""The `Store` protocol: the gallery's truth, and the change log every index is derived from.
+
+Per image the truth holds its id, metadata, sha256, size, format, timestamps, the model version
+and the vector, plus the original bytes. Every write takes the next sequence numbers (`seq`) of
+the store's `changes` log, in commit order: a row's `seq` is the version of its vector and its
+label in every search index, so a stale label (an old version, a deleted image) never resolves.
+
+Writers are serialised by the log's head row, so a reader that has seen seq N has seen every
+change up to N. Readers state the position they have (`changes_since`). The log is truncated only
+below the slowest consumer that still counts (`ack`, `prune_log`); a reader whose position fell
+below the truncation point gets `LogTruncated` and rebuilds from the rows.
+
+Two implementations: `SQLiteStore` (one data dir, any number of processes on one machine) and
+`PostgresStore` (any number of replicas on any number of machines).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+
+CONTENT_TYPES = {
+    "PNG": "image/png",
+    "JPEG": "image/jpeg",
+    "WEBP": "image/webp",
+    "GIF": "image/gif",
+    "BMP": "image/bmp",
+    "TIFF": "image/tiff",
+}
+
+
+class StoreError(RuntimeError):
+    """Base class of the store's own failures."""
+
+
+class StoreUnavailable(StoreError):
+    """The database cannot be reached right now; nothing was written. Retry later (503)."""
+
+
+class StorageFullError(StoreError):
+    """The data dir or database has no space left; nothing was written (507)."""
+
+
+class LogTruncated(StoreError):
+    """Changes after the reader's position were pruned: the reader must rebuild from the rows."""
+
+
+class ModelMismatch(StoreError):
+    """The store's vectors belong to another model than the one this process serves."""
+
+
+@dataclass(frozen=True)
+class NewImage:
+    id: str
+    content: bytes
+    format: str
+    metadata: dict
+    vector: np.ndarray
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    id: str
+    metadata: dict
+    sha256: str
+    size: int
+    format: str
+    created_at: str
+    updated_at: str
+    model_version: str
+    seq: int
+
+    def to_json(self) -> dict:
+        return {
+            "id": self.id,
+            "metadata": self.metadata,
+            "sha256": self.sha256,
+            "size": self.size,
+            "format": self.format,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "model": self.model_version,
+        }
+
+
+@dataclass(frozen=True)
+class IndexedRow:
+    """What a search index keeps of one image: its label is the row's seq."""
+
+    id: str
+    metadata: str  # JSON text, parsed only for the hits that are returned
+    vector: np.ndarray  # (D,) float32
+
+
+@dataclass(frozen=True)
+class Change:
+    """One log entry, as an index replays it: drop `old_seq`, then add `row` under `seq`.
+
+    `row` is None for a delete, and for an upsert whose row has changed again since (a later
+    change carries its current version)."""
+
+    seq: int
+    old_seq: int | None
+    row: IndexedRow | None
+
+
+@dataclass(frozen=True)
+class RowBatch:
+    """A chunk of current rows, for building an index from scratch."""
+
+    seqs: np.ndarray  # (n,) int64
+    vectors: np.ndarray  # (n, D) float32
+    ids: list[str]
+    metadata: list[str]  # JSON text
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
+def vector_bytes(vector: np.ndarray) -> bytes:
+    return np.ascontiguousarray(vector, dtype=np.float32).tobytes()
+
+
+def vector_from(blob: bytes) -> np.ndarray:
+    return np.frombuffer(blob, dtype=np.float32)
+
+
+def row_batch(rows: list[tuple[int, bytes, str, str]]) -> RowBatch:
+    """(seq, vector, id, metadata JSON) rows → a RowBatch."""
+    return RowBatch(
+        seqs=np.array([r[0] for r in rows], dtype=np.int64),
+        vectors=np.stack([vector_from(r[1]) for r in rows]),
+        ids=[r[2] for r in rows],
+        metadata=[r[3] for r in rows],
+    )
+
+
+def change_from(seq: int, old_seq: int | None, vector, image_id, metadata) -> Change:
+    row = None if vector is None else IndexedRow(image_id, metadata, vector_from(vector))
+    return Change(seq, old_seq, row)
+
+
+class Store(Protocol):
+    """The gallery's source of truth and its change log (see the module docstring)."""
+
+    backend: str  # "sqlite" or "postgresql", for status and logs
+
+    def migrate(self) -> None:
+        """Create or upgrade the schema (versioned; safe when processes start together)."""
+
+    def close(self) -> None: ...
+
+    # --- the model the stored vectors belong to -----------------------------------------------
+    def model_version(self) -> str | None:
+        """The recorded model version; None for a store that has never recorded one."""
+
+    def set_model_version(self, version: str) -> None: ...
+
+    def chore(self, name: str) -> AbstractContextManager[None]:
+        """Hold the store-wide lock `name` (blocking): one process at a time does that chore."""
+
+    # --- writes ---------------------------------------------------------------------------
+    def upsert(self, images: list[NewImage], model_version: str) -> list[tuple[bool, Change]]:
+        """Store all images in one transaction; per image, (created, its change)."""
+
+    def delete(self, image_id: str) -> Change | None:
+        """Remove the image and, if no other row shares it, its original; None if unknown."""
+
+    def replace_vectors(
+        self, updates: list[tuple[ImageRecord, np.ndarray]], model_version: str
+    ) -> int:
+        """Re-embedding: new vectors for rows still at the given record's seq, through the log.
+        Returns how many rows changed (a row changed meanwhile is left to its new version)."""
+
+    # --- reads ----------------------------------------------------------------------------
+    def count(self) -> int: ...
+
+    def last_seq(self) -> int:
+        """The newest committed change: one indexed query, run before every gallery read."""
+
+    def get(self, image_id: str) -> ImageRecord | None: ...
+
+    def read_original(self, sha256: str) -> bytes | None: ...
+
+    def page(self, *, after_key: int, limit: int) -> tuple[list[ImageRecord], int | None]:
+        """Records in insertion order after a cursor; the next cursor, or None at the end."""
+
+    def rows(self, *, max_seq: int, batch: int = 10_000) -> Iterator[RowBatch]:
+        """Every current row at a version ≤ max_seq, in chunks (building an index)."""
+
+    def changes_since(self, seq: int) -> list[Change]:
+        """Every change after `seq`, in order; LogTruncated if some were pruned."""
+
+    def stale(self, model_version: str, batch: int = 256) -> Iterator[list[ImageRecord]]:
+        """Records whose vectors another model made, in chunks (re-embedding)."""
+
+    def count_stale(self, model_version: str) -> int: ...
+
+    # --- the log's consumers --------------------------------------------------------------
+    def ack(self, consumer: str, seq: int) -> None:
+        """`consumer` (a snapshot, a process's index) has applied every change up to `seq`."""
+
+    def forget(self, consumer: str) -> None: ...
+
+    def prune_log(self, retention_s: float) -> int:
+        """Drop changes every consumer seen within `retention_s` has applied; the new floor."""
