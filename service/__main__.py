@@ -1,23 +1,29 @@
 """lookalike service command line.
 
 python -m service --host 127.0.0.1 --port 8000        # env: LOOKALIKE_MODEL_DIR, ..._DATA_DIR, ...
+python -m service --workers 2                         # or LOOKALIKE_WORKERS; "auto" = one per core
 python -m service --seed-demo-gallery                 # fill an empty gallery with Fashion-MNIST
 python -m service import DIR [--url URL]              # bulk-load a folder of images
+python -m service backup DEST                         # an online copy of the SQLite gallery
+python -m service reembed                             # move the store's vectors to this model
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from typing import TYPE_CHECKING
 
 from pydantic import ValidationError
 
 from service.config import Settings
-from service.encoder import ArtifactError, load_encoder
+from service.encoder import ArtifactError, Encoder, load_encoder
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
+
+DATABASE_WAIT_S = 30
 
 
 def _settings(**overrides: object) -> Settings:
@@ -31,6 +37,13 @@ def _settings(**overrides: object) -> Settings:
         raise SystemExit(f"error: bad settings: {problems}") from None
 
 
+def _encoder(settings: Settings) -> Encoder:
+    try:
+        return load_encoder(settings.model_dir)  # refuse to start on a bad artifact, in one line
+    except ArtifactError as exc:
+        raise SystemExit(f"error: {exc}") from None
+
+
 def run_uvicorn(app: FastAPI, host: str, port: int) -> None:
     """uvicorn as the service runs it (bench/bare_app.py too): our JSON logging, not uvicorn's;
     shutdown gives in-flight requests 10 s."""
@@ -39,19 +52,109 @@ def run_uvicorn(app: FastAPI, host: str, port: int) -> None:
     uvicorn.run(app, host=host, port=port, log_config=None, timeout_graceful_shutdown=10)
 
 
-def serve(args: argparse.Namespace) -> int:
-    from service.app import create_app
-    from service.logs import configure_logging
+def preflight(settings: Settings, encoder: Encoder) -> None:
+    """Before any worker starts: the store's schema is current and its vectors are this model's
+    (PostgreSQL refuses another model, in one line). Waits a while for a database to come up."""
+    import logging
 
-    overrides = {"seed_demo_gallery": True} if args.seed_demo_gallery else {}
+    from service.gallery import check_model
+    from service.store import ModelMismatch, StoreUnavailable, open_store
+
+    log = logging.getLogger("service")
+    deadline = time.monotonic() + DATABASE_WAIT_S
+    store = open_store(settings)
+    try:
+        while True:
+            try:
+                store.migrate()
+                check_model(store, encoder.info.name, encoder.info.version)
+                return
+            except StoreUnavailable as exc:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"error: {exc}") from None
+                log.warning("waiting for the database", extra={"why": str(exc)})
+                time.sleep(2)
+            except ModelMismatch as exc:
+                raise SystemExit(f"error: {exc}") from None
+    finally:
+        store.close()
+
+
+def serve(args: argparse.Namespace) -> int:
+    from service.logs import configure_logging
+    from service.workers import resolve_workers, run_workers
+
+    overrides: dict[str, object] = {"seed_demo_gallery": True} if args.seed_demo_gallery else {}
+    if args.workers is not None:
+        overrides["workers"] = args.workers
     settings = _settings(**overrides)
     configure_logging(settings.log_level)
+    preflight(settings, _encoder(settings))
+    workers = resolve_workers(settings.workers)
+    if workers == 1:
+        from service.app import create_app
+
+        run_uvicorn(create_app(settings), args.host, args.port)
+    else:
+        run_workers(settings, host=args.host, port=args.port, workers=workers)
+    return 0
+
+
+def backup(argv: list[str]) -> int:
+    """python -m service backup DEST: a consistent copy of the SQLite gallery while it runs."""
+    from pathlib import Path
+
+    from service.store.sqlite import SQLiteStore
+
+    parser = argparse.ArgumentParser(
+        prog="python -m service backup",
+        description="Copy the gallery (LOOKALIKE_DATA_DIR) into DEST, a new data dir, while the "
+        "service runs: SQLite's online backup of gallery.sqlite3, then the originals it names.",
+    )
+    parser.add_argument("destination", type=Path)
+    args = parser.parse_args(argv)
+    settings = _settings()
+    if settings.database_url is not None:
+        raise SystemExit("error: the gallery is in PostgreSQL: back it up with pg_dump (README)")
+    if not (settings.data_dir / "gallery.sqlite3").is_file():
+        raise SystemExit(f"error: no gallery in {settings.data_dir} (LOOKALIKE_DATA_DIR)")
+    if (args.destination / "gallery.sqlite3").exists():
+        raise SystemExit(f"error: {args.destination} already holds a gallery; choose a new folder")
+    store = SQLiteStore(settings.data_dir)
     try:
-        load_encoder(settings.model_dir)  # refuse to start on a bad artifact, in one line
-    except ArtifactError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    run_uvicorn(create_app(settings), args.host, args.port)
+        started = time.monotonic()
+        images = store.backup(args.destination)
+    finally:
+        store.close()
+    print(
+        f"backed up {images} images to {args.destination} in {time.monotonic() - started:.1f} s "
+        f"(use it as LOOKALIKE_DATA_DIR to restore)",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def reembed(argv: list[str]) -> int:
+    """python -m service reembed: move every stored vector to LOOKALIKE_MODEL_DIR's model."""
+    from service.gallery import Gallery
+    from service.logs import configure_logging
+    from service.store import open_store
+
+    argparse.ArgumentParser(
+        prog="python -m service reembed",
+        description="Re-embed every stored original with LOOKALIKE_MODEL_DIR's model and record "
+        "it as the store's model. Stop every replica first; start them with the new model after.",
+    ).parse_args(argv)
+    settings = _settings()
+    configure_logging(settings.log_level)
+    encoder = _encoder(settings)
+    store = open_store(settings)
+    try:
+        store.migrate()
+        Gallery(store, encoder, settings).upgrade_model()
+    finally:
+        store.close()
+    print(f"the store now serves {encoder.info.name} {encoder.info.version}", file=sys.stderr)
     return 0
 
 
@@ -61,6 +164,10 @@ def main(argv: list[str] | None = None) -> int:
         from service.bulk_import import main as import_main
 
         return import_main(argv[1:])
+    if argv[:1] == ["backup"]:
+        return backup(argv[1:])
+    if argv[:1] == ["reembed"]:
+        return reembed(argv[1:])
     parser = argparse.ArgumentParser(
         prog="python -m service",
         description=__doc__,
@@ -68,6 +175,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on")
+    parser.add_argument(
+        "--workers",
+        help='worker processes: a number, or "auto" for one per core (LOOKALIKE_WORKERS)',
+    )
     parser.add_argument(
         "--seed-demo-gallery",
         action="store_true",

@@ -124,11 +124,8 @@ class Gallery:
         with self._lifecycle:
             self._store.migrate()
             check_model(self._store, self._encoder.info.name, self.version)
-            if self._store.model_version() != self.version:
-                with self._store.chore("reembed"):  # one process re-embeds; the others wait
-                    if self.reembed_stale() is None:
-                        return
-                    self._store.set_model_version(self.version)
+            if self._store.model_version() != self.version and not self.upgrade_model():
+                return
             if self._stopping.is_set():
                 return
             self._load_index()
@@ -159,6 +156,15 @@ class Gallery:
         )
         if self._view.index.seq > self._snapshot_seq or not self._snapshot_path.exists():
             self.snapshot()
+
+    def upgrade_model(self) -> bool:
+        """Re-embed what another model made, then record this model as the store's. One process
+        does it while the others wait. False when `close` interrupted it."""
+        with self._store.chore("reembed"):
+            if self.reembed_stale() is None:
+                return False
+            self._store.set_model_version(self.version)
+            return True
 
     def reembed_stale(self) -> int | None:
         """Re-embed every stored original whose vector another model made; how many, or None

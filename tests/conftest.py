@@ -16,6 +16,7 @@ from PIL import Image
 
 from service.app import create_app
 from service.config import Settings
+from tests.postgres import Postgres
 from tests.support import API_KEY, Server
 from training.augment import AugmentConfig
 from training.encoder import ContrastiveModel, EncoderConfig
@@ -98,3 +99,20 @@ def module_server(artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> I
     running.start()
     yield running
     running.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Postgres:
+    """One real PostgreSQL server for the session; tests take fresh databases on it."""
+    return Postgres(tmp_path_factory.mktemp("postgres") / "pgdata")
+
+
+BACKENDS = ["sqlite", "postgresql"]
+
+
+@pytest.fixture(params=BACKENDS)
+def store_settings(request: pytest.FixtureRequest) -> dict[str, object]:
+    """Settings for each backend: the embedded SQLite, and a fresh PostgreSQL database."""
+    if request.param == "sqlite":
+        return {}
+    return {"database_url": request.getfixturevalue("postgres").new_database()}
