@@ -42,7 +42,6 @@ from service.store import ImageRecord, ModelMismatch, NewImage, Store, StoreUnav
 log = logging.getLogger(__name__)
 
 SNAPSHOT_FILE = "index.snapshot"
-STORE_RETRY_S = 2.0  # after a failed freshness check, searches skip it this long
 ACK_EVERY_S = 5.0
 
 
@@ -103,7 +102,7 @@ class Gallery:
         self._view = IndexView(store, encoder.info.dim, settings)
         self._snapshot_seq = 0
         self._acked_at = 0.0
-        self._store_retry_at = 0.0
+        self._store_down = False  # set by a failed store call; cleared by the follower
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._lifecycle = threading.Lock()  # close() waits for an open() in progress
@@ -214,7 +213,6 @@ class Gallery:
 
     # --- the follower: catching up and chores -------------------------------------------------
     def _follow(self) -> None:
-        down = False
         while not self._stopping.is_set():
             self._wake.wait(self._settings.follow_interval_s)
             self._wake.clear()
@@ -228,13 +226,11 @@ class Gallery:
                 if work is not None:
                     work()
                     self._wake.set()  # then look again: more may have fallen due meanwhile
-                if down:
+                if self._store_down:
                     log.info("the store is back")
-                down = False
+                    self._store_down = False
             except StoreUnavailable as exc:
-                if not down:
-                    log.warning("the store is unavailable", extra={"why": str(exc)})
-                down = True
+                self._went_down(exc)
             except Exception:
                 log.exception("index follower failed; it goes on")
 
@@ -291,19 +287,27 @@ class Gallery:
         try:
             self._view.catch_up(seq)
         except StoreUnavailable as exc:
-            log.warning("indexing a committed write later", extra={"why": str(exc)})
+            self._went_down(exc)  # the write has committed: the follower indexes it later
         self._wake.set()
 
     # --- reads --------------------------------------------------------------------------------
+    def _went_down(self, exc: StoreUnavailable) -> None:
+        if not self._store_down:
+            log.warning(
+                "the store is unavailable; searching the index as it stands",
+                extra={"why": str(exc)},
+            )
+        self._store_down = True
+
     def _fresh(self) -> None:
-        """Bring the view up to the store's latest seq; on a store failure, go on as is."""
-        if time.monotonic() < self._store_retry_at:
+        """Bring the view up to the store's latest seq. While the store is down, reads use the
+        index as it stands, without waiting on the store; the follower finds when it is back."""
+        if self._store_down:
             return
         try:
             self._view.catch_up(self._store.last_seq())
         except StoreUnavailable as exc:
-            self._store_retry_at = time.monotonic() + STORE_RETRY_S
-            log.warning("searching the index as it stands", extra={"why": str(exc)})
+            self._went_down(exc)
 
     def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
         self._fresh()
@@ -334,8 +338,10 @@ class Gallery:
         return self._view.index.count
 
     def status(self) -> dict:
+        self._fresh()
         index = self._view.index
         status = {
+            "worker": os.getpid(),
             "indexed": index.count,
             "index_kind": index.kind,
             "index_tombstones": index.tombstones,

@@ -22,6 +22,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 class Server:
     """`python -m service` as a user runs it, with a temporary data dir and an API key."""
 
@@ -47,6 +55,7 @@ class Server:
             env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=self.log,
+            start_new_session=True,  # its own process group: kill() takes every worker with it
         )
         while time.monotonic() - started < timeout_s:
             if self.process.poll() is not None:
@@ -67,9 +76,22 @@ class Server:
         return self.log.read().decode(errors="replace")[-size:]
 
     def kill(self) -> None:
+        """kill -9 of the whole service, its worker processes included (a crash, an OOM kill)."""
         assert self.process
-        self.process.send_signal(signal.SIGKILL)
+        os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait()
+        deadline = time.monotonic() + 10
+        while _group_alive(self.process.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def worker_pids(self, attempts: int = 40) -> set[int]:
+        """The ready worker processes, as /readyz reports them over fresh connections."""
+        pids = set()
+        for _ in range(attempts):
+            response = httpx.get(self.url + "/readyz", timeout=5)
+            if response.status_code == 200:
+                pids.add(response.json()["worker"])
+        return pids
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

@@ -20,8 +20,11 @@ from tests.support import Server
 
 
 @pytest.fixture
-def server(artifact: Path, tmp_path: Path) -> Iterator[Server]:
-    running = Server(artifact, tmp_path / "data")
+def server(artifact: Path, tmp_path: Path, store_settings: dict) -> Iterator[Server]:
+    """The real service on each backend (SQLite, PostgreSQL), with its default workers."""
+    url = store_settings.get("database_url")
+    env = {"LOOKALIKE_DATABASE_URL": str(url)} if url else {}
+    running = Server(artifact, tmp_path / "data", **env)
     running.start()
     yield running
     running.stop()
