@@ -16,12 +16,14 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends dataset-fashion-mnist \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 lookalike \
-    && useradd --system --uid 10001 --gid 10001 --home-dir /app --shell /usr/sbin/nologin lookalike \
+    && useradd --system --uid 10001 --gid 10001 --create-home --home-dir /home/lookalike \
+        --shell /usr/sbin/nologin lookalike \
     && mkdir -p /data && chown lookalike:lookalike /data
 COPY --from=build /opt/venv /opt/venv
 COPY models/fashion-mnist/encoder.onnx models/fashion-mnist/model.json /app/models/fashion-mnist/
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
+    ORT_DISABLE_TELEMETRY=1 \
     LOOKALIKE_MODEL_DIR=/app/models/fashion-mnist \
     LOOKALIKE_DATA_DIR=/data
 WORKDIR /app

@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
-APT_PACKAGES := dataset-fashion-mnist chromium chromium-driver wrk
+APT_PACKAGES := dataset-fashion-mnist chromium chromium-driver wrk nginx
 BENCH_VENV ?= .venv-bench
 
 .PHONY: setup apt run test test-fast lint train bench-venv clean

@@ -6,7 +6,6 @@ python -m service --host 127.0.0.1 --port 8000
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -31,7 +30,7 @@ from service.gallery import Gallery
 from service.metrics import Metrics
 from service.routes import WEB_DIR, router
 from service.runtime import Runtime
-from service.store import ModelMismatch, StoreUnavailable, open_store
+from service.store import StoreUnavailable, open_store
 from service.store.base import StoreError
 
 log = logging.getLogger("service")
@@ -108,27 +107,21 @@ class MetricsMiddleware:
 
 
 async def _open_gallery(runtime: Runtime) -> None:
-    """Bring the gallery up in the background (readiness stays 503 meanwhile): wait for the
-    store, re-embed after a model change, load the index, seed the demo gallery."""
+    """Wait for the store, re-embed after a model change, load the index, seed the demo gallery.
+    Part of start-up: a worker takes connections only once its index is ready, since workers
+    share one listening socket and a client must never land on one that is still loading."""
     gallery, settings = runtime.gallery, runtime.settings
     while True:
         try:
             await asyncio.to_thread(gallery.open)
             break
         except StoreUnavailable as exc:
-            runtime.phase = "waiting for the database"
             log.warning("waiting for the database", extra={"why": str(exc)})
             await asyncio.sleep(STORE_RETRY_S)
-        except ModelMismatch as exc:
-            runtime.phase = f"refused: {exc}"
-            log.error("refusing to serve: %s", exc)
-            return
     if settings.seed_demo_gallery:
-        runtime.phase = "seeding the demo gallery"
         size = settings.demo_gallery_size
         await asyncio.to_thread(seed_demo_gallery, gallery, runtime.encoder, size)
     runtime.metrics.store_size.set(await asyncio.to_thread(gallery.count))
-    runtime.phase = "ready"
     log.info("ready", extra=await asyncio.to_thread(gallery.status))
 
 
@@ -149,15 +142,11 @@ def lifespan_for(settings: Settings, metrics: Metrics):
         await batcher.start()
         store = open_store(settings)
         runtime = Runtime(settings, metrics, encoder, batcher, Gallery(store, encoder, settings))
-        app.state.runtime = runtime
-        opening = asyncio.create_task(_open_gallery(runtime))
         try:
+            await _open_gallery(runtime)
+            app.state.runtime = runtime
             yield
         finally:
-            if not opening.done():
-                opening.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await opening
             await batcher.stop()
             await asyncio.to_thread(runtime.gallery.close)
             store.close()

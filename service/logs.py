@@ -37,3 +37,4 @@ def configure_logging(level: str) -> None:
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").setLevel(logging.WARNING)  # the metrics count requests
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # which CPU build it picked

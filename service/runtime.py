@@ -1,4 +1,5 @@
-"""What one running worker holds, in one typed object that the app's lifespan builds.
+"""What one running worker holds, in one typed object that the app's lifespan builds once the
+worker is ready (its index loaded).
 
 Routes reach it through `routes.deps.get_runtime`; tests substitute parts of it with
 `app.dependency_overrides[get_runtime]`.
@@ -22,8 +23,3 @@ class Runtime:
     encoder: Encoder
     batcher: MicroBatcher
     gallery: Gallery
-    phase: str = "loading the index"
-
-    @property
-    def ready(self) -> bool:
-        return self.phase == "ready"

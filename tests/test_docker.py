@@ -9,6 +9,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -60,10 +61,22 @@ def test_dockerignore_keeps_data_venvs_and_caches_out() -> None:
         assert entry in ignored
 
 
+def _interpolated(text: str, **env: str) -> str:
+    """Compose's ${NAME:-default} with the given environment (none: the defaults)."""
+    return re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: env.get(m.group(1)) or m.group(2), text)
+
+
+def _compose(name: str, **env: str) -> dict:
+    return yaml.safe_load(_interpolated((ROOT / name).read_text(), **env))
+
+
 def test_compose_wires_port_volume_healthcheck_env_and_a_gpu_training_profile() -> None:
-    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    compose = _compose("docker-compose.yml")
+    assert compose["name"] == "lookalike"  # volume names do not depend on the checkout's folder
     service = compose["services"]["lookalike"]
-    assert "8000:8000" in service["ports"]
+    assert service["ports"] == ["127.0.0.1:8000:8000"]  # writes are not on the network by default
+    exposed = _compose("docker-compose.yml", PUBLISH_ADDRESS="0.0.0.0")
+    assert exposed["services"]["lookalike"]["ports"] == ["0.0.0.0:8000:8000"]
     assert "lookalike-data:/data" in service["volumes"]
     assert "lookalike-data" in compose["volumes"]
     assert service["restart"] == "unless-stopped"
@@ -79,6 +92,67 @@ def test_compose_wires_port_volume_healthcheck_env_and_a_gpu_training_profile() 
     assert "./models:/app/models" in training["volumes"]
     train_cmd = (ROOT / training["build"]["dockerfile"]).read_text()
     assert '"training"' in train_cmd and '"train"' in train_cmd
+    assert '["run-as-owner", "/app/models"' in train_cmd and "\nUSER " not in train_cmd
+
+
+def test_the_training_entrypoint_writes_as_the_owner_of_the_mounted_models_folder() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("dropping to another user needs root, as in the container")
+    top = Path(tempfile.mkdtemp(prefix="mount-"))  # /tmp: traversable by another user
+    top.chmod(0o755)
+    models = top / "models"
+    models.mkdir()
+    os.chown(models, 12345, 12346)  # the host user who ran `docker compose`
+    done = subprocess.run(
+        [
+            "sh",
+            str(ROOT / "docker" / "run-as-owner.sh"),
+            str(models),
+            "sh",
+            "-c",
+            f"id -u; id -g; echo $HOME; mkdir {models}/out && touch {models}/out/model.json",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["12345", "12346", "/tmp"]
+    written = models / "out" / "model.json"
+    assert (written.stat().st_uid, written.stat().st_gid) == (12345, 12346)
+    shutil.rmtree(top)
+
+
+def test_the_scale_compose_runs_replicas_over_postgres_behind_nginx() -> None:
+    compose = _compose("docker-compose.scale.yml")
+    services = compose["services"]
+    postgres = services["postgres"]
+    assert postgres["image"].startswith("postgres:")  # the official image
+    assert any(v.startswith("postgres-data:") for v in postgres["volumes"])
+    assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
+    replica = services["lookalike"]
+    assert "ports" not in replica  # so that --scale lookalike=3 never fights over a host port
+    url = replica["environment"]["LOOKALIKE_DATABASE_URL"]
+    assert url.startswith("postgresql://") and "@postgres:5432/" in url
+    assert replica["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert set(replica["environment"]) <= SETTING_NAMES
+    nginx = services["nginx"]
+    assert nginx["image"].startswith("nginx:") and nginx["ports"] == ["127.0.0.1:8000:8000"]
+    conf = ROOT / "deploy" / "nginx.conf"
+    assert f"./{conf.relative_to(ROOT)}:/etc/nginx/conf.d/default.conf:ro" in nginx["volumes"]
+    assert "lookalike:8000" in conf.read_text()
+
+
+def test_the_nginx_config_is_valid(tmp_path: Path) -> None:
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    if not Path(nginx).exists():
+        pytest.skip("nginx is not installed (apt-get install nginx)")
+    main = tmp_path / "nginx.conf"
+    main.write_text(
+        f"pid {tmp_path}/nginx.pid; error_log stderr; events {{}} "
+        f"http {{ access_log off; include {ROOT / 'deploy' / 'nginx.conf'}; }}"
+    )
+    done = subprocess.run([nginx, "-t", "-c", str(main)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
 
 
 def test_hadolint_passes() -> None:

@@ -187,3 +187,23 @@ def test_a_bad_artifact_or_setting_refuses_to_start_with_one_clear_line(
         assert done.returncode != 0
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error:") and expected in lines[0], lines
+
+
+def test_every_log_line_is_json_even_without_a_writable_home(
+    artifact: Path, tmp_path: Path
+) -> None:
+    """As in the image: HOME is not writable, two workers, startup to shutdown."""
+    server = Server(artifact, tmp_path / "data", HOME="/proc/no-home", LOOKALIKE_WORKERS="2")
+    server.start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            assert _upload(client, "one", seed=1).status_code == 201
+            assert (
+                client.post("/embed", files=[("files", ("e.png", b"nonsense"))]).status_code == 422
+            )
+    finally:
+        server.stop()
+    lines = server.log_tail(10**7).splitlines()
+    assert len(lines) > 10
+    for line in lines:
+        assert isinstance(json.loads(line), dict), line

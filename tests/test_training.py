@@ -198,8 +198,10 @@ def test_encoder_config_round_trips_and_rejects_unknown_keys() -> None:
 @pytest.mark.slow
 def test_torchrun_ddp_on_two_cpu_ranks_writes_an_artifact(tmp_path: Path) -> None:
     out = tmp_path / "ddp"
-    command = [
-        "torchrun",
+    command = [  # torchrun, through this interpreter: a fresh machine has it only in .venv/bin
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
         "--nproc-per-node",
         "2",
         "-m",

@@ -27,8 +27,8 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 
 async def get_runtime(request: Request) -> Runtime:
     runtime = getattr(request.app.state, "runtime", None)
-    if runtime is None:
-        raise Unavailable("the service is starting", headers={"Retry-After": "5"})
+    if runtime is None:  # only while shutting down: start-up ends once the worker is ready
+        raise Unavailable("the service is not ready", headers={"Retry-After": "5"})
     return runtime
 
 
@@ -36,9 +36,6 @@ RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
 async def get_gallery(runtime: RuntimeDep) -> Gallery:
-    if not runtime.ready:
-        message = f"the gallery is not ready: {runtime.phase}"
-        raise Unavailable(message, headers={"Retry-After": "5"})
     return runtime.gallery
 
 

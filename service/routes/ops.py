@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Request, Response
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi import APIRouter, Response
+from fastapi.responses import FileResponse
 
 from service.routes.deps import RuntimeDep
 from service.schemas import ErrorResponse
+from service.store import StoreUnavailable
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 
@@ -24,16 +26,9 @@ async def healthz() -> dict:
 
 
 @router.get("/readyz", responses={503: {"model": ErrorResponse}})
-async def readyz(request: Request) -> Any:
-    """Ready once the model is loaded and this worker's index has caught up with the store."""
-    runtime = getattr(request.app.state, "runtime", None)
-    if runtime is None or not runtime.ready:
-        phase = runtime.phase if runtime is not None else "starting"
-        return JSONResponse(
-            {"error": {"code": "not_ready", "message": phase}},
-            status_code=503,
-            headers={"Retry-After": "5"},
-        )
+async def readyz(runtime: RuntimeDep) -> Any:
+    """Ready: the model is loaded and this worker's index has caught up with the store (a
+    worker answers nothing before that)."""
     status = await asyncio.to_thread(runtime.gallery.status)
     return {"status": "ready", "model": runtime.encoder.info.version, **status}
 
@@ -61,8 +56,9 @@ async def service_info(runtime: RuntimeDep) -> dict:
 
 @router.get("/metrics", response_class=Response)
 async def metrics(runtime: RuntimeDep) -> Response:
-    if runtime.ready:
-        runtime.metrics.index_size.set(runtime.gallery.indexed)
+    runtime.metrics.index_size.set(runtime.gallery.indexed)
+    with contextlib.suppress(StoreUnavailable):  # the rest of the metrics still answer
+        runtime.metrics.store_size.set(await asyncio.to_thread(runtime.gallery.count))
     body = await asyncio.to_thread(runtime.metrics.render)
     return Response(body, media_type="text/plain; version=0.0.4")
 
