@@ -59,14 +59,28 @@ def test_train_speed(tmp_path: Path) -> None:
 def test_serve(artifact: Path, tmp_path: Path) -> None:
     result = run_script(
         "serve",
-        *("--model", str(artifact), "--seconds", "1", "--connections", "4"),
-        *("--gallery", "300", "--overload-seconds", "1"),
+        *("--model", str(artifact), "--seconds", "1", "--connections", "4", "--workers", "1,2"),
+        *("--gallery", "300", "--store-gallery", "200", "--overload-seconds", "1"),
         results=tmp_path,
     )
     servers = {row["server"] for row in result["rows"]}
-    assert servers == {"service", "naive", "HTTP ceiling", "bare FastAPI"}
+    assert servers == {
+        "service, 1 workers",
+        "service, 2 workers",
+        "naive, 1 worker",
+        "HTTP ceiling",
+        "bare FastAPI",
+        "service, 2 worker(s)",
+        "service, 1 worker(s)",
+        "SQLite, 1 service × 2 workers",
+        "PostgreSQL, 2 replicas × 1 worker",
+    }
     assert all(set(row["statuses"]) == {"200"} for row in result["rows"])
-    assert result["rows"][-1]["request"].startswith("nearest k=10, 300 images")
+    searches = [row for row in result["rows"] if row["request"].startswith("nearest")]
+    assert [row["request"][:24] for row in searches] == ["nearest k=10, 300 images"] * 2 + [
+        "nearest k=10, 200 images"
+    ] * 2
+    assert all(row["check_us"] > 0 for row in searches[2:])
     assert result["overload"]["passed"]
 
 
