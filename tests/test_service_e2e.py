@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -207,3 +208,82 @@ def test_every_log_line_is_json_even_without_a_writable_home(
     assert len(lines) > 10
     for line in lines:
         assert isinstance(json.loads(line), dict), line
+
+
+def test_backup_writes_a_readable_copy_while_the_service_runs(
+    artifact: Path, tmp_path: Path
+) -> None:
+    server = Server(artifact, tmp_path / "data")
+    server.start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            for n in range(5):
+                assert _upload(client, f"b{n}", seed=300 + n).status_code == 201
+        backup = tmp_path / "backup"
+        done = subprocess.run(
+            [sys.executable, "-m", "service", "backup", str(backup)],
+            env={**server.env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "backed up 5 images" in done.stderr
+    finally:
+        server.stop()
+    with sqlite3.connect(backup / "gallery.sqlite3") as db:
+        assert db.execute("SELECT COUNT(*) FROM images").fetchone()[0] == 5
+    restored = Server(artifact, backup)  # the copy is a complete data dir
+    restored.start()
+    try:
+        with httpx.Client(base_url=restored.url, timeout=30) as client:
+            assert client.get("/images/b3/content").content == png_bytes(303)
+            top = client.post(
+                "/nearest", files=[("file", ("q.png", png_bytes(302)))], data={"k": "1"}
+            ).json()["results"][0]
+            assert top["id"] == "b2"
+    finally:
+        restored.stop()
+
+
+def test_a_replica_with_another_model_refuses_in_one_line_until_reembedded(
+    artifact: Path, tmp_path: Path, postgres
+) -> None:
+    from tests.conftest import export_random_artifact
+
+    url = postgres.new_database()
+    first = Server(artifact, tmp_path / "a", LOOKALIKE_DATABASE_URL=url)
+    first.start()
+    with httpx.Client(base_url=first.url, timeout=30) as client:
+        assert _upload(client, "kept", seed=5).status_code == 201
+    first.stop()
+    other = export_random_artifact(tmp_path / "other", seed=3)
+    env = {
+        **first.env,
+        "LOOKALIKE_MODEL_DIR": str(other),
+        "LOOKALIKE_DATA_DIR": str(tmp_path / "b"),
+    }
+    refused = subprocess.run(
+        [sys.executable, "-m", "service", "--port", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    lines = refused.stderr.strip().splitlines()
+    assert refused.returncode != 0 and len(lines) == 1, lines
+    assert lines[0].startswith("error:") and "python -m service reembed" in lines[0]
+    upgraded = subprocess.run(
+        [sys.executable, "-m", "service", "reembed"], env=env, capture_output=True, text=True
+    )
+    assert upgraded.returncode == 0, upgraded.stderr
+    second = Server(other, tmp_path / "b", LOOKALIKE_DATABASE_URL=url)
+    second.start()
+    try:
+        with httpx.Client(base_url=second.url, timeout=30) as client:
+            top = client.post(
+                "/nearest", files=[("file", ("q.png", png_bytes(5)))], data={"k": "1"}
+            ).json()["results"][0]
+            assert top["id"] == "kept" and top["score"] == pytest.approx(1.0, abs=1e-5)
+    finally:
+        second.stop()
