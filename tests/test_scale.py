@@ -114,8 +114,8 @@ def test_kill_9_of_one_worker_during_uploads_loses_nothing_and_it_is_replaced(
     while len(after := two_workers.worker_pids()) < 2 and time.monotonic() < deadline:
         time.sleep(0.5)
     assert victim not in after and len(after) == 2  # replaced, and serving
-    ready = httpx.get(url + "/readyz").json()
-    assert ready["images"] == ready["indexed"] == len(acknowledged)
+    ready = httpx.get(url + "/readyz").json()  # an upload may commit but lose its answer
+    assert ready["images"] == ready["indexed"] >= len(acknowledged)
 
 
 @pytest.fixture
@@ -202,8 +202,8 @@ def test_kill_9_of_a_replica_loses_nothing_and_it_catches_up_when_restarted(
     for url in (a.url, b.url):
         for image_id, seed in acknowledged.items():
             assert top_hit(url, seed)["id"] == image_id
-        ready = httpx.get(url + "/readyz").json()
-        assert ready["images"] == ready["indexed"] == len(acknowledged)
+        ready = httpx.get(url + "/readyz").json()  # an upload may commit but lose its answer
+        assert ready["images"] == ready["indexed"] >= len(acknowledged)
 
 
 @pytest.mark.slow
