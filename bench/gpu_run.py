@@ -491,7 +491,9 @@ def carried_summary(report: dict) -> str:
     if "result" not in step:
         return step.get("why", "not measured")
     r = step["result"]
-    return f"{r['mib']} MiB of ≤ {r['limit_mib']} MiB (tree {r['tree_mib']}, {r['carried_mib']})"
+    carried = ", ".join(f"{name} {mib}" for name, mib in r["carried_mib"].items())
+    absent = f"; absent: {', '.join(r['carried_absent'])}" if r["carried_absent"] else ""
+    return f"{r['mib']} MiB of ≤ {r['limit_mib']} (tree {r['tree_mib']}, {carried}{absent})"
 
 
 if __name__ == "__main__":

@@ -112,8 +112,9 @@ def test_a_channels_last_bf16_step_matches_a_contiguous_fp32_step() -> None:
 
 def test_train_one_epoch_on_gpu_keeps_channels_last_and_learns() -> None:
     model = _tiny_model().to(CUDA).to(memory_format=torch.channels_last)
-    first_conv = model.backbone.features[0][0].weight
-    before = first_conv.detach().clone()
+    conv = model.backbone.features[2].conv[0].weight  # a residual 3×3 conv, (16, 16, 3, 3)
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    before = conv.detach().clone()
     images = load_fashion_mnist("train").images[:512]
     metrics, step = train_one_epoch(
         model=model,
@@ -129,8 +130,8 @@ def test_train_one_epoch_on_gpu_keeps_channels_last_and_learns() -> None:
         gen=torch.Generator(device=CUDA).manual_seed(0),
     )
     assert step == 8 and np.isfinite(metrics["loss"])
-    assert first_conv.is_contiguous(memory_format=torch.channels_last)
-    assert not torch.equal(first_conv.detach(), before)
+    assert conv.is_contiguous(memory_format=torch.channels_last)  # AdamW kept the layout
+    assert not torch.equal(conv.detach(), before)
 
 
 def test_tiny_gpu_run_exports_an_onnx_model_that_matches_torch_on_the_cpu(tmp_path: Path) -> None:
