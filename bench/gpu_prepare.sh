@@ -11,9 +11,10 @@
 # then prints their sizes. bench/gpu_run.sh --dry-run measures the whole carried tree.
 #
 # Only lightly itself travels: of its requirements, torch, torchvision, numpy, tqdm and
-# pytorch_lightning are on the device already, and hydra-core (with omegaconf and antlr4) is
-# needed only by lightly's command line, never by the lightly.loss and lightly.transforms that
-# bench/train_speed.py imports (checked with those modules blocked from importing).
+# pytorch_lightning (with lightning_utilities, which lightly.transforms imports) are on the
+# device already, and hydra-core (with omegaconf and antlr4) is needed only by lightly's command
+# line, never by the lightly.loss and lightly.transforms that bench/train_speed.py imports
+# (checked with those modules blocked from importing, under torch 2.11 and torchvision 0.26).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}

@@ -302,7 +302,12 @@ def cuda_tests(run: Run) -> dict:
 
 
 def train_speed(run: Run) -> dict:
-    python, env = lightly_python(run)
+    try:
+        python, env = lightly_python(run)
+    except Skip as why:  # on the GPU run lightly must be there: .whl was not prepared
+        if run.plan.gpu:
+            raise StepFailed(str(why)) from None
+        raise
     require_dataset()
     results = run.work / "train_speed"
     run.command(
