@@ -9,7 +9,7 @@ PORT ?= 8000
 APT_PACKAGES := dataset-fashion-mnist chromium chromium-driver wrk nginx
 BENCH_VENV ?= .venv-bench
 
-.PHONY: setup apt run test test-fast lint train bench-venv clean
+.PHONY: setup apt run test test-fast lint train bench-venv gpu-prepare gpu-dry-run gpu-run clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,18 @@ $(BENCH_VENV)/.installed: pyproject.toml
 	touch $@
 
 bench-venv: apt $(BENCH_VENV)/.installed
+
+# One prepared run on a lent GPU machine (bench/gpu_run.sh says how to call it there).
+# gpu-prepare fills the carried folders .whl and .fashion-mnist; gpu-dry-run proves the run here.
+gpu-prepare: setup
+	PYTHON=$(PY) bash bench/gpu_prepare.sh
+
+gpu-dry-run: setup
+	PYTHON=$(PY) bash bench/gpu_run.sh --dry-run
+
+# On the GPU machine itself: its python3 holds torch; nothing is installed.
+gpu-run:
+	bash bench/gpu_run.sh
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache .ruff_cache .mypy_cache

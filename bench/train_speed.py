@@ -228,6 +228,7 @@ def main() -> None:
     parser.add_argument("--workers", default="0,1,2", help="DataLoader workers tried for lightly")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--widths", default="48,96,192", help="the shipped model's backbone")
+    parser.add_argument("--depths", default="2,2,2", help="conv layers per stage")
     parser.add_argument("--warmup", type=int, default=3, help="steps run before timing")
     parser.add_argument("--steps", type=int, default=40, help="timed steps per pipeline")
     parser.add_argument("--epochs", type=int, default=10, help="schedule length (0: no TTA)")
@@ -238,9 +239,12 @@ def main() -> None:
     add_results_argument(parser)
     args = parser.parse_args()
     device = resolve_device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as training does; both pipelines share it
     cfg = TrainConfig(
         batch_size=args.batch_size,
         widths=tuple(int(w) for w in args.widths.split(",")),
+        depths=tuple(int(d) for d in args.depths.split(",")),
         epochs=max(1, args.epochs),
         device=device.type,
     )

@@ -68,6 +68,15 @@ def test_ntxent_is_stable_under_bf16_autocast() -> None:
     assert loss.item() == pytest.approx(fp32.item(), rel=0.02)
 
 
+def test_ntxent_runs_in_fp32_under_autocast() -> None:
+    z = torch.randn(32, 64, generator=torch.Generator().manual_seed(0)).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = NTXentLoss(0.1)(*z.chunk(2))
+    exact = NTXentLoss(0.1)(*z.float().chunk(2))
+    assert under.dtype == torch.float32
+    assert under.item() == pytest.approx(exact.item(), rel=1e-6)  # a bf16 matmul is ~1e-3 off
+
+
 def test_ntxent_rejects_bad_arguments() -> None:
     with pytest.raises(ValueError, match="temperature"):
         NTXentLoss(0.0)

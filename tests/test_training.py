@@ -12,7 +12,7 @@ import torch
 from training.__main__ import main
 from training.augment import AugmentConfig, TwoViews, ViewTransform
 from training.encoder import ContrastiveModel, EncoderConfig
-from training.train import TrainConfig, lr_at, override
+from training.train import TrainConfig, epochs_within_budget, lr_at, override
 
 ARTIFACT_FILES = (
     "encoder.onnx",
@@ -75,8 +75,10 @@ def test_smoke_run_of_two_steps_writes_a_complete_artifact(smoke_artifact: Path)
     metrics = json.loads((smoke_artifact / "metrics.json").read_text())["metrics"]
     row = metrics["knn_top1_k200_t0.1"]
     assert 0.1 < row["model"] <= 1 and 0.1 < row["raw_pixels"] <= 1 and "k=200" in row["protocol"]
+    assert info["training"]["runtime"]["accelerator"] == "CPU"
     card = (smoke_artifact / "README.md").read_text()
     assert "python -m training train" in card and "knn_top1_k200_t0.1" in card
+    assert "Trained on the CPU: 1× CPU" in card and "wall time" in card
 
 
 def test_resume_continues_from_the_next_epoch(
@@ -92,6 +94,23 @@ def test_resume_continues_from_the_next_epoch(
     assert len(info["training"]["commands"]) == 2 and "--resume" in info["training"]["commands"][1]
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [entry["epoch"] for entry in log] == [2]
+
+
+def test_a_time_budget_fits_the_epoch_count(tmp_path: Path) -> None:
+    out = tmp_path / "budget"
+    assert main(_smoke_args(out, "--epochs", "5", "--set", "time_budget_s=0.01")) == 0
+    info = json.loads((out / "model.json").read_text())
+    assert info["training"]["epochs"] == 1 and info["training"]["config"]["epochs"] == 1
+    assert "fitted to a 0.01 s time budget" in (out / "README.md").read_text()
+
+
+def test_epochs_within_budget_projects_from_the_last_epoch() -> None:
+    cfg = TrainConfig(epochs=100, time_budget_s=100.0, eval_every=2)
+    # 10 s gone; an epoch trains in 6 s and the 4 s monitor comes every other one: 8 s each.
+    assert epochs_within_budget(cfg, epoch=1, elapsed_s=10, epoch_s=6, monitor_s=4) == 12
+    assert epochs_within_budget(cfg, epoch=3, elapsed_s=150, epoch_s=6, monitor_s=4) == 3
+    roomy = override(cfg, "time_budget_s", "1e6")
+    assert epochs_within_budget(roomy, epoch=1, elapsed_s=10, epoch_s=6, monitor_s=4) == 100
 
 
 def test_triplet_smoke_run_writes_an_artifact(tmp_path: Path) -> None:
@@ -198,18 +217,11 @@ def test_encoder_config_round_trips_and_rejects_unknown_keys() -> None:
 @pytest.mark.slow
 def test_torchrun_ddp_on_two_cpu_ranks_writes_an_artifact(tmp_path: Path) -> None:
     out = tmp_path / "ddp"
-    command = [  # torchrun, through this interpreter: a fresh machine has it only in .venv/bin
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc-per-node",
-        "2",
-        "-m",
-        "training",
-        *_smoke_args(out),
-        "--device",
-        "cpu",
-    ]
+    # torchrun through this interpreter: its script need not be on PATH (a venv not activated).
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2"]
+    # A time budget makes rank 0 fit the epoch count and broadcast it to rank 1.
+    command += ["-m", "training", *_smoke_args(out), "--device", "cpu"]
+    command += ["--set", "time_budget_s=1000"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     info = json.loads((out / "model.json").read_text())
@@ -230,13 +242,19 @@ def test_whitening_decorrelates_features_without_labels() -> None:
     assert model.embed(torch.rand(3, 1, 28, 28)).shape == (3, 8)
 
 
-def test_export_command_rebuilds_the_artifact_from_its_weights(
+def test_export_command_rebuilds_the_artifact_from_weights_without_optimiser_state(
     smoke_artifact: Path, tmp_path: Path
 ) -> None:
+    from safetensors.torch import load_file
+
+    from training.checkpoint import save_without_optimizer
+
     out = tmp_path / "again"
     out.mkdir()
-    for name in ("weights.safetensors", "train_log.jsonl"):
-        (out / name).write_bytes((smoke_artifact / name).read_bytes())
+    full = smoke_artifact / "weights.safetensors"
+    save_without_optimizer(full, out / "weights.safetensors")  # what a GPU run brings back
+    assert not [k for k in load_file(str(out / "weights.safetensors")) if k.startswith("optim.")]
+    assert (out / "weights.safetensors").stat().st_size < full.stat().st_size / 2
     assert main(["export", "--model", str(out)]) == 0
     before = json.loads((smoke_artifact / "model.json").read_text())
     after = json.loads((out / "model.json").read_text())

@@ -54,6 +54,19 @@ def _plot_embedding_map(embed: Callable[[np.ndarray], np.ndarray], path: Path, p
     plt.close(fig)
 
 
+def trained_on(training: dict) -> str:
+    """Where the model was trained, from the run metadata in model.json's `training`."""
+    runtime = training.get("runtime")
+    if not runtime:  # artifacts from before the runtime was recorded
+        return f"Trained on {training['device']}"
+    where = "a GPU" if runtime["accelerator"] == "GPU" else "the CPU"
+    cuda = f" (CUDA {runtime['cuda']})" if runtime.get("cuda") else ""
+    return (
+        f"Trained on {where}: {training['device']}, torch {runtime['torch']}{cuda}, "
+        f"{runtime['precision']}"
+    )
+
+
 def write_card(
     out: Path,
     info: dict,
@@ -73,6 +86,8 @@ def write_card(
         pictures.append("![embedding map](embedding_map.png)")
     training = info["training"]
     arch = info["architecture"]
+    budget = training.get("config", {}).get("time_budget_s")
+    fitted = f", the count fitted to a {budget:g} s time budget" if budget else ""
     lines = [
         f"# {info['name']}",
         "",
@@ -97,8 +112,10 @@ def write_card(
         f"- Loss: {info['loss']}",
         f"- Encoder: widths {arch['widths']}, depths {arch['depths']}, "
         f"`h` = last map pooled to {arch['pool_grid']}×{arch['pool_grid']} cells",
-        f"- Epochs: {training['epochs']} ({training['steps']} steps), wall time "
-        f"{training['wall_time_s'] / 60:.1f} min on {training['device']}",
+        f"- {trained_on(training)}",
+        f"- Epochs: {training['epochs']} ({training['steps']} steps){fitted}; wall time "
+        f"{training['wall_time_s'] / 60:.1f} min (training and the kNN monitor; export and "
+        "evaluation not counted)",
         f"- Git commit: `{training['git_commit']}`",
         "",
         "## Metrics",

@@ -60,3 +60,12 @@ def load_checkpoint(
         optimizer.load_state_dict({"state": state, "param_groups": meta["optimizer_param_groups"]})
         torch.set_rng_state(tensors["rng.torch"])
     return meta
+
+
+def save_without_optimizer(src: Path, dst: Path) -> None:
+    """Copy a checkpoint without its optimiser state: the weights and the run's metadata, for
+    fine-tuning and re-export, at about a third of the size (a resume restarts AdamW's moments)."""
+    tensors = {k: v for k, v in load_file(str(src)).items() if not k.startswith("optim.")}
+    meta = {k: v for k, v in read_meta(src).items() if k != "optimizer_param_groups"}
+    save_file(tensors, str(dst), metadata={META_KEY: json.dumps(meta)})
+    dst.chmod(0o644)

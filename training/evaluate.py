@@ -35,7 +35,8 @@ def knn_top1(
     k: int,
     temperature: float,
 ) -> float:
-    """Weighted kNN accuracy; features must be L2-normalised (N, D) fp32."""
+    """Weighted kNN accuracy; features must be L2-normalised (N, D) fp32, all tensors on one
+    device (the GPU's kNN monitor stays on the GPU)."""
     num_classes = int(max(train_y.max(), test_y.max())) + 1
     k = min(k, len(train_h))
     correct = 0
@@ -43,7 +44,7 @@ def knn_top1(
         scores = test_h[start : start + CHUNK] @ train_h.T  # (b, N_train)
         top_scores, top_idx = scores.topk(k, dim=1)  # (b, k)
         weights = (top_scores / temperature).exp()
-        votes = torch.zeros(len(top_idx), num_classes)
+        votes = torch.zeros(len(top_idx), num_classes, device=top_idx.device)
         votes.scatter_add_(1, train_y[top_idx], weights)
         correct += (votes.argmax(1) == test_y[start : start + CHUNK]).sum().item()
     return correct / len(test_h)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -63,6 +64,8 @@ def check_parity(model: ContrastiveModel, path: Path) -> float:
 
 
 def git_commit() -> str:
+    """HEAD (with -dirty for uncommitted changes), else $LOOKALIKE_GIT_COMMIT: a copy of the tree
+    without .git, such as a lent GPU machine's, gets it from bench/gpu_prepare.sh."""
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True
@@ -72,7 +75,7 @@ def git_commit() -> str:
         ).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return os.environ.get("LOOKALIKE_GIT_COMMIT") or "unknown"
 
 
 def sha256_file(path: Path) -> str:
@@ -109,6 +112,7 @@ def model_json(out: Path, model: ContrastiveModel, meta: dict) -> dict:
             "steps": meta["step"],
             "wall_time_s": round(meta["wall_time_s"], 1),
             "device": meta["device"],
+            "runtime": meta.get("runtime"),
             "git_commit": git_commit(),
             "config": train_cfg,
             "augment": meta["augment"],

@@ -29,8 +29,8 @@ class NTXentLoss(nn.Module):
     cross-entropy over the other 2B−1 entries at temperature τ, the other view being the
     target. The mean is taken over all 2B rows. Under DDP, negatives come from every rank.
 
-    Shapes: z0, z1 (B, D) → scalar. Computed in fp32 with log-sum-exp (F.cross_entropy),
-    so it is stable under bf16/fp16 autocast.
+    Shapes: z0, z1 (B, D) → scalar. Computed in fp32 (autocast is switched off inside) with
+    log-sum-exp (F.cross_entropy), so it is stable under bf16/fp16 autocast.
     """
 
     def __init__(self, temperature: float = 0.5, *, gather_distributed: bool = False) -> None:
@@ -45,8 +45,11 @@ class NTXentLoss(nn.Module):
             raise ValueError(
                 f"z0 and z1 must both be (B, D), got {tuple(z0.shape)}, {tuple(z1.shape)}"
             )
-        z0 = F.normalize(z0.float(), dim=1)
-        z1 = F.normalize(z1.float(), dim=1)
+        # fp32 from here on, even under autocast: a bf16 matmul would round every logit.
+        with torch.autocast(z0.device.type, enabled=False):
+            return self._loss(F.normalize(z0.float(), dim=1), F.normalize(z1.float(), dim=1))
+
+    def _loss(self, z0: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
         batch = len(z0)
         offset = 0
         all0, all1 = z0, z1

@@ -73,7 +73,10 @@ class TrainConfig:
     out: str = "models/run"
     resume: bool = False  # continue from OUT/weights.safetensors at the next epoch
     max_steps_per_epoch: int | None = None  # cut epochs short (smoke tests)
-    eval_every: int = 1  # kNN monitor every N epochs (labelled eval split only)
+    eval_every: int = 1  # kNN monitor after epoch 1, every N epochs and the last (labelled data)
+    # Fit the epoch count to this many seconds of training (monitor included); `epochs` is then
+    # a cap. Fitted from measured epoch times while the lr warms up, so the cosine is not bent.
+    time_budget_s: float | None = None
     command: str = field(default="", repr=False)  # how this run was started (for the card)
 
     def __post_init__(self) -> None:
@@ -88,6 +91,8 @@ class TrainConfig:
             "temperature": self.temperature > 0,
             "margin": self.margin > 0,
             "limit": self.limit is None or self.limit >= 2,
+            "eval_every": self.eval_every >= 1,
+            "time_budget_s": self.time_budget_s is None or self.time_budget_s > 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -136,6 +141,18 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
     return peak * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def epochs_within_budget(
+    cfg: TrainConfig, *, epoch: int, elapsed_s: float, epoch_s: float, monitor_s: float
+) -> int:
+    """The most epochs (at least `epoch`, at most cfg.epochs) whose projected time fits
+    cfg.time_budget_s, from the last epoch's time without the monitor (`epoch_s`) and the last
+    monitor's time, which recurs every cfg.eval_every epochs."""
+    assert cfg.time_budget_s is not None
+    per_epoch = epoch_s + monitor_s / cfg.eval_every
+    more = int((cfg.time_budget_s - elapsed_s) // per_epoch) if per_epoch > 0 else 0
+    return max(epoch, min(cfg.epochs, epoch + more))
+
+
 def to_pixels(images: np.ndarray, device: torch.device) -> torch.Tensor:
     """uint8 (B, H, W, C) → float (B, C, H, W) in [0, 1] on the device."""
     x = torch.from_numpy(np.ascontiguousarray(images)).to(device, non_blocking=True)
@@ -164,12 +181,13 @@ def fit_whitening(model: ContrastiveModel, data: Dataset, device: torch.device) 
 
 
 def knn_monitor(model: ContrastiveModel, bank: Dataset, test: Dataset, device) -> dict:
-    """kNN top-1 (k=200, T=0.1) of the served embedding, and of `h` before whitening."""
-    bank_h = fit_whitening(model, bank, device)
-    test_h = unwhitened_features(model, test.images, device)
-    bank_y, test_y = torch.from_numpy(bank.labels), torch.from_numpy(test.labels)
+    """kNN top-1 (k=200, T=0.1) of the served embedding, and of `h` before whitening, computed
+    on the training device."""
+    bank_h = fit_whitening(model, bank, device).to(device)
+    test_h = unwhitened_features(model, test.images, device).to(device)
+    bank_y, test_y = (torch.from_numpy(d.labels).to(device) for d in (bank, test))
     with torch.no_grad():
-        bank_w, test_w = (model.whiten(h.to(device)).cpu() for h in (bank_h, test_h))
+        bank_w, test_w = model.whiten(bank_h), model.whiten(test_h)
     return {
         "knn_top1_k200_t0.1": knn_top1(bank_w, bank_y, test_w, test_y, k=200, temperature=0.1),
         "knn_top1_k200_t0.1_unwhitened": knn_top1(
@@ -196,6 +214,14 @@ class Distributed:
     @property
     def main(self) -> bool:
         return self.rank == 0
+
+    def agree(self, value: int) -> int:
+        """Rank 0's value, on every rank (decisions made from rank 0's clock)."""
+        if not self.enabled:
+            return value
+        t = torch.tensor([value], device=self.device)
+        dist.broadcast(t, src=0)
+        return int(t.item())
 
     def close(self) -> None:
         if self.enabled:
@@ -322,6 +348,8 @@ def train(cfg: TrainConfig) -> Path:
     """Train, checkpoint every epoch, then export and evaluate the artifact in cfg.out."""
     env = Distributed(resolve_device(cfg.device))
     device = env.device
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN time its kernels once
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed + env.rank)
     spec = build_input_spec(cfg)
@@ -397,7 +425,10 @@ def train(cfg: TrainConfig) -> Path:
             file=sys.stderr,
         )
     run_start = time.perf_counter()
-    for epoch in range(start_epoch, cfg.epochs + 1):
+    monitor_s, epoch = 0.0, start_epoch - 1
+    while epoch < cfg.epochs:  # cfg.epochs may shrink to fit cfg.time_budget_s
+        epoch += 1
+        epoch_start = time.perf_counter()
         metrics, step = train_one_epoch(
             model=train_model,
             loss_fn=loss_fn,
@@ -411,8 +442,22 @@ def train(cfg: TrainConfig) -> Path:
             env=env,
             gen=gen,
         )
-        if env.main and eval_set is not None and epoch % cfg.eval_every == 0:
+        monitor_start = time.perf_counter()
+        monitor_now = epoch == 1 or epoch % cfg.eval_every == 0 or epoch == cfg.epochs
+        if env.main and eval_set is not None and monitor_now:
             metrics.update(knn_monitor(model, data, eval_set, device))
+            monitor_s = time.perf_counter() - monitor_start
+        if cfg.time_budget_s and epoch <= max(1, int(cfg.warmup_epochs)):
+            fitted = epochs_within_budget(
+                cfg,
+                epoch=epoch,
+                elapsed_s=time.perf_counter() - run_start,
+                epoch_s=monitor_start - epoch_start,
+                monitor_s=monitor_s,
+            )
+            cfg = dataclasses.replace(cfg, epochs=env.agree(fitted))
+            total_steps = steps_per_epoch * cfg.epochs
+            metrics["epochs_fitted"] = cfg.epochs
         if env.main:
             history.append(metrics)
             meta = {
@@ -427,6 +472,7 @@ def train(cfg: TrainConfig) -> Path:
                 "history": history,
                 "wall_time_s": wall_before + time.perf_counter() - run_start,
                 "device": describe_device(device, env.world),
+                "runtime": describe_runtime(device),
             }
             save_checkpoint(weights, model, optimizer, meta)
             line = json.dumps(metrics)
@@ -497,6 +543,17 @@ def describe_device(device: torch.device, world: int) -> str:
     if device.type == "cuda":
         return f"{world}× {torch.cuda.get_device_name(device)}"
     return f"{world}× CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+def describe_runtime(device: torch.device) -> dict:
+    """Where and how the model was trained, for model.json and the card."""
+    gpu = device.type == "cuda"
+    return {
+        "accelerator": "GPU" if gpu else "CPU",
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda if gpu else None,
+        "precision": "bf16 autocast, channels_last" if gpu else "fp32",
+    }
 
 
 def command_line(argv: list[str]) -> str:
