@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Request
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -239,7 +240,9 @@ async def list_models(runtime: RuntimeDep) -> dict[str, Any]:
     response_model=ModelCard,
     responses={**ERRORS, 200: {"content": {"application/json": {"example": MODEL_EXAMPLE}}}},
 )
-async def retrieve_model(model_id: str, runtime: RuntimeDep) -> dict[str, Any]:
+async def retrieve_model(
+    model_id: Annotated[str, PathParam(examples=["fashion-mnist"])], runtime: RuntimeDep
+) -> dict[str, Any]:
     """One model by name or version (the served one, or 404)."""
     _served(runtime.encoder.info, model_id, None)
     return _card(runtime.encoder.info)
