@@ -113,16 +113,19 @@ def test_similarity_and_dimensions(module_server: Server, image_dir: Path) -> No
 
 
 def test_upload_goes_in_batches_and_reports_progress(
-    module_server: Server, image_dir: Path
+    module_server: Server, image_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     paths = sorted(image_dir.glob("*.png"))[:5]
     seen: list[tuple[int, int]] = []
     with Client(module_server.url, api_key=API_KEY) as client:
         items = client.upload(paths, batch_size=2, progress=lambda *p: seen.append(p))
+        client.upload(paths[:3], batch_size=2, progress=True)
         info = client.info()
         dim = client.embed(paths[0]).dim
     assert seen == [(2, 5), (4, 5), (5, 5)]
     assert len(items) == 5 == len({item.id for item in items})  # ids made by the service
+    bar = capsys.readouterr().err
+    assert "2/3" in bar and bar.endswith("3/3\n")
     assert info.auth_required and info.model.dim == dim
 
 

@@ -121,10 +121,6 @@ def _id_path(image_id: str) -> str:
     return "/images/" + quote(str(image_id), safe="")
 
 
-def _json(response: httpx.Response) -> Any:
-    return response.json()
-
-
 def embed(images: ImageLike | Iterable[ImageLike], dimensions: int | None) -> Call[Embeddings]:
     params = {"dimensions": dimensions} if dimensions is not None else None
     files = file_fields("files", as_list(images))
