@@ -21,8 +21,14 @@ import re
 import sys
 from pathlib import Path
 
-from lookalike import Client, LookalikeError, Unauthorized
 from tqdm import tqdm
+
+try:
+    from lookalike import Client, LookalikeError, Unauthorized
+except ImportError:  # only this command needs the client; the Docker image and `make` install it
+    raise SystemExit(
+        "error: python -m service import needs the client: pip install ./client"
+    ) from None
 
 SIDECARS = ("metadata.csv", "metadata.json")
 BATCH = 32
