@@ -6,7 +6,9 @@ WORKDIR /src
 RUN python -m venv /opt/venv
 COPY pyproject.toml README.md ./
 COPY service ./service
-RUN /opt/venv/bin/pip install ".[serve]"
+COPY client ./client
+# The client too: `python -m service import` goes through it.
+RUN /opt/venv/bin/pip install ".[serve]" ./client
 
 FROM python:3.11-slim
 # Fashion-MNIST from Debian seeds the demo gallery (LOOKALIKE_SEED_DEMO_GALLERY).

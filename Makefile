@@ -11,11 +11,12 @@ BENCH_VENV ?= .venv-bench
 
 .PHONY: setup apt run test test-fast lint train bench-venv gpu-prepare gpu-dry-run gpu-run clean
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# torch first, pinned: the CPU wheel. An unpinned torch would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[train,serve,dev]"
+	# The Python client is its own distribution (client/); `python -m service import` uses it.
+	$(PY) -m pip install -q -e ".[train,serve,dev]" -e ./client
 	touch $@
 
 apt:
@@ -35,6 +36,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy service
+	$(VENV)/bin/mypy --config-file client/pyproject.toml client/lookalike
 
 test: lint
 	$(PY) -m pytest -q

@@ -28,7 +28,7 @@ from service.encoder import load_encoder
 from service.errors import ApiError, PayloadTooLarge, api_error_for
 from service.gallery import Gallery
 from service.metrics import Metrics
-from service.routes import WEB_DIR, router
+from service.routes import WEB_DIR, openai, router
 from service.runtime import Runtime
 from service.store import StoreUnavailable, open_store
 from service.store.base import StoreError
@@ -40,11 +40,19 @@ STORE_RETRY_S = 2.0
 
 
 def error_response(
-    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+    scope: Scope,
+    status: int,
+    code: str,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+    param: str | None = None,
 ) -> JSONResponse:
-    return JSONResponse(
-        {"error": {"code": code, "message": message}}, status_code=status, headers=headers
-    )
+    """The one error envelope, {"error": {"code", "message"}}; OpenAI's shape under /v1/."""
+    if scope["path"].startswith(openai.PREFIX):
+        body = openai.error_body(status, code, message, param)
+    else:
+        body = {"error": {"code": code, "message": message}}
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 class BodyLimitMiddleware:
@@ -59,7 +67,7 @@ class BodyLimitMiddleware:
             return await self.app(scope, receive, send)
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            response = error_response(413, "payload_too_large", self._message())
+            response = error_response(scope, 413, "payload_too_large", self._message())
             return await response(scope, receive, send)
         received = 0
 
@@ -176,8 +184,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/web", StaticFiles(directory=WEB_DIR), name="web")
 
     @app.exception_handler(ApiError)
-    async def api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, exc.headers)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(
+            request.scope, exc.status, exc.code, exc.message, exc.headers, exc.param
+        )
 
     @app.exception_handler(Overloaded)
     @app.exception_handler(StoreError)
@@ -185,13 +195,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         error = api_error_for(exc)
         if error is None:
             return await unexpected(request, exc)
-        return error_response(error.status, error.code, error.message, error.headers)
+        return error_response(request.scope, error.status, error.code, error.message, error.headers)
 
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {}
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        return error_response(422, "invalid_input", f"{where}: {first.get('msg', 'invalid')}")
+        loc = [str(p) for p in first.get("loc", ())]
+        message = f"{'.'.join(loc)}: {first.get('msg', 'invalid')}"
+        param = next((p for p in loc if p not in ("body", "query", "path")), None)
+        return error_response(request.scope, 422, "invalid_input", message, param=param)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -199,7 +211,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         headers = dict(exc.headers or {})
         if exc.status_code == 405:  # every method of the path, not just the first route's
             headers["Allow"] = ", ".join(sorted(allowed_methods(app, request.scope)))
-        return error_response(exc.status_code, code, str(exc.detail), headers)
+        return error_response(request.scope, exc.status_code, code, str(exc.detail), headers)
 
     @app.exception_handler(ClientDisconnect)
     async def client_gone(request: Request, _: ClientDisconnect) -> Response:
@@ -210,7 +222,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error", extra={"path": request.url.path})
-        return error_response(500, "internal", "internal error; see the server log")
+        return error_response(request.scope, 500, "internal", "internal error; see the server log")
 
     if settings.cors_origins:
         app.add_middleware(

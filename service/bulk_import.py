@@ -4,7 +4,8 @@
 
 Ids are the files' paths under DIR (`/` becomes `:`). Metadata comes from a sidecar
 `metadata.csv` (a `file` column with the relative path, other columns become fields) or
-`metadata.json` ({"relative/path.png": {...}}) in DIR. Files already imported (recorded in
+`metadata.json` ({"relative/path.png": {...}}) in DIR. It goes through the Python client
+(`client/`, import name `lookalike`), as any other app would. Files already imported (recorded in
 DIR/.lookalike-import, or in ~/.cache when DIR is read-only) are skipped on a re-run. A file the
 service refuses is reported and skipped; it does not stop the import.
 """
@@ -18,14 +19,20 @@ import json
 import os
 import re
 import sys
-import time
 from pathlib import Path
 
-import httpx
 from tqdm import tqdm
+
+try:
+    from lookalike import Client, LookalikeError, Unauthorized
+except ImportError:  # only this command needs the client; the Docker image and `make` install it
+    raise SystemExit(
+        "error: python -m service import needs the client: pip install ./client"
+    ) from None
 
 SIDECARS = ("metadata.csv", "metadata.json")
 BATCH = 32
+MAX_RETRIES = 10  # a busy service answers 503 with Retry-After: wait it out rather than stop
 
 
 def image_id(relative: str) -> str:
@@ -55,33 +62,28 @@ def progress_file(root: Path, url: str) -> Path:
 
 
 class Importer:
-    def __init__(self, client: httpx.Client) -> None:
+    def __init__(self, client: Client) -> None:
         self.client = client
         self.failures: list[str] = []
 
-    def post(self, batch: list[tuple[str, Path]], metadata: dict[str, dict]) -> httpx.Response:
-        files = [("files", (path.name, path.read_bytes())) for _, path in batch]
-        data = {
-            "ids": [image_id(rel) for rel, _ in batch],
-            "metadata": [json.dumps({"path": rel, **metadata.get(rel, {})}) for rel, _ in batch],
-        }
-        while True:
-            response = self.client.post("/images", files=files, data=data)
-            if response.status_code != 503:
-                return response
-            time.sleep(float(response.headers.get("retry-after", "1")))
-
     def upload(self, batch: list[tuple[str, Path]], metadata: dict[str, dict]) -> list[str]:
-        """Upload a batch; on a 4xx, file by file, so one bad file skips only itself."""
-        response = self.post(batch, metadata)
-        if response.status_code == 201:
-            return [rel for rel, _ in batch]
-        if response.status_code in (401, 507) or response.status_code >= 500:
-            raise SystemExit(f"error: the service answered {response.status_code}: {response.text}")
-        if len(batch) == 1:
-            self.failures.append(f"{batch[0][0]}: {response.json()['error']['message']}")
-            return []
-        return [rel for item in batch for rel in self.upload([item], metadata)]
+        """Upload a batch; on a 4xx, file by file, so one bad file skips only itself. The batch
+        names its ids, so the client retries it through 503s and dropped connections."""
+        try:
+            self.client.upload(
+                [path for _, path in batch],
+                ids=[image_id(rel) for rel, _ in batch],
+                metadata=[{"path": rel, **metadata.get(rel, {})} for rel, _ in batch],
+                batch_size=len(batch),
+            )
+        except LookalikeError as exc:
+            if exc.status is None or exc.status >= 500 or isinstance(exc, Unauthorized):
+                raise SystemExit(f"error: the service answered: {exc}") from None
+            if len(batch) == 1:
+                self.failures.append(f"{batch[0][0]}: {exc.message}")
+                return []
+            return [rel for item in batch for rel in self.upload([item], metadata)]
+        return [rel for rel, _ in batch]
 
 
 def main(argv: list[str]) -> int:
@@ -107,10 +109,9 @@ def main(argv: list[str]) -> int:
         if p.is_file() and not p.name.startswith(".") and p.name not in SIDECARS
     )
     todo = [(rel, p) for rel, p in todo if rel not in done]
-    headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     print(f"{len(done)} already imported, {len(todo)} to go", file=sys.stderr)
     with (
-        httpx.Client(base_url=args.url, headers=headers, timeout=120) as client,
+        Client(args.url, api_key=args.api_key, timeout=120, max_retries=MAX_RETRIES) as client,
         open(done_file, "a") as log,
         tqdm(total=len(todo), unit="img") as bar,
     ):

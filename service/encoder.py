@@ -28,6 +28,7 @@ class ModelInfo:
     version: str
     dim: int
     spec: InputSpec
+    created_at: str = ""  # ISO 8601, from model.json
 
 
 class Encoder:
@@ -42,6 +43,15 @@ class Encoder:
         return self._session.run(None, {self._input: batch})[0]
 
 
+def truncate(vectors: np.ndarray, dimensions: int) -> np.ndarray:
+    """The first `dimensions` components of unit vectors (N, D), renormalised to unit length.
+    The vectors are PCA-whitened, so the leading components carry the most variance and a
+    prefix is a smaller embedding of its own (what it costs: bench/quality.py --dimensions)."""
+    head = vectors[:, :dimensions].astype(np.float32)  # (N, d)
+    norms = np.linalg.norm(head, axis=1, keepdims=True)  # (N, 1)
+    return head / np.maximum(norms, np.finfo(np.float32).tiny)
+
+
 def load_encoder(model_dir: Path, *, threads: int = 0) -> Encoder:
     model_dir = Path(model_dir)
     meta_path, onnx_path = model_dir / "model.json", model_dir / "encoder.onnx"
@@ -51,7 +61,13 @@ def load_encoder(model_dir: Path, *, threads: int = 0) -> Encoder:
     try:
         meta = json.loads(meta_path.read_text())
         spec = InputSpec.from_dict(meta["input"])
-        info = ModelInfo(str(meta["name"]), str(meta["version"]), int(meta["embedding_dim"]), spec)
+        info = ModelInfo(
+            str(meta["name"]),
+            str(meta["version"]),
+            int(meta["embedding_dim"]),
+            spec,
+            str(meta.get("created_at", "")),
+        )
     except (ValueError, KeyError, TypeError) as exc:
         raise ArtifactError(f"model artifact {model_dir}: model.json is invalid ({exc})") from exc
     graph = onnx_path.read_bytes()

@@ -1,4 +1,5 @@
-"""Every error leaves the service as JSON: {"error": {"code": "...", "message": "..."}}.
+"""Every error leaves the service as JSON: {"error": {"code": "...", "message": "..."}}, or
+on the OpenAI-compatible /v1/* in OpenAI's shape, with the same status (routes/openai.py).
 
 ApiError
 ├── PayloadTooLarge        413 payload_too_large     body, image or pixel count over a limit
@@ -19,21 +20,30 @@ Other layers' exceptions map to statuses in one table, `api_error_for`:
 from __future__ import annotations
 
 from service.batcher import Overloaded
-from service.imaging import ImageError, ImageTooLargeError, UnsupportedFormatError
+from service.imaging import ALLOWED_FORMATS, ImageError, ImageTooLargeError, UnsupportedFormatError
 from service.store import ModelMismatch, StorageFullError, StoreUnavailable
 
 STORE_RETRY_AFTER_S = 5
+SEND_IMAGE = f"send an image file ({', '.join(sorted(ALLOWED_FORMATS))})"
 
 
 class ApiError(Exception):
     status = 500
     code = "internal"
 
-    def __init__(self, message: str, *, code: str | None = None, headers: dict | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        headers: dict | None = None,
+        param: str | None = None,
+    ):
         super().__init__(message)
         self.message = message
         self.code = code or self.code
         self.headers = headers or {}
+        self.param = param  # the request field at fault, for OpenAI's error shape
 
     def body(self) -> dict:
         return {"error": {"code": self.code, "message": self.message}}
@@ -93,4 +103,4 @@ def image_error(exc: ImageError, name: str) -> ApiError:
         return UnsupportedMediaType(message)
     if isinstance(exc, ImageTooLargeError):
         return PayloadTooLarge(message)
-    return InvalidInput(message, code="invalid_image")
+    return InvalidInput(f"{message}; {SEND_IMAGE}", code="invalid_image")

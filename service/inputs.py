@@ -67,15 +67,27 @@ async def form_files(form: FormData, field: str) -> list[NamedImage]:
     return images
 
 
+SEND_BASE64 = "send an image file as base64, or as a data URI (data:image/png;base64,…)"
+
+
 def b64_image(value: Any, name: str) -> NamedImage:
+    """An image file in base64, bare or as a data URI. A URL is refused and never fetched: the
+    service makes no requests on a caller's behalf (no SSRF)."""
     if not isinstance(value, str):
-        raise InvalidInput(f"{name} must be a base64 string")
-    if value.startswith("data:"):  # accept data URLs as browsers produce them
-        value = value.partition(",")[2]
+        raise InvalidInput(f"{name} must be a string: {SEND_BASE64}")
+    if value.startswith("data:"):  # data URIs, as browsers and OpenAI-style clients make them
+        header, comma, value = value.partition(",")
+        if not comma or not header.endswith(";base64"):
+            raise InvalidInput(f"{name} is a data URI without base64 data: {SEND_BASE64}")
+    elif value[:8].lower().startswith(("http://", "https://")):
+        raise InvalidInput(
+            f"{name} is a URL, and this service fetches no URLs: {SEND_BASE64}",
+            code="url_not_supported",
+        )
     try:
         return NamedImage(name, base64.b64decode(value, validate=True))
     except (binascii.Error, ValueError) as exc:
-        raise InvalidInput(f"{name} is not valid base64: {exc}") from exc
+        raise InvalidInput(f"{name} is not valid base64 ({exc}): {SEND_BASE64}") from exc
 
 
 def count_between(items: list, what: str, low: int, high: int) -> None:
@@ -135,10 +147,23 @@ def parse_k(value: Any, *, default: int, limit: int) -> int:
     return k
 
 
+def parse_dimensions(dimensions: int | None, dim: int) -> int | None:
+    """`dimensions` (1..D): serve the vectors' first components, renormalised; None: all."""
+    if dimensions is not None and not 1 <= dimensions <= dim:
+        raise InvalidInput(
+            f"dimensions must be between 1 and the model's {dim}, not {dimensions}",
+            param="dimensions",
+        )
+    return None if dimensions == dim else dimensions
+
+
 def parse_vector(value: Any, dim: int) -> np.ndarray:
     if not isinstance(value, list) or len(value) != dim:
         got = len(value) if isinstance(value, list) else type(value).__name__
-        raise InvalidInput(f"vector must be a list of {dim} numbers (got {got})")
+        raise InvalidInput(
+            f"vector must be a list of {dim} numbers (got {got}): search takes full-size "
+            "vectors only, as /embed returns them without dimensions"
+        )
     if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in value):
         raise InvalidInput("vector must hold numbers only")
     vector = np.asarray(value, dtype=np.float64)

@@ -4,7 +4,27 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+# Examples for /docs (every route shows one: tests/test_service_api.py checks).
+VERSION = "6993623211532885e6fdaa0ec03b6bd65b0f8705e1e7ccaa3be10c20eb9e62b0"
+PNG_B64 = (  # one black pixel
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR42mNgAAAAAgAB5Sfe/AAAAABJRU5ErkJggg=="
+)
+IMAGE_EXAMPLE = {
+    "id": "shirt-42",
+    "metadata": {"label": "shirt", "path": "tops/shirt-42.png"},
+    "sha256": "4c8824c91bf261d3ac3e6a11a5839a43ceed0fccd70d45a9244cf4abd23a4e8c",
+    "size": 1432,
+    "format": "PNG",
+    "created_at": "2026-11-28T09:12:03+00:00",
+    "updated_at": "2026-11-28T09:12:03+00:00",
+    "model": VERSION,
+}
+
+
+def examples(*values: Any) -> ConfigDict:
+    return ConfigDict(json_schema_extra={"examples": list(values)})
 
 
 class ErrorDetail(BaseModel):
@@ -14,6 +34,10 @@ class ErrorDetail(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
+
+    model_config = examples(
+        {"error": {"code": "not_found", "message": "no image with id 'shirt-42'"}}
+    )
 
 
 class ImagesJson(BaseModel):
@@ -32,10 +56,16 @@ class EmbedResponse(BaseModel):
     dim: int
     embeddings: list[list[float]]
 
+    model_config = examples(
+        {"model": VERSION, "dim": 4, "embeddings": [[0.2669778, 0.761492, -0.4092072, 0.4259135]]}
+    )
+
 
 class SimilarityResponse(BaseModel):
     model: str
     scores: list[list[float]]
+
+    model_config = examples({"model": VERSION, "scores": [[1.0, 0.873412], [0.873412, 1.0]]})
 
 
 class NearestResult(BaseModel):
@@ -48,6 +78,16 @@ class NearestResponse(BaseModel):
     model: str
     results: list[NearestResult]
 
+    model_config = examples(
+        {
+            "model": VERSION,
+            "results": [
+                {"id": "shirt-42", "score": 0.962311, "metadata": {"label": "shirt"}},
+                {"id": "shirt-7", "score": 0.914006, "metadata": {"label": "shirt"}},
+            ],
+        }
+    )
+
 
 class CreatedItem(BaseModel):
     id: str
@@ -56,6 +96,10 @@ class CreatedItem(BaseModel):
 
 class CreatedResponse(BaseModel):
     items: list[CreatedItem]
+
+    model_config = examples(
+        {"items": [{"id": "shirt-42", "created": True}, {"id": "dress-3", "created": False}]}
+    )
 
 
 class ImageInfo(BaseModel):
@@ -68,10 +112,14 @@ class ImageInfo(BaseModel):
     updated_at: str
     model: str
 
+    model_config = examples(IMAGE_EXAMPLE)
+
 
 class ImageList(BaseModel):
     items: list[ImageInfo]
     next_cursor: str | None
+
+    model_config = examples({"items": [IMAGE_EXAMPLE], "next_cursor": "42"})
 
 
 def _multipart(properties: dict, required: list[str]) -> dict:
@@ -85,6 +133,7 @@ def _files(min_items: int) -> dict:
 def _b64_images(min_items: int) -> dict:
     schema = ImagesJson.model_json_schema()
     schema["properties"]["images"]["minItems"] = min_items
+    schema["examples"] = [{"images": [PNG_B64] * min_items}]
     return schema
 
 
@@ -95,7 +144,10 @@ def images_body(*, min_items: int, raw: bool) -> dict:
         "application/json": {"schema": _b64_images(min_items)},
     }
     if raw:
-        content["image/*"] = {"schema": {"type": "string", "format": "binary"}}
+        content["image/*"] = {
+            "schema": {"type": "string", "format": "binary"},
+            "example": "(bytes)",
+        }
     return {"requestBody": {"required": True, "content": content}}
 
 
@@ -107,7 +159,14 @@ NEAREST_BODY = {
                 {"file": {"type": "string", "format": "binary"}, "k": {"type": "integer"}},
                 ["file"],
             ),
-            "application/json": {"schema": NearestJson.model_json_schema()},
+            "application/json": {
+                "schema": NearestJson.model_json_schema(),
+                "examples": {
+                    "image": {"value": {"image": PNG_B64, "k": 5}},
+                    "id": {"value": {"id": "shirt-42", "k": 5}},
+                    "vector": {"summary": "a full-size vector", "value": {"vector": [0.1], "k": 5}},
+                },
+            },
         },
     }
 }

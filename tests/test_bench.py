@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
-def run_script(name: str, *args: str, results: Path) -> dict:
+def run_script(name: str, *args: str, results: Path, writes: str | None = None) -> dict:
     done = subprocess.run(
         [sys.executable, str(ROOT / "bench" / f"{name}.py"), *args, "--results", str(results)],
         cwd=ROOT,
@@ -29,7 +29,7 @@ def run_script(name: str, *args: str, results: Path) -> dict:
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads((results / f"{name}.json").read_text())
+    return json.loads((results / f"{writes or name}.json").read_text())
 
 
 def test_quality(artifact: Path, tmp_path: Path) -> None:
@@ -39,6 +39,18 @@ def test_quality(artifact: Path, tmp_path: Path) -> None:
         assert set(metrics) >= {"knn_top1_k200_t0.1", "map_at_r", "linear_probe"}
         assert all(0 <= v <= 1 for v in metrics.values())
     assert result["machine"]["cores"] >= 1
+
+
+def test_quality_of_shorter_vectors(artifact: Path, tmp_path: Path) -> None:
+    result = run_script(
+        *("quality", str(artifact), "--limit", "600", "--dimensions", "8", "16"),
+        results=tmp_path,
+        writes="quality_dimensions",
+    )
+    assert list(result["results"])[1:] == ["16", "8"]  # after the full vectors
+    for metrics in result["results"].values():
+        assert set(metrics) >= {"knn_top1_k200_t0.1", "recall_at_1"}
+        assert all(0 <= v <= 1 for v in metrics.values())
 
 
 def test_train_speed(tmp_path: Path) -> None:

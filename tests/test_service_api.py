@@ -283,6 +283,38 @@ def test_unknown_route_is_a_json_404(client: TestClient) -> None:
     assert response.json()["error"]["code"] == "not_found"
 
 
+def _has_example(media: dict, spec: dict) -> bool:
+    schema = media.get("schema", {})
+    if "$ref" in schema:
+        schema = spec["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+    return "example" in media or "examples" in media or "examples" in schema
+
+
+def test_every_route_documents_an_example(artifact: Path, tmp_path: Path) -> None:
+    """/docs shows an example of each JSON or text body, in and out, and of each path id."""
+    spec = create_app(make_settings(artifact, tmp_path / "data")).openapi()
+    missing, seen = [], 0
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            where = f"{method.upper()} {path}"
+            success = next(r for s, r in operation["responses"].items() if s.startswith("2"))
+            media = [
+                *(
+                    ("request", k, v)
+                    for k, v in operation.get("requestBody", {}).get("content", {}).items()
+                ),
+                *(("response", k, v) for k, v in success.get("content", {}).items()),
+            ]
+            for side, kind, body in media:
+                if ("json" in kind or kind.startswith("text/")) and not _has_example(body, spec):
+                    missing.append(f"{where}: {side} {kind}")
+            for param in operation.get("parameters", []):
+                if param["in"] == "path" and not _has_example(param, spec):
+                    missing.append(f"{where}: {param['name']}")
+            seen += 1
+    assert seen >= 15 and missing == []
+
+
 def test_metrics_count_requests_and_batches(client: TestClient) -> None:
     client.post("/embed", files=_files(png_bytes(0), png_bytes(1)))
     text = client.get("/metrics").text

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 
-from service.inputs import decode_all, read_images
+from service.encoder import truncate
+from service.inputs import decode_all, parse_dimensions, read_images
 from service.routes.deps import ERRORS, ArrayJSONResponse, RuntimeDep, rounded
 from service.runtime import Runtime
 from service.schemas import EmbedResponse, SimilarityResponse, images_body
@@ -34,9 +35,19 @@ async def embed_request(
     responses=ERRORS,
     openapi_extra=images_body(min_items=1, raw=True),
 )
-async def embed_images(request: Request, runtime: RuntimeDep) -> Any:
+async def embed_images(
+    request: Request,
+    runtime: RuntimeDep,
+    dimensions: Annotated[
+        int | None,
+        Query(description="the first n components only, renormalised (1..the model's dim)"),
+    ] = None,
+) -> Any:
     """Images → unit vectors, in input order."""
+    dimensions = parse_dimensions(dimensions, runtime.encoder.info.dim)
     vectors = await embed_request(request, runtime, min_count=1, allow_raw=True)
+    if dimensions is not None:
+        vectors = truncate(vectors, dimensions)
     return ArrayJSONResponse(
         {
             "model": runtime.encoder.info.version,

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Query, Request, Response
+from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 
 from service.errors import InvalidInput, NotFound
@@ -41,6 +42,8 @@ from service.store import CONTENT_TYPES, NewImage
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
 
 router = APIRouter()
+
+ImageId = Annotated[str, PathParam(examples=["shirt-42"])]
 
 
 def _not_found(image_id: object) -> NotFound:
@@ -188,15 +191,19 @@ async def list_images(
 
 
 @router.get("/images/{image_id}", response_model=ImageInfo, responses=ERRORS)
-async def get_image(image_id: str, gallery: GalleryDep) -> Any:
+async def get_image(image_id: ImageId, gallery: GalleryDep) -> Any:
     record = await asyncio.to_thread(gallery.get, image_id)
     if record is None:
         raise _not_found(image_id)
     return record.to_json()
 
 
-@router.get("/images/{image_id}/content", responses=ERRORS, response_class=Response)
-async def get_image_content(image_id: str, gallery: GalleryDep) -> Response:
+@router.get(
+    "/images/{image_id}/content",
+    responses={**ERRORS, 200: {"content": {"image/*": {"schema": {"format": "binary"}}}}},
+    response_class=Response,
+)
+async def get_image_content(image_id: ImageId, gallery: GalleryDep) -> Response:
     """The original bytes, as uploaded."""
     found = await asyncio.to_thread(gallery.content, image_id)
     if found is None:
@@ -216,7 +223,7 @@ async def get_image_content(image_id: str, gallery: GalleryDep) -> Response:
     dependencies=[WriteKey],
     response_class=Response,
 )
-async def delete_image(image_id: str, gallery: GalleryDep) -> Response:
+async def delete_image(image_id: ImageId, gallery: GalleryDep) -> Response:
     if not await asyncio.to_thread(gallery.delete, image_id):
         raise _not_found(image_id)
     return Response(status_code=204)

@@ -11,7 +11,7 @@ from fastapi import APIRouter, Response
 from fastapi.responses import FileResponse
 
 from service.routes.deps import RuntimeDep
-from service.schemas import ErrorResponse
+from service.schemas import VERSION, ErrorResponse
 from service.store import StoreUnavailable
 
 WEB_DIR = Path(__file__).resolve().parent.parent / "web"
@@ -19,13 +19,54 @@ WEB_DIR = Path(__file__).resolve().parent.parent / "web"
 router = APIRouter()
 
 
-@router.get("/healthz")
+def example(value: Any, media_type: str = "application/json") -> dict[int | str, dict[str, Any]]:
+    """A 200 response's example, for routes without a response schema."""
+    return {200: {"content": {media_type: {"example": value}}}}
+
+
+READY_EXAMPLE = {
+    "status": "ready",
+    "model": VERSION,
+    "worker": 27287,
+    "indexed": 3000,
+    "index_kind": "flat",
+    "index_tombstones": 0,
+    "index_seq": 3000,
+    "store": "sqlite",
+    "images": 3000,
+    "store_seq": 3000,
+}
+INFO_EXAMPLE = {
+    "model": {
+        "name": "fashion-mnist",
+        "version": VERSION,
+        "dim": 256,
+        "input": {
+            "channels": 1,
+            "height": 28,
+            "width": 28,
+            "colour_mode": "L",
+            "resize": "stretch",
+        },
+    },
+    "auth_required": True,
+    "limits": {
+        "max_k": 1000,
+        "max_upload_bytes": 33554432,
+        "max_images_per_request": 256,
+        "max_pixels": 40000000,
+    },
+}
+METRICS_EXAMPLE = 'lookalike_requests_total{method="POST",route="/embed",status="200"} 42.0\n'
+
+
+@router.get("/healthz", responses=example({"status": "ok"}))
 async def healthz() -> dict:
     """Liveness: the process answers."""
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"model": ErrorResponse}})
+@router.get("/readyz", responses={503: {"model": ErrorResponse}, **example(READY_EXAMPLE)})
 async def readyz(runtime: RuntimeDep) -> Any:
     """Ready: the model is loaded and this worker's index has caught up with the store (a
     worker answers nothing before that)."""
@@ -33,7 +74,7 @@ async def readyz(runtime: RuntimeDep) -> Any:
     return {"status": "ready", "model": runtime.encoder.info.version, **status}
 
 
-@router.get("/info")
+@router.get("/info", responses=example(INFO_EXAMPLE))
 async def service_info(runtime: RuntimeDep) -> dict:
     """What the web page and clients need to know: the model, auth and limits."""
     model, settings = runtime.encoder.info, runtime.settings
@@ -54,7 +95,7 @@ async def service_info(runtime: RuntimeDep) -> dict:
     }
 
 
-@router.get("/metrics", response_class=Response)
+@router.get("/metrics", response_class=Response, responses=example(METRICS_EXAMPLE, "text/plain"))
 async def metrics(runtime: RuntimeDep) -> Response:
     runtime.metrics.index_size.set(runtime.gallery.indexed)
     with contextlib.suppress(StoreUnavailable):  # the rest of the metrics still answer

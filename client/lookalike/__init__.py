@@ -1,0 +1,62 @@
+"""lookalike: a typed client for the lookalike image-similarity service, sync and async.
+
+    from lookalike import Client, AsyncClient, NotFound
+
+    with Client("http://127.0.0.1:8000", api_key="...") as client:
+        client.upload(["shirt.png", "dress.png"], ids=["shirt", "dress"])
+        hits = client.nearest("query.png", k=5)   # [Hit(id, score, metadata)], best first
+
+The exceptions are drawn in lookalike._errors' docstring.
+"""
+
+from lookalike._client import AsyncClient, Client, __version__
+from lookalike._errors import (
+    ConnectionFailed,
+    Invalid,
+    LookalikeError,
+    NotFound,
+    Overloaded,
+    ServerError,
+    StorageFull,
+    TooLarge,
+    Unauthorized,
+    Unavailable,
+    Unsupported,
+)
+from lookalike._images import ImageLike
+from lookalike._types import (
+    Embeddings,
+    Hit,
+    ImageInfo,
+    Limits,
+    ModelInfo,
+    ServiceInfo,
+    Similarity,
+    Uploaded,
+)
+
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "ConnectionFailed",
+    "Embeddings",
+    "Hit",
+    "ImageInfo",
+    "ImageLike",
+    "Invalid",
+    "Limits",
+    "LookalikeError",
+    "ModelInfo",
+    "NotFound",
+    "Overloaded",
+    "ServerError",
+    "ServiceInfo",
+    "Similarity",
+    "StorageFull",
+    "TooLarge",
+    "Unauthorized",
+    "Unavailable",
+    "Unsupported",
+    "Uploaded",
+    "__version__",
+]

@@ -1,0 +1,268 @@
+"""Everything Client and AsyncClient share: each API call as a `Call` (the request to send and
+how to read its answer), the retry policy, and the upload plan. The two clients differ only in
+how they send a request and how they wait."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any, Generic, TypeVar
+from urllib.parse import quote
+
+import httpx
+
+from lookalike._errors import ConnectionFailed, error_for
+from lookalike._images import ImageLike, as_list, file_fields
+from lookalike._types import (
+    Embeddings,
+    Hit,
+    ImageInfo,
+    Limits,
+    ModelInfo,
+    Page,
+    ServiceInfo,
+    Similarity,
+    Uploaded,
+    from_json,
+)
+
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT_S = 60.0
+DEFAULT_MAX_RETRIES = 5
+INITIAL_DELAY_S = 0.5
+MAX_DELAY_S = 8.0
+MAX_RETRY_AFTER_S = 60.0
+JITTER = 0.25  # each wait is stretched by up to a quarter, so that waiting callers spread out
+DEFAULT_BATCH_SIZE = 64
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    """One API call: the request, how to read a success, and whether to repeat it is safe."""
+
+    method: str
+    path: str
+    parse: Callable[[httpx.Response], T]
+    params: dict[str, Any] | None = None
+    json: Any = None
+    files: list[Any] | None = None
+    data: dict[str, Any] | None = None
+    retry: bool = True  # False: an upload without ids (a repeat would add it twice), a probe
+    accept: frozenset[int] = frozenset()  # error statuses that `parse` reads instead
+
+    def request_args(self) -> dict[str, Any]:
+        args: dict[str, Any] = {"params": self.params, "files": self.files, "data": self.data}
+        if self.json is not None:
+            args["json"] = self.json
+        return args
+
+    def result(self, outcome: httpx.Response | httpx.TransportError) -> T:
+        """The parsed answer, or the exception for an error answer or for no answer."""
+        if isinstance(outcome, httpx.TransportError):
+            message = f"{type(outcome).__name__}: {outcome}" if str(outcome) else repr(outcome)
+            raise ConnectionFailed(message, code="connection_error") from outcome
+        if outcome.is_error and outcome.status_code not in self.accept:
+            raise error_for(outcome)
+        return self.parse(outcome)
+
+
+class Retries:
+    """When to try a call again, and after how long: 503s and failed connections, up to
+    `max_retries` times, with jittered exponential backoff that waits at least Retry-After."""
+
+    def __init__(self, max_retries: int, call: Call[Any]) -> None:
+        self.left = max_retries if call.retry else 0
+        self.attempt = 0
+
+    def delay(self, outcome: httpx.Response | httpx.TransportError) -> float | None:
+        """Seconds to wait before the next try; None: this outcome is final."""
+        if self.left <= 0:
+            return None
+        if isinstance(outcome, httpx.Response):
+            if outcome.status_code != 503:
+                return None
+            wait = retry_after(outcome.headers) or backoff(self.attempt)
+        else:
+            wait = backoff(self.attempt)
+        self.left -= 1
+        self.attempt += 1
+        return wait * (1 + JITTER * random.random())
+
+
+def backoff(attempt: int) -> float:
+    return float(min(INITIAL_DELAY_S * 2**attempt, MAX_DELAY_S))
+
+
+def retry_after(headers: httpx.Headers) -> float | None:
+    """Retry-After in seconds (a number or an HTTP date), when sensible."""
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            date = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = (date - dt.datetime.now(dt.timezone.utc)).total_seconds()
+    return seconds if 0 < seconds <= MAX_RETRY_AFTER_S else None
+
+
+def _id_path(image_id: str) -> str:
+    return "/images/" + quote(str(image_id), safe="")
+
+
+def embed(images: ImageLike | Iterable[ImageLike], dimensions: int | None) -> Call[Embeddings]:
+    params = {"dimensions": dimensions} if dimensions is not None else None
+    files = file_fields("files", as_list(images))
+    return Call("POST", "/embed", lambda r: from_json(Embeddings, r.json()), params, files=files)
+
+
+def similarity(images: ImageLike | Iterable[ImageLike]) -> Call[Similarity]:
+    files = file_fields("files", as_list(images))
+    return Call("POST", "/similarity", lambda r: from_json(Similarity, r.json()), files=files)
+
+
+def _hits(response: httpx.Response) -> list[Hit]:
+    return [from_json(Hit, hit) for hit in response.json()["results"]]
+
+
+def nearest(
+    image: ImageLike | None, image_id: str | None, vector: Sequence[float] | None, k: int
+) -> Call[list[Hit]]:
+    given = [
+        name
+        for name, v in (("image", image), ("id", image_id), ("vector", vector))
+        if v is not None
+    ]
+    if len(given) != 1:
+        raise TypeError(f"give exactly one of image, id or vector (got {given or 'none'})")
+    if image is not None:
+        files = file_fields("file", [image])
+        return Call("POST", "/nearest", _hits, files=files, data={"k": str(k)})
+    if image_id is not None:
+        return Call("POST", "/nearest", _hits, json={"id": image_id, "k": k})
+    assert vector is not None
+    return Call("POST", "/nearest", _hits, json={"vector": [float(x) for x in vector], "k": k})
+
+
+def get(image_id: str) -> Call[ImageInfo]:
+    return Call("GET", _id_path(image_id), lambda r: from_json(ImageInfo, r.json()))
+
+
+def content(image_id: str) -> Call[bytes]:
+    return Call("GET", _id_path(image_id) + "/content", lambda r: r.content)
+
+
+def delete(image_id: str) -> Call[None]:
+    return Call("DELETE", _id_path(image_id), lambda r: None)
+
+
+def page(cursor: str | None, page_size: int) -> Call[Page]:
+    params: dict[str, Any] = {"limit": page_size}
+    if cursor is not None:
+        params["cursor"] = cursor
+
+    def parse(response: httpx.Response) -> Page:
+        body = response.json()
+        items = [from_json(ImageInfo, item) for item in body["items"]]
+        return Page(items, body.get("next_cursor"))
+
+    return Call("GET", "/images", parse, params)
+
+
+def info() -> Call[ServiceInfo]:
+    def parse(response: httpx.Response) -> ServiceInfo:
+        body = response.json()
+        return ServiceInfo(
+            model=from_json(ModelInfo, body["model"]),
+            auth_required=bool(body["auth_required"]),
+            limits=from_json(Limits, body["limits"]),
+        )
+
+    return Call("GET", "/info", parse)
+
+
+def ready() -> Call[bool]:
+    # A probe: not retried, and a 503 (not ready) is an answer, not an error.
+    return Call(
+        "GET", "/readyz", lambda r: r.status_code == 200, retry=False, accept=frozenset({503})
+    )
+
+
+def _uploaded(response: httpx.Response) -> list[Uploaded]:
+    return [from_json(Uploaded, item) for item in response.json()["items"]]
+
+
+@dataclass
+class Upload:
+    """An upload in batches: the calls to make, one per batch, and the items they return.
+    A batch is retried only when it names its ids: then a repeat replaces, never duplicates."""
+
+    images: list[ImageLike]
+    ids: list[str] | None
+    metadata: list[Mapping[str, Any]] | None
+    batch_size: int
+    progress: Progress | None
+    items: list[Uploaded] = field(default_factory=list)
+
+    @classmethod
+    def plan(
+        cls,
+        images: ImageLike | Iterable[ImageLike],
+        ids: Iterable[str] | None,
+        metadata: Iterable[Mapping[str, Any]] | None,
+        batch_size: int,
+        progress: bool | Progress | None,
+    ) -> Upload:
+        listed = as_list(images)
+        id_list = [str(i) for i in ids] if ids is not None else None
+        meta_list = list(metadata) if metadata is not None else None
+        for name, values in (("ids", id_list), ("metadata", meta_list)):
+            if values is not None and len(values) != len(listed):
+                raise ValueError(f"give one of {name} per image: {len(values)} for {len(listed)}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, not {batch_size}")
+        report = stderr_progress if progress is True else (progress or None)
+        return cls(listed, id_list, meta_list, batch_size, report)
+
+    def calls(self) -> Iterator[Call[list[Uploaded]]]:
+        """One call per batch; its files are read only when its turn comes."""
+        for start in range(0, len(self.images), self.batch_size):
+            stop = start + self.batch_size
+            data: dict[str, Any] = {}
+            if self.ids is not None:
+                data["ids"] = self.ids[start:stop]
+            if self.metadata is not None:
+                data["metadata"] = [json.dumps(dict(m)) for m in self.metadata[start:stop]]
+            files = file_fields("files", self.images[start:stop], start)
+            yield Call(
+                "POST", "/images", _uploaded, files=files, data=data, retry=self.ids is not None
+            )
+
+    def done(self, items: list[Uploaded]) -> None:
+        self.items.extend(items)
+        if self.progress:
+            self.progress(len(self.items), len(self.images))
+
+
+def stderr_progress(done: int, total: int) -> None:
+    """progress=True: one line on stderr, redrawn in place."""
+    width = 30
+    filled = width * done // max(total, 1)
+    end = "\n" if done >= total else ""
+    print(
+        f"\ruploaded [{'#' * filled}{'.' * (width - filled)}] {done}/{total}",
+        end=end,
+        file=sys.stderr,
+        flush=True,
+    )

@@ -1,0 +1,270 @@
+"""The Python client (client/, import name `lookalike`) against real servers.
+
+The round trips live in tests/client_scenarios.py, so that the slow test here can run them
+again from a fresh venv that has nothing but `pip install ./client`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import httpx
+import lookalike
+import numpy as np
+import pytest
+from lookalike import (
+    Client,
+    ConnectionFailed,
+    Invalid,
+    NotFound,
+    Overloaded,
+    TooLarge,
+    Unauthorized,
+    Unsupported,
+)
+from PIL import Image
+
+from tests import client_scenarios
+from tests.conftest import API_KEY, png_bytes
+from tests.support import Server, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+HEAVY = {"numpy", "onnxruntime", "faiss-cpu", "fastapi", "torch", "starlette", "pillow"}
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("images")
+    for i in range(8):
+        (folder / f"img{i}.png").write_bytes(png_bytes(100 + i))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_queue_server(artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A real server whose model queue holds one image: concurrent calls get 503s."""
+    running = Server(
+        artifact, tmp_path_factory.mktemp("tiny") / "data", LOOKALIKE_QUEUE_MAX_IMAGES="1"
+    )
+    running.start()
+    yield running
+    running.stop()
+
+
+def test_client_round_trip(module_server: Server, image_dir: Path) -> None:
+    client_scenarios.sync_round_trip(module_server.url, API_KEY, image_dir)
+
+
+def test_async_client_round_trip(module_server: Server, image_dir: Path) -> None:
+    asyncio.run(client_scenarios.async_round_trip(module_server.url, API_KEY, image_dir))
+
+
+def _embed_503s(server: Server) -> float:
+    metrics = httpx.get(server.url + "/metrics").text
+    found = re.findall(
+        r'lookalike_requests_total\{method="POST",route="/embed",status="503"\} (\S+)', metrics
+    )
+    return sum(float(n) for n in found)
+
+
+def test_32_threads_of_embed_calls_all_succeed_against_a_one_image_queue(
+    tiny_queue_server: Server, image_dir: Path
+) -> None:
+    assert client_scenarios.many_threads(tiny_queue_server.url, image_dir) == 320
+    assert _embed_503s(tiny_queue_server) > 0  # the server did refuse: the retries carried them
+
+
+def test_images_may_be_bytes_paths_file_objects_or_pil_images(
+    module_server: Server, image_dir: Path
+) -> None:
+    path = image_dir / "img0.png"
+    with Client(module_server.url) as client, open(path, "rb") as file:
+        kinds = [path.read_bytes(), str(path), path, file, Image.open(path)]
+        embedded = client.embed(kinds)
+        single = client.embed(path)  # one image, not a list
+    assert embedded.numpy().shape == (5, embedded.dim)
+    np.testing.assert_allclose(embedded.numpy(), embedded.numpy()[:1].repeat(5, 0), atol=1e-6)
+    np.testing.assert_allclose(single.numpy(), embedded.numpy()[:1], atol=1e-6)
+
+
+def test_similarity_and_dimensions(module_server: Server, image_dir: Path) -> None:
+    paths = sorted(image_dir.glob("*.png"))[:3]
+    with Client(module_server.url) as client:
+        scores = client.similarity(paths).numpy()
+        full = client.embed(paths).numpy()
+        short = client.embed(paths, dimensions=8)
+    assert scores.shape == (3, 3)
+    np.testing.assert_allclose(np.diag(scores), 1.0, atol=1e-6)
+    prefix = full[:, :8] / np.linalg.norm(full[:, :8], axis=1, keepdims=True)
+    assert short.dim == 8
+    np.testing.assert_allclose(short.numpy(), prefix, atol=1e-5)
+
+
+def test_upload_goes_in_batches_and_reports_progress(
+    module_server: Server, image_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    paths = sorted(image_dir.glob("*.png"))[:5]
+    seen: list[tuple[int, int]] = []
+    with Client(module_server.url, api_key=API_KEY) as client:
+        items = client.upload(paths, batch_size=2, progress=lambda *p: seen.append(p))
+        client.upload(paths[:3], batch_size=2, progress=True)
+        info = client.info()
+        dim = client.embed(paths[0]).dim
+    assert seen == [(2, 5), (4, 5), (5, 5)]
+    assert len(items) == 5 == len({item.id for item in items})  # ids made by the service
+    bar = capsys.readouterr().err
+    assert "2/3" in bar and bar.endswith("3/3\n")
+    assert info.auth_required and info.model.dim == dim
+
+
+def _huge_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (7000, 7000)).save(buffer, format="PNG")  # 49 M pixels: over the limit
+    return buffer.getvalue()
+
+
+def _ico() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), "red").save(buffer, format="ICO")
+    return buffer.getvalue()
+
+
+def test_errors_mirror_the_http_errors(module_server: Server, image_dir: Path) -> None:
+    path = image_dir / "img0.png"
+    with Client(module_server.url, api_key="wrong-key") as client:
+        with pytest.raises(Unauthorized) as unauthorized:
+            client.upload([path], ids=["nope"])
+        with pytest.raises(Invalid) as invalid:
+            client.embed([path, b"not an image"])
+        with pytest.raises(Unsupported) as unsupported:
+            client.embed(_ico())
+        with pytest.raises(TooLarge) as too_large:
+            client.embed(_huge_png())
+        with pytest.raises(NotFound) as not_found:
+            client.nearest(id="nobody")
+        with pytest.raises(Invalid) as short_vector:
+            client.nearest(vector=[1.0, 0.0])
+    assert (unauthorized.value.status, unauthorized.value.code) == (401, "unauthorized")
+    assert (invalid.value.status, invalid.value.code) == (422, "invalid_image")
+    assert "files[1] (image-1)" in invalid.value.message
+    assert (unsupported.value.status, too_large.value.status) == (415, 413)
+    assert (not_found.value.status, not_found.value.code) == (404, "not_found")
+    assert "full-size vectors only" in short_vector.value.message
+    assert all(
+        isinstance(e.value, lookalike.LookalikeError)
+        for e in (unauthorized, invalid, unsupported, too_large, not_found)
+    )
+
+
+class AlwaysBusy(BaseHTTPRequestHandler):
+    """A stand-in service that answers every request 503 overloaded, Retry-After 0.2 s."""
+
+    requests = 0
+
+    def _busy(self) -> None:
+        AlwaysBusy.requests += 1
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        body = json.dumps({"error": {"code": "overloaded", "message": "busy"}}).encode()
+        self.send_response(503)
+        self.send_header("Retry-After", "0.2")
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = _busy
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def always_busy() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), AlwaysBusy)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    AlwaysBusy.requests = 0
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def _tries(call: object) -> tuple[int, float, BaseException]:
+    before, start = AlwaysBusy.requests, time.monotonic()
+    with pytest.raises(lookalike.LookalikeError) as raised:
+        call()  # type: ignore[operator]
+    return AlwaysBusy.requests - before, time.monotonic() - start, raised.value
+
+
+def test_503s_are_retried_after_retry_after_and_uploads_only_when_they_name_ids(
+    always_busy: str, image_dir: Path
+) -> None:
+    path = image_dir / "img0.png"
+    with Client(always_busy, max_retries=2) as client:
+        embed = _tries(lambda: client.embed(path))
+        named = _tries(lambda: client.upload([path], ids=["a"]))
+        unnamed = _tries(lambda: client.upload([path]))
+    assert embed[0] == named[0] == 3 and unnamed[0] == 1  # 1 + max_retries, or 1
+    assert embed[1] >= 0.4 and named[1] >= 0.4  # two waits of at least Retry-After
+    assert isinstance(unnamed[2], Overloaded) and unnamed[2].status == 503
+
+
+def test_connection_failures_are_retried_then_raised() -> None:
+    closed = f"http://127.0.0.1:{free_port()}"
+    start = time.monotonic()
+    with Client(closed, max_retries=2) as client, pytest.raises(ConnectionFailed) as raised:
+        client.info()
+    assert time.monotonic() - start >= 0.5 + 1.0  # backoff 0.5 s, then 1 s
+    assert raised.value.status is None and raised.value.code == "connection_error"
+
+
+@pytest.mark.slow
+def test_pip_install_client_alone_in_a_fresh_venv_runs_every_scenario(
+    tmp_path: Path, module_server: Server, tiny_queue_server: Server
+) -> None:
+    venv = tmp_path / "venv"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, env=env)
+    python = str(venv / "bin" / "python")
+    source = tmp_path / "client"  # pip builds in the tree it is given: a copy keeps ours clean
+    shutil.copytree(ROOT / "client", source, ignore=shutil.ignore_patterns("build", "*.egg-info"))
+    install = subprocess.run(
+        [python, "-m", "pip", "install", "-q", str(source)],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert install.returncode == 0, install.stderr[-3000:]
+    listed = subprocess.run(
+        [python, "-m", "pip", "list", "--format=json"], capture_output=True, text=True, env=env
+    )
+    installed = {p["name"].lower() for p in json.loads(listed.stdout)}
+    assert "lookalike-client" in installed and "httpx" in installed
+    assert installed.isdisjoint(HEAVY), installed & HEAVY
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(8):
+        (images / f"img{i}.png").write_bytes(png_bytes(300 + i))
+    scenarios = [str(ROOT / "tests" / "client_scenarios.py"), module_server.url, API_KEY]
+    done = subprocess.run(
+        [python, *scenarios, str(images), tiny_queue_server.url],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split() == ["ok", "sync", "ok", "async", "ok", "threads"]
