@@ -24,6 +24,7 @@ from report import add_results_argument, table, write
 from service.encoder import load_encoder
 from service.fashion_mnist import load_split
 from service.index import VectorIndex
+from service.store.base import RowBatch
 
 K = 10
 
@@ -54,7 +55,7 @@ def measure(index: VectorIndex, queries: np.ndarray) -> tuple[list[list[int]], n
         start = time.perf_counter()
         hits = index.search(q[None, :], K)[0]
         latencies.append(time.perf_counter() - start)
-        found.append([label for label, _ in hits])
+        found.append([int(hit.id) for hit in hits])
     return found, np.array(latencies) * 1000
 
 
@@ -89,7 +90,7 @@ def main() -> None:
                 index = VectorIndex(
                     vectors.shape[1], kind, hnsw_m=args.m, ef_construction=args.ef_construction
                 )
-                index.add(labels, vectors)
+                index.add(RowBatch(labels, vectors, [str(n) for n in labels], ["{}"] * size))
                 built[kind] = (index, time.perf_counter() - start)
             index, build_s = built[kind]
             if kind == "hnsw":
