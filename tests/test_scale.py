@@ -239,3 +239,30 @@ def test_when_postgres_goes_away_writes_get_503_reads_go_on_and_all_recovers(
     for server in replicas:
         ready = httpx.get(server.url + "/readyz").json()
         assert ready["images"] == ready["indexed"] == 7
+
+
+def test_two_workers_re_embed_a_changed_model_once_and_both_serve_it(
+    artifact: Path, tmp_path: Path
+) -> None:
+    from tests.conftest import export_random_artifact
+
+    first = Server(artifact, tmp_path / "data", LOOKALIKE_WORKERS="1")
+    first.start()
+    for n in range(6):
+        assert upload(first.url, f"m{n}", seed=n).status_code == 201
+    first.stop()
+    other = export_random_artifact(tmp_path / "other", seed=11)
+    second = Server(other, tmp_path / "data", LOOKALIKE_WORKERS="2")
+    second.start()
+    try:
+        assert len(second.worker_pids()) == 2  # both ready, on the new model's vectors
+        for _ in range(6):
+            ready = httpx.get(second.url + "/readyz").json()
+            assert ready["images"] == ready["indexed"] == 6
+        for n in range(6):
+            top = top_hit(second.url, n)
+            assert top["id"] == f"m{n}" and top["score"] == pytest.approx(1.0, abs=1e-5)
+        log = second.log_tail(10**7)
+        assert log.count('"message": "model changed: re-embedding stored originals"') == 1
+    finally:
+        second.stop()
