@@ -33,7 +33,6 @@ from service.store.base import (
     now_iso,
     row_batch,
     vector_bytes,
-    vector_from,
 )
 
 RECORD_COLUMNS = "id, metadata, sha256, size, format, created_at, updated_at, model_version, seq"
@@ -248,10 +247,6 @@ class SQLStore:
     def get(self, image_id: str) -> ImageRecord | None:
         row = self._one(f"SELECT {RECORD_COLUMNS} FROM images WHERE id = ?", (image_id,))
         return self._record(row) if row else None
-
-    def get_vector(self, image_id: str) -> np.ndarray | None:
-        row = self._one("SELECT vector FROM images WHERE id = ?", (image_id,))
-        return vector_from(row[0]) if row else None
 
     def page(self, *, after_key: int, limit: int) -> tuple[list[ImageRecord], int | None]:
         rows = self._all(
