@@ -108,10 +108,6 @@ class Gallery:
         self._lifecycle = threading.Lock()  # close() waits for an open() in progress
         self._follower: threading.Thread | None = None
 
-    @property
-    def backend(self) -> str:
-        return self._store.backend
-
     def chore(self, name: str) -> AbstractContextManager[None]:
         """Hold a store-wide lock: one process at a time does the chore `name`."""
         return self._store.chore(name)
@@ -299,15 +295,19 @@ class Gallery:
             )
         self._store_down = True
 
-    def _fresh(self) -> None:
-        """Bring the view up to the store's latest seq. While the store is down, reads use the
-        index as it stands, without waiting on the store; the follower finds when it is back."""
+    def _fresh(self) -> int | None:
+        """Bring the view up to the store's latest seq, and return it. While the store is down,
+        reads use the index as it stands, without waiting on the store (None); the follower
+        finds when it is back."""
         if self._store_down:
-            return
+            return None
         try:
-            self._view.catch_up(self._store.last_seq())
+            store_seq = self._store.last_seq()
+            self._view.catch_up(store_seq)
+            return store_seq
         except StoreUnavailable as exc:
             self._went_down(exc)
+            return None
 
     def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
         self._fresh()
@@ -338,7 +338,7 @@ class Gallery:
         return self._view.index.count
 
     def status(self) -> dict:
-        self._fresh()
+        store_seq = self._fresh()
         index = self._view.index
         status = {
             "worker": os.getpid(),
@@ -349,7 +349,8 @@ class Gallery:
             "store": self._store.backend,
         }
         try:
-            status |= {"images": self._store.count(), "store_seq": self._store.last_seq()}
+            if store_seq is not None:
+                return status | {"images": self._store.count(), "store_seq": store_seq}
         except StoreUnavailable:
-            status["store_available"] = False
-        return status
+            pass
+        return status | {"store_available": False}

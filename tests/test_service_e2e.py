@@ -153,6 +153,20 @@ def test_bulk_import_loads_a_folder_with_sidecar_metadata_and_resumes(
     assert "5 already imported, 1 to go" in again.stderr
 
 
+def refusal(env: dict[str, str]) -> str:
+    """`python -m service` refusing to start: a non-zero exit and one `error:` line (returned)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "service", "--port", "1"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode != 0 and len(lines) == 1 and lines[0].startswith("error:"), lines
+    return lines[0]
+
+
 def test_a_bad_artifact_or_setting_refuses_to_start_with_one_clear_line(
     artifact: Path, tmp_path: Path
 ) -> None:
@@ -178,16 +192,7 @@ def test_a_bad_artifact_or_setting_refuses_to_start_with_one_clear_line(
             "LOOKALIKE_DATA_DIR": str(tmp_path / "d"),
             name: value,
         }
-        done = subprocess.run(
-            [sys.executable, "-m", "service", "--port", "1"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        assert done.returncode != 0
-        lines = done.stderr.strip().splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error:") and expected in lines[0], lines
+        assert expected in refusal(env)
 
 
 def test_every_log_line_is_json_even_without_a_writable_home(
@@ -263,16 +268,7 @@ def test_a_replica_with_another_model_refuses_in_one_line_until_reembedded(
         "LOOKALIKE_MODEL_DIR": str(other),
         "LOOKALIKE_DATA_DIR": str(tmp_path / "b"),
     }
-    refused = subprocess.run(
-        [sys.executable, "-m", "service", "--port", "1"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    lines = refused.stderr.strip().splitlines()
-    assert refused.returncode != 0 and len(lines) == 1, lines
-    assert lines[0].startswith("error:") and "python -m service reembed" in lines[0]
+    assert "python -m service reembed" in refusal(env)
     upgraded = subprocess.run(
         [sys.executable, "-m", "service", "reembed"], env=env, capture_output=True, text=True
     )
