@@ -36,21 +36,16 @@ from sklearn.preprocessing import StandardScaler
 
 from service.encoder import truncate
 from training.data import Dataset, load_fashion_mnist
-from training.encoder import ContrastiveModel, EncoderConfig
+from training.encoder import EncoderConfig
 from training.evaluate import all_metrics, onnx_embedder, pixel_features
-from training.train import fit_whitening, unwhitened_features
+from training.features import random_init_model, torch_embedder
 
 
 def random_init_features(artifact: Path, train: Dataset, test: Dataset) -> tuple[np.ndarray, ...]:
     """The artifact's architecture at seed 0, whitened on the train images as training does."""
-    torch.manual_seed(0)
     architecture = json.loads((artifact / "model.json").read_text())["architecture"]
-    model = ContrastiveModel(EncoderConfig.from_dict(architecture))
-    cpu = torch.device("cpu")
-    train_h = fit_whitening(model, train, cpu)
-    test_h = unwhitened_features(model, test.images, cpu)
-    with torch.no_grad():
-        return model.whiten(train_h).numpy(), model.whiten(test_h).numpy()
+    embed = torch_embedder(random_init_model(EncoderConfig.from_dict(architecture), train.images))
+    return embed(train.images), embed(test.images)
 
 
 def linear_probe(

@@ -3,7 +3,8 @@
 python -m training train --data fashion-mnist --loss ntxent --epochs 30 --out models/fashion-mnist
 python -m training train --data ./my_images --loss triplet --image-size 64 --out models/mine
 python -m training train ... --limit 2048 --epochs 1      # smoke run on a subset
-python -m training evaluate --model models/fashion-mnist
+python -m training evaluate --model models/mine                  # again, on its own data
+python -m training evaluate --model models/mine --data ./photos --out eval/mine
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ from training.train import TrainConfig, command_line, override
 TRAIN_FLAGS = {
     "--data": (
         "data",
-        "'fashion-mnist' or a folder of images (any format Pillow reads, "
-        "searched recursively; subfolder names become evaluation labels)",
+        "'fashion-mnist' or a folder of images (any format the service accepts, searched "
+        "recursively); about 5%% of it is held out to measure the model",
     ),
     "--loss": ("loss", "'ntxent' (SimCLR; try this first) or 'triplet' (with in-batch mining)"),
     "--epochs": ("epochs", "passes over the data; 30 on Fashion-MNIST, 1 for a smoke run"),
@@ -34,7 +35,12 @@ TRAIN_FLAGS = {
         "(hardest; collapse is detected and falls back to semi-hard)",
     ),
     "--image-size": ("image_size", "side in pixels for a folder (64–96 for colour photos)"),
-    "--limit": ("limit", "use only the first N training images"),
+    "--limit": ("limit", "use only the first N training (and held-out) images"),
+    "--label-depth": (
+        "label_depth",
+        "folder levels that name an image's label, used only to report kNN beside copy "
+        "detection (1: the top-level subfolder; 0: ignore folders)",
+    ),
     "--device": ("device", "'auto' (CUDA when present, with bf16 autocast), 'cuda' or 'cpu'"),
     "--seed": ("seed", "random seed for init, shuffling and augmentation"),
     "--out": ("out", "artifact folder, e.g. models/mine"),
@@ -70,9 +76,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export = commands.add_parser("export", help="re-export an artifact from its weights")
     export.add_argument("--model", required=True, type=Path, help="artifact folder")
-    evaluate = commands.add_parser("evaluate", help="print and write the artifact's metrics")
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="measure an artifact on held-out images: copy detection (and kNN when labelled)",
+    )
     evaluate.add_argument("--model", required=True, type=Path, help="artifact folder")
-    evaluate.add_argument("--limit", type=int, default=None, help="use N train images as the bank")
+    evaluate.add_argument(
+        "--data",
+        default=None,
+        help="a folder of images, split as training splits it (default: the model's own data)",
+    )
+    evaluate.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="folder for metrics.json and the pictures (default: the model's folder when "
+        "evaluating on its own data; otherwise nothing is written)",
+    )
+    evaluate.add_argument("--limit", type=int, default=None, help="use N training images")
+    evaluate.add_argument("--label-depth", type=int, default=None, help="as for train")
     return parser
 
 
@@ -88,6 +110,26 @@ def config_from_args(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
         cfg = override(cfg, key.strip(), value.strip())
     return cfg
+
+
+def evaluate(args: argparse.Namespace) -> None:
+    from training.evaluate import evaluate_artifact, format_table, headline, write_evaluation
+
+    evaluation = evaluate_artifact(
+        args.model, data=args.data, limit=args.limit, label_depth=args.label_depth
+    )
+    print(format_table(evaluation.result))
+    print(f"{headline(evaluation.result)}.")
+    out = args.out or (args.model if args.data is None else None)
+    if out is None:
+        print("(add --out DIR to keep metrics.json and the neighbour grid)")
+    else:
+        write_evaluation(evaluation, out)
+        if out == args.model:
+            from training.card import refresh_card
+
+            refresh_card(out, evaluation.result)
+        print(f"wrote {out / 'metrics.json'} and {out / 'neighbours.png'}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,9 +148,7 @@ def main(argv: list[str] | None = None) -> int:
 
             export_existing(args.model)
         else:
-            from training.evaluate import evaluate_artifact, format_table
-
-            print(format_table(evaluate_artifact(args.model, limit=args.limit)))
+            evaluate(args)
     except (ValueError, FileNotFoundError, FloatingPointError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

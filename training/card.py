@@ -1,57 +1,16 @@
-"""The artifact's README.md model card and its pictures (loss, kNN monitor, embedding map)."""
+"""The artifact's README.md model card: its contract, how it was trained, its metrics and its
+pictures (training/pictures.py draws them)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-import numpy as np
-
-from training.evaluate import format_table
+from training.checkpoint import WEIGHTS_FILE, read_meta
+from training.evaluate import EMBEDDING_MAP, NEIGHBOUR_GRID, format_table, headline
+from training.pictures import plot_history
 
 RECIPE_NOTES = Path(__file__).with_name("RECIPE.md")
-
-
-def _plot_history(history: list[dict], key: str, ylabel: str, path: Path) -> bool:
-    points = [(h["epoch"], h[key]) for h in history if key in h]
-    if not points:
-        return False
-    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
-    ax.plot(*zip(*points, strict=True), marker="o", markersize=3)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return True
-
-
-def _plot_embedding_map(embed: Callable[[np.ndarray], np.ndarray], path: Path, points: int) -> None:
-    from sklearn.manifold import TSNE
-
-    from training.data import load_fashion_mnist
-
-    test = load_fashion_mnist("test")
-    pick = np.random.default_rng(0).choice(len(test), min(points, len(test)), replace=False)
-    h = embed(test.images[pick])
-    perplexity = min(30.0, (len(pick) - 1) / 3)
-    xy = TSNE(n_components=2, init="pca", random_state=0, perplexity=perplexity).fit_transform(h)
-    fig, ax = plt.subplots(figsize=(6.5, 5.5), dpi=100)
-    for c, name in enumerate(test.class_names):
-        sel = test.labels[pick] == c
-        ax.scatter(xy[sel, 0], xy[sel, 1], s=4, label=name, color=plt.cm.tab10(c))
-    ax.legend(markerscale=3, fontsize=7, loc="best")
-    ax.set_title(f"t-SNE of {len(pick)} Fashion-MNIST test embeddings (colour = class)")
-    ax.set_xticks([])
-    ax.set_yticks([])
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def trained_on(training: dict) -> str:
@@ -67,23 +26,25 @@ def trained_on(training: dict) -> str:
     )
 
 
-def write_card(
-    out: Path,
-    info: dict,
-    history: list[dict],
-    metrics: dict | None,
-    embed: Callable[[np.ndarray], np.ndarray] | None,
-) -> None:
-    pictures = []
-    if _plot_history(history, "loss", f"{info['loss']['name']} loss", out / "loss.png"):
-        pictures.append("![training loss](loss.png)")
-    if _plot_history(history, "knn_top1_k200_t0.1", "kNN top-1 (k=200, T=0.1)", out / "knn.png"):
-        pictures.append("![kNN monitor](knn.png)")
-    if embed is not None:
-        _plot_embedding_map(
-            embed, out / "embedding_map.png", points=min(2000, metrics["test_images"])
-        )
-        pictures.append("![embedding map](embedding_map.png)")
+def write_card(out: Path, info: dict, history: list[dict], metrics: dict) -> None:
+    """README.md for the artifact in `out`, beside metrics.json and its pictures."""
+    r1 = metrics["metrics"]["copy_r1"]
+    floors = {"raw pixels": r1["raw_pixels"], "random init": r1["random_init"]}
+    curves = (
+        ("loss", f"{info['loss']['name']} loss", "loss.png", None),
+        ("copy_r1", "copy detection R@1 (monitor)", "copy_r1.png", floors),
+        ("knn_top1_k200_t0.1", "kNN top-1 (k=200, T=0.1)", "knn.png", None),
+    )
+    pictures = [
+        f"![{key}]({name})"
+        for key, label, name, lines in curves
+        if plot_history(history, key, label, out / name, lines)
+    ]
+    pictures += [
+        f"![{name[:-4]}]({name})"
+        for name in (NEIGHBOUR_GRID, EMBEDDING_MAP)
+        if (out / name).exists()
+    ]
     training = info["training"]
     arch = info["architecture"]
     budget = training.get("config", {}).get("time_budget_s")
@@ -114,19 +75,37 @@ def write_card(
         f"`h` = last map pooled to {arch['pool_grid']}×{arch['pool_grid']} cells",
         f"- {trained_on(training)}",
         f"- Epochs: {training['epochs']} ({training['steps']} steps){fitted}; wall time "
-        f"{training['wall_time_s'] / 60:.1f} min (training and the kNN monitor; export and "
+        f"{training['wall_time_s'] / 60:.1f} min (training and the per-epoch monitor; export and "
         "evaluation not counted)",
         f"- Git commit: `{training['git_commit']}`",
         "",
         "## Metrics",
         "",
     ]
-    if metrics:
-        lines += ["```", format_table(metrics), "```", ""]
-        lines += [f"- `{name}`: {row['protocol']}" for name, row in metrics["metrics"].items()]
-    else:
-        lines.append("Not evaluated: the training data had no labelled evaluation split.")
+    lines += [
+        f"**{headline(metrics)}.** Neighbours of eight of them: "
+        f"[{NEIGHBOUR_GRID}]({NEIGHBOUR_GRID}).",
+        "",
+        f"- Held out, never trained on: {metrics['heldout']}.",
+        f"- Edits: {metrics['edits']}.",
+        "- Floors, measured the same way: raw pixels (cosine of the flattened pixels) and a "
+        "random-init encoder of this architecture (seed 0, whitening fitted like this one's).",
+        "",
+        "```",
+        format_table(metrics),
+        "```",
+        "",
+        *[f"- `{name}`: {row['protocol']}" for name, row in metrics["metrics"].items()],
+    ]
     lines += ["", "## Pictures", "", *pictures, ""]
     if RECIPE_NOTES.exists() and info["name"] == "fashion-mnist":
         lines += [RECIPE_NOTES.read_text().strip(), ""]
     (out / "README.md").write_text("\n".join(lines))
+
+
+def refresh_card(model_dir: Path, metrics: dict) -> None:
+    """Rewrite an artifact's card after `python -m training evaluate` re-measured it."""
+    info = json.loads((model_dir / "model.json").read_text())
+    weights = model_dir / WEIGHTS_FILE
+    history = read_meta(weights)["history"] if weights.exists() else []
+    write_card(model_dir, info, history, metrics)

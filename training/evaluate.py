@@ -1,29 +1,50 @@
-"""Evaluate an artifact on Fashion-MNIST, beside the raw-pixel floor computed the same way.
+"""Evaluate an artifact on held-out images that it never trained on, beside two floors
+computed the same way: raw pixels, and a random-init encoder of the same architecture.
 
-    python -m training evaluate --model models/fashion-mnist
+    python -m training evaluate --model models/mine                  # on its own data
+    python -m training evaluate --model models/mine --data ./photos --out eval/mine
 
-Features are extracted once (through ONNX Runtime, exactly as the service will run them) and
-every metric is computed on that matrix (DINO's eval_knn habit). The protocol:
+Features are extracted once per feature set (the artifact through ONNX Runtime, exactly as the
+service runs it) and every metric is computed on those matrices (DINO's eval_knn habit):
 
-- kNN top-1: test images classified by a weighted vote of their k nearest train images
-  (cosine), each vote weighted exp(score / T) (Wu et al. 2018, InstDisc; k=200, T=0.1) and
-  again with DINO's k=20, T=0.07. fp32.
-- Retrieval, leave-one-out on the test set: recall@1 and mAP@R (Musgrave et al. 2020), an
-  item counting as relevant when it has the query's class; R = that class's size − 1.
+- Copy detection, always (training/copy_detection.py): no labels needed.
+- When the data has labels (Fashion-MNIST, or a folder's subfolders), also kNN top-1: held-out
+  images classified by a weighted vote of their k nearest training images (cosine), each vote
+  weighted exp(score / T) (Wu et al. 2018, InstDisc; k=200, T=0.1) and again with DINO's
+  k=20, T=0.07; and leave-one-out retrieval within the held-out images: recall@1 and mAP@R
+  (Musgrave et al. 2020), an item counting as relevant when it has the query's class.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from service.imaging import InputSpec
+from training.copy_detection import (
+    EDIT_PROTOCOL,
+    CopyDetectionSet,
+    bank_images,
+    build_queries,
+    copy_detection_metrics,
+)
+from training.copy_detection import PROTOCOL as COPY_PROTOCOL
+from training.data import Split, load_data
+from training.encoder import EncoderConfig
+from training.features import random_init_model, torch_embedder
+
 KNN_SETTINGS = ((200, 0.1), (20, 0.07))
 CHUNK = 1024
+FEATURE_SETS = {"model": "model", "raw_pixels": "raw pixels", "random_init": "random init"}
+Embed = Callable[[np.ndarray], np.ndarray]
+NEIGHBOUR_GRID = "neighbours.png"
+EMBEDDING_MAP = "embedding_map.png"
 
 
 def knn_top1(
@@ -80,7 +101,8 @@ def all_metrics(
         f"knn_top1_k{k}_t{t:g}": knn_top1(train_h, train_y, test_h, test_y, k=k, temperature=t)
         for k, t in KNN_SETTINGS
     }
-    metrics.update(retrieval_metrics(test_h, test_y))
+    if int(torch.bincount(test_y).max()) > 1:  # leave-one-out needs a class of two or more
+        metrics.update(retrieval_metrics(test_h, test_y))
     return metrics
 
 
@@ -88,7 +110,7 @@ def pixel_features(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(images.reshape(len(images), -1).astype(np.float32) / 255.0)
 
 
-def onnx_embedder(model_dir: Path) -> Callable[[np.ndarray], np.ndarray]:
+def onnx_embedder(model_dir: Path) -> Embed:
     """Embed uint8 (N, H, W, C) images exactly as the service does: its own ONNX encoder."""
     from service.encoder import load_encoder
 
@@ -106,44 +128,134 @@ def onnx_embedder(model_dir: Path) -> Callable[[np.ndarray], np.ndarray]:
 
 
 PROTOCOL = {
-    "knn_top1_k200_t0.1": "weighted kNN top-1, cosine, k=200, T=0.1, fp32, test vs train images",
-    "knn_top1_k20_t0.07": "weighted kNN top-1, cosine, k=20, T=0.07, fp32, test vs train images",
-    "recall_at_1": "leave-one-out recall@1 within the test set, same class = relevant",
-    "map_at_r": "leave-one-out mAP@R within the test set, R = class size - 1",
+    **COPY_PROTOCOL,
+    "knn_top1_k200_t0.1": "weighted kNN top-1, cosine, k=200, T=0.1, held-out vs training images",
+    "knn_top1_k20_t0.07": "weighted kNN top-1, cosine, k=20, T=0.07, held-out vs training images",
+    "recall_at_1": "leave-one-out recall@1 within the held-out images, same class = relevant",
+    "map_at_r": "leave-one-out mAP@R within the held-out images, R = class size - 1",
 }
 
 
-def evaluate_artifact(model_dir: Path, *, limit: int | None = None) -> dict:
-    """Compute every metric for the artifact and the raw-pixel floor; write metrics.json."""
-    from training.data import load_fashion_mnist
+@dataclass
+class Evaluation:
+    result: dict  # what metrics.json holds
+    split: Split
+    queries: CopyDetectionSet
+    bank_h: np.ndarray  # (N_bank, D): the model's embeddings of split.train, then split.heldout
+    query_h: np.ndarray  # (Q, D): the model's embeddings of the edited queries
 
-    # A smoke run's --limit shrinks both sets, so it stays quick; the counts are recorded.
-    train, test = (
-        load_fashion_mnist("train").subset(limit),
-        load_fashion_mnist("test").subset(limit),
+
+def _unit(features: np.ndarray | torch.Tensor) -> torch.Tensor:
+    return F.normalize(torch.as_tensor(features).float(), dim=1)
+
+
+def feature_set_metrics(
+    bank_h: np.ndarray, query_h: np.ndarray, split: Split, cds: CopyDetectionSet
+) -> dict[str, float]:
+    metrics = copy_detection_metrics(_unit(bank_h), _unit(query_h), cds)
+    if split.train.labels is not None:
+        n = len(split.train)
+        train_y, heldout_y = (torch.from_numpy(d.labels) for d in (split.train, split.heldout))
+        metrics.update(all_metrics(_unit(bank_h[:n]), train_y, _unit(bank_h[n:]), heldout_y))
+    return metrics
+
+
+def evaluate_split(model_dir: Path, split: Split) -> Evaluation:
+    """Every metric for the artifact, raw pixels and a random-init twin, on one split."""
+    info = json.loads((Path(model_dir) / "model.json").read_text())
+    cds = build_queries(split)
+    random_init = random_init_model(
+        EncoderConfig.from_dict(info["architecture"]), split.train.images
     )
-    embed = onnx_embedder(model_dir)
-    train_y, test_y = torch.from_numpy(train.labels), torch.from_numpy(test.labels)
-    model = all_metrics(
-        torch.from_numpy(embed(train.images)), train_y, torch.from_numpy(embed(test.images)), test_y
-    )
-    pixels = all_metrics(pixel_features(train.images), train_y, pixel_features(test.images), test_y)
+    embedders: dict[str, Embed] = {
+        "model": onnx_embedder(model_dir),
+        "raw_pixels": lambda images: pixel_features(images).numpy(),
+        "random_init": torch_embedder(random_init),
+    }
+    bank = bank_images(split)
+    features = {name: (embed(bank), embed(cds.queries)) for name, embed in embedders.items()}
+    scores = {name: feature_set_metrics(*h, split, cds) for name, h in features.items()}
     result = {
-        "dataset": "fashion-mnist",
-        "train_images": len(train),
-        "test_images": len(test),
+        "data": split.train.source,
+        "heldout": split.rule,
+        "train_images": len(split.train),
+        "heldout_images": len(split.heldout),
+        "bank_images": len(bank),
+        "queries": len(cds.queries),
+        "edits": EDIT_PROTOCOL,
         "metrics": {
-            name: {"model": model[name], "raw_pixels": pixels[name], "protocol": PROTOCOL[name]}
-            for name in model
+            metric: {
+                **{name: scores[name][metric] for name in embedders},
+                "protocol": PROTOCOL[metric],
+            }
+            for metric in scores["model"]
         },
     }
-    (Path(model_dir) / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
-    return result
+    return Evaluation(result, split, cds, *features["model"])
+
+
+def evaluate_artifact(
+    model_dir: Path,
+    *,
+    data: str | None = None,
+    limit: int | None = None,
+    label_depth: int | None = None,
+) -> Evaluation:
+    """Evaluate on the data the artifact was trained on (its held-out part), or on any other
+    folder, split by the same rule."""
+    info = json.loads((Path(model_dir) / "model.json").read_text())
+    config = info["training"]["config"]
+    own = data is None
+    split = load_data(
+        config["data"] if own else data,
+        InputSpec.from_dict(info["input"]),
+        label_depth=config.get("label_depth", 1) if label_depth is None else label_depth,
+    )
+    return evaluate_split(
+        model_dir, split.limited(config.get("limit") if own and limit is None else limit)
+    )
 
 
 def format_table(result: dict) -> str:
-    lines = [f"{'metric':<22}{'model':>8}{'raw pixels':>12}{'gain':>8}"]
+    lines = [f"{'metric':<22}" + "".join(f"{title:>13}" for title in FEATURE_SETS.values())]
     for name, row in result["metrics"].items():
-        gain = row["model"] - row["raw_pixels"]
-        lines.append(f"{name:<22}{row['model']:>8.4f}{row['raw_pixels']:>12.4f}{gain:>+8.4f}")
+        lines.append(f"{name:<22}" + "".join(f"{row[key]:>13.4f}" for key in FEATURE_SETS))
     return "\n".join(lines)
+
+
+def headline(result: dict) -> str:
+    """The card's first line: copy-detection R@1 against the floors."""
+    r1 = result["metrics"]["copy_r1"]
+    return (
+        f"Copy detection R@1 {r1['model']:.1%} (raw pixels {r1['raw_pixels']:.1%}, random init "
+        f"{r1['random_init']:.1%}): {result['queries']} edited held-out images, each looked "
+        f"for among {result['bank_images']} originals"
+    )
+
+
+def write_evaluation(evaluation: Evaluation, out: Path) -> None:
+    """metrics.json, the neighbour grid and, for labelled data, the embedding map."""
+    from training.pictures import plot_embedding_map, plot_neighbour_grid
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(evaluation.result, indent=2) + "\n")
+    cds, split = evaluation.queries, evaluation.split
+    plot_neighbour_grid(
+        cds.queries,
+        evaluation.query_h,
+        bank_images(split),
+        evaluation.bank_h,
+        cds.groups,
+        cds.groups[cds.targets],
+        out / NEIGHBOUR_GRID,
+    )
+    heldout = split.heldout
+    if heldout.labels is not None:
+        plot_embedding_map(
+            evaluation.bank_h[len(split.train) :],
+            heldout.labels,
+            heldout.class_names,
+            out / EMBEDDING_MAP,
+            points=2000,
+        )

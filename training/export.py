@@ -17,8 +17,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from training.data import Split
 from training.encoder import ContrastiveModel, EmbeddingGraph
-from training.evaluate import evaluate_artifact, format_table, onnx_embedder
+from training.evaluate import (
+    NEIGHBOUR_GRID,
+    evaluate_split,
+    format_table,
+    headline,
+    write_evaluation,
+)
 
 ONNX_FILE = "encoder.onnx"
 PARITY_TOLERANCE = 1e-4
@@ -121,9 +128,10 @@ def model_json(out: Path, model: ContrastiveModel, meta: dict) -> dict:
     }
 
 
-def export_artifact(
-    out: Path, model: ContrastiveModel, meta: dict, *, limit: int | None, evaluate: bool
-) -> dict:
+def export_artifact(out: Path, model: ContrastiveModel, meta: dict, split: Split) -> dict:
+    """Export the ONNX graph, check it, then evaluate it on the split and write the card."""
+    from training.card import write_card
+
     out = Path(out)
     onnx_path = out / ONNX_FILE
     export_onnx(model, onnx_path)
@@ -131,19 +139,11 @@ def export_artifact(
     print(f"exported {onnx_path} (ONNX vs torch max |diff| {diff:.1e})")
     info = model_json(out, model, meta)
     (out / "model.json").write_text(json.dumps(info, indent=2) + "\n")
-    metrics = None
-    if evaluate:
-        metrics = evaluate_artifact(out, limit=limit)
-        print(format_table(metrics))
-    else:
-        (out / "metrics.json").write_text(
-            json.dumps(
-                {"note": "no labelled evaluation set: run `python -m training evaluate` on one"},
-                indent=2,
-            )
-            + "\n"
-        )
-    from training.card import write_card
-
-    write_card(out, info, meta["history"], metrics, onnx_embedder(out) if evaluate else None)
+    print(f"evaluating on {split.heldout.source}: {split.rule} held out", flush=True)
+    evaluation = evaluate_split(out, split)
+    write_evaluation(evaluation, out)
+    write_card(out, info, meta["history"], evaluation.result)
+    print(format_table(evaluation.result))
+    print(f"{headline(evaluation.result)}.")
+    print(f"neighbour grid: {out / NEIGHBOUR_GRID}; model card: {out / 'README.md'}")
     return info

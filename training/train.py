@@ -26,18 +26,28 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
 from service.imaging import InputSpec
 from training.augment import AugmentConfig, TwoViews
 from training.checkpoint import WEIGHTS_FILE, load_checkpoint, read_meta, save_checkpoint
-from training.data import Dataset, load_dataset
+from training.copy_detection import (
+    CopyDetectionSet,
+    bank_images,
+    build_queries,
+    copy_detection_metrics,
+)
+from training.data import Dataset, Split, load_data
 from training.encoder import ContrastiveModel, EncoderConfig
-from training.evaluate import knn_top1
+from training.evaluate import knn_top1, pixel_features
+from training.features import fit_whitening, to_pixels, unwhitened_features
 from training.losses import NTXentLoss, TripletLoss, triplet_collapsed
 
 log = logging.getLogger(__name__)
+
+MONITOR_QUERIES = 500  # held-out images the per-epoch copy-detection monitor queries with
 
 
 @dataclass
@@ -47,6 +57,7 @@ class TrainConfig:
     image_size: int | None = None  # None: 28 for fashion-mnist, 64 for a folder
     colour_mode: str | None = None  # "L" or "RGB"; None: L for fashion-mnist, RGB for a folder
     limit: int | None = None  # train on the first N images only (smoke runs)
+    label_depth: int = 1  # evaluation labels from this many folder levels (1: top-level; 0: off)
     # --- model ---
     widths: tuple[int, ...] = (32, 64, 128)  # channels per stage (each stage halves H, W)
     depths: tuple[int, ...] = (2, 2, 2)  # conv layers per stage
@@ -73,7 +84,7 @@ class TrainConfig:
     out: str = "models/run"
     resume: bool = False  # continue from OUT/weights.safetensors at the next epoch
     max_steps_per_epoch: int | None = None  # cut epochs short (smoke tests)
-    eval_every: int = 1  # kNN monitor after epoch 1, every N epochs and the last (labelled data)
+    eval_every: int = 1  # monitor after epoch 1, every N epochs and the last
     # Fit the epoch count to this many seconds of training (monitor included); `epochs` is then
     # a cap. Fitted from measured epoch times while the lr warms up, so the cosine is not bent.
     time_budget_s: float | None = None
@@ -91,6 +102,7 @@ class TrainConfig:
             "temperature": self.temperature > 0,
             "margin": self.margin > 0,
             "limit": self.limit is None or self.limit >= 2,
+            "label_depth": self.label_depth >= 0,
             "eval_every": self.eval_every >= 1,
             "time_budget_s": self.time_budget_s is None or self.time_budget_s > 0,
         }
@@ -153,47 +165,48 @@ def epochs_within_budget(
     return max(epoch, min(cfg.epochs, epoch + more))
 
 
-def to_pixels(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 (B, H, W, C) → float (B, C, H, W) in [0, 1] on the device."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(device, non_blocking=True)
-    return x.permute(0, 3, 1, 2).float().div_(255.0)
-
-
-@torch.no_grad()
-def unwhitened_features(
-    model: ContrastiveModel, images: np.ndarray, device: torch.device
-) -> torch.Tensor:
-    was_training = model.training
-    model.eval()
-    out = [
-        model.unwhitened(to_pixels(images[s : s + 1024], device)).float().cpu()
-        for s in range(0, len(images), 1024)
-    ]
-    model.train(was_training)
-    return torch.cat(out)  # (N, D_b)
-
-
-def fit_whitening(model: ContrastiveModel, data: Dataset, device: torch.device) -> torch.Tensor:
-    """Fit the PCA-whitening on the training images (no labels); return their raw features."""
-    h = unwhitened_features(model, data.images, device)
-    model.fit_whitening(h.to(device))
-    return h
-
-
-def knn_monitor(model: ContrastiveModel, bank: Dataset, test: Dataset, device) -> dict:
-    """kNN top-1 (k=200, T=0.1) of the served embedding, and of `h` before whitening, computed
-    on the training device."""
-    bank_h = fit_whitening(model, bank, device).to(device)
-    test_h = unwhitened_features(model, test.images, device).to(device)
-    bank_y, test_y = (torch.from_numpy(d.labels).to(device) for d in (bank, test))
+def monitor(
+    model: ContrastiveModel, split: Split, probe: CopyDetectionSet, device: torch.device
+) -> dict:
+    """The per-epoch check, on the training device: copy detection on the first
+    MONITOR_QUERIES held-out images and, for labelled data, kNN top-1 (k=200, T=0.1) of the
+    served (whitened) embedding and of `h` before whitening."""
+    train_h = fit_whitening(model, split.train.images, device).to(device)
+    heldout_h = unwhitened_features(model, split.heldout.images, device).to(device)
+    query_h = unwhitened_features(model, probe.queries, device).to(device)
     with torch.no_grad():
-        bank_w, test_w = model.whiten(bank_h), model.whiten(test_h)
-    return {
-        "knn_top1_k200_t0.1": knn_top1(bank_w, bank_y, test_w, test_y, k=200, temperature=0.1),
-        "knn_top1_k200_t0.1_unwhitened": knn_top1(
-            bank_h, bank_y, test_h, test_y, k=200, temperature=0.1
-        ),
-    }
+        train_w, heldout_w = model.whiten(train_h), model.whiten(heldout_h)
+        metrics = copy_detection_metrics(
+            torch.cat([train_w, heldout_w]), model.whiten(query_h), probe
+        )
+    if split.train.labels is not None:
+        train_y, heldout_y = (
+            torch.from_numpy(d.labels).to(device) for d in (split.train, split.heldout)
+        )
+        metrics["knn_top1_k200_t0.1"] = knn_top1(
+            train_w, train_y, heldout_w, heldout_y, k=200, temperature=0.1
+        )
+        metrics["knn_top1_k200_t0.1_unwhitened"] = knn_top1(
+            train_h, train_y, heldout_h, heldout_y, k=200, temperature=0.1
+        )
+    return metrics
+
+
+def pixel_floor(split: Split, probe: CopyDetectionSet) -> float:
+    """Copy-detection R@1 of raw pixels on the monitor's queries: the line to beat."""
+    unit = lambda images: F.normalize(pixel_features(images), dim=1)  # noqa: E731
+    return copy_detection_metrics(unit(bank_images(split)), unit(probe.queries), probe)["copy_r1"]
+
+
+def epoch_line(metrics: dict, epochs: int, floor: float) -> str:
+    """One line a person reads: loss, copy-detection R@1 against pixels, kNN when labelled."""
+    parts = [f"epoch {metrics['epoch']:>3}/{epochs}", f"loss {metrics['loss']:.4f}"]
+    if "copy_r1" in metrics:
+        parts.append(f"copy R@1 {metrics['copy_r1']:6.1%} (pixels {floor:.1%})")
+    if "knn_top1_k200_t0.1" in metrics:
+        parts.append(f"kNN top-1 {metrics['knn_top1_k200_t0.1']:.1%}")
+    parts.append(f"{metrics['images_per_s']:.0f} img/s, {metrics['time_s']:.0f} s")
+    return "  ".join(parts)
 
 
 class Distributed:
@@ -353,8 +366,8 @@ def train(cfg: TrainConfig) -> Path:
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed + env.rank)
     spec = build_input_spec(cfg)
-    data, eval_set = load_dataset(cfg.data, spec)
-    data = data.subset(cfg.limit)
+    split = load_data(cfg.data, spec, label_depth=cfg.label_depth).limited(cfg.limit)
+    data = split.train
     if cfg.batch_size > len(data):
         raise ValueError(
             f"--batch-size {cfg.batch_size} is larger than the data ({len(data)} images)"
@@ -415,13 +428,18 @@ def train(cfg: TrainConfig) -> Path:
         steps_per_epoch = min(steps_per_epoch, cfg.max_steps_per_epoch)
     total_steps = steps_per_epoch * cfg.epochs
 
+    probe = build_queries(split, max_queries=MONITOR_QUERIES)
+    floor = pixel_floor(split, probe)
     if env.main:
         out.mkdir(parents=True, exist_ok=True)
         n_params = sum(p.numel() for p in model.backbone.parameters())
         print(
             f"training on {device} ×{env.world}: {len(data)} images ({data.source}), "
             f"backbone {n_params} parameters, h dim {encoder_cfg.embedding_dim}, "
-            f"epochs {start_epoch}..{cfg.epochs}",
+            f"epochs {start_epoch}..{cfg.epochs}\n"
+            f"held out, never trained on: {split.rule}; each epoch, {len(probe.queries)} of "
+            f"them, edited, look for their originals among {len(probe.groups)} images "
+            f"(copy-detection R@1; raw pixels score {floor:.1%})",
             file=sys.stderr,
         )
     run_start = time.perf_counter()
@@ -444,8 +462,8 @@ def train(cfg: TrainConfig) -> Path:
         )
         monitor_start = time.perf_counter()
         monitor_now = epoch == 1 or epoch % cfg.eval_every == 0 or epoch == cfg.epochs
-        if env.main and eval_set is not None and monitor_now:
-            metrics.update(knn_monitor(model, data, eval_set, device))
+        if env.main and monitor_now:
+            metrics.update(monitor(model, split, probe, device))
             monitor_s = time.perf_counter() - monitor_start
         if cfg.time_budget_s and epoch <= max(1, int(cfg.warmup_epochs)):
             fitted = epochs_within_budget(
@@ -475,20 +493,11 @@ def train(cfg: TrainConfig) -> Path:
                 "runtime": describe_runtime(device),
             }
             save_checkpoint(weights, model, optimizer, meta)
-            line = json.dumps(metrics)
-            print(line, flush=True)
+            print(epoch_line(metrics, cfg.epochs, floor), flush=True)
             with open(out / "train_log.jsonl", "a") as f:
-                f.write(line + "\n")
+                f.write(json.dumps(metrics) + "\n")
     if env.main:
-        finish(
-            out,
-            model,
-            optimizer,
-            data,
-            device,
-            limit=cfg.limit,
-            evaluate=cfg.data == "fashion-mnist",
-        )
+        finish(out, model, optimizer, split, device)
     env.close()
     return out
 
@@ -497,19 +506,16 @@ def finish(
     out: Path,
     model: ContrastiveModel,
     optimizer: torch.optim.Optimizer,
-    data: Dataset,
+    split: Split,
     device: torch.device,
-    *,
-    limit: int | None,
-    evaluate: bool,
 ) -> None:
     """Fit the whitening on the final weights, checkpoint, export and evaluate the artifact."""
     from training.export import export_artifact
 
     weights = out / WEIGHTS_FILE
-    fit_whitening(model, data, device)
+    fit_whitening(model, split.train.images, device)
     save_checkpoint(weights, model, optimizer, read_meta(weights))
-    export_artifact(out, model.cpu().eval(), read_meta(weights), limit=limit, evaluate=evaluate)
+    export_artifact(out, model.cpu().eval(), read_meta(weights), split)
 
 
 def export_existing(out: Path) -> None:
@@ -527,16 +533,9 @@ def export_existing(out: Path) -> None:
         f"python -m training export --model {out}",
     ]
     save_checkpoint(weights, model, optimizer, meta)
-    data = load_dataset(cfg.data, InputSpec.from_dict(meta["input"]))[0].subset(cfg.limit)
-    finish(
-        out,
-        model,
-        optimizer,
-        data,
-        torch.device("cpu"),
-        limit=cfg.limit,
-        evaluate=cfg.data == "fashion-mnist",
-    )
+    spec = InputSpec.from_dict(meta["input"])
+    split = load_data(cfg.data, spec, label_depth=cfg.label_depth).limited(cfg.limit)
+    finish(out, model, optimizer, split, torch.device("cpu"))
 
 
 def describe_device(device: torch.device, world: int) -> str:

@@ -1,0 +1,162 @@
+"""Label-free quality: copy detection, the task of Meta's Image Similarity Challenge (DISC21)
+and of SSCD (Pizzi et al., 2022).
+
+Each held-out image gets one seeded strong edit; the edited copy queries a bank of every
+original (the training images and the held-out ones), and its original should come back
+first. Bank images with identical pixels all count as the original. Reported: recall@1,
+recall@10 (the original within the top 1 / 10) and mAP (average precision of the originals
+in each query's ranking, averaged over queries).
+
+The edits are made at the model's input size, with the same seed for every model and
+baseline, so two models evaluated on one folder answer the same queries.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import string
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
+
+from training.data import Split
+
+EDIT_SEED = 0
+CHUNK = 128
+EDIT_PROTOCOL = (
+    "one seeded strong edit per held-out image: a crop of 40-90 % of the area resized back, "
+    "a flip (p 0.5), brightness/contrast/saturation jitter (0.6-1.4), a rotation of up to 10 "
+    "degrees, a Gaussian blur (p 0.5), a border or a text overlay, then JPEG at quality 15-45"
+)
+PROTOCOL = {
+    "copy_r1": "copy detection: the edited held-out image's original ranks first in the bank",
+    "copy_r10": "copy detection: the original is within the top 10 of the bank",
+    "copy_map": "copy detection: mean average precision of the original(s) in the bank ranking",
+}
+
+
+@dataclass
+class CopyDetectionSet:
+    """The queries of one split. The bank is split.train's images, then split.heldout's."""
+
+    queries: np.ndarray  # (Q, H, W, C) uint8: held-out image i, edited
+    targets: np.ndarray  # (Q,) int64: each query's original in the bank
+    groups: np.ndarray  # (N_bank,) int64: bank images with identical pixels share a group
+    edits: tuple[str, ...]  # (Q,) what was done to each query
+
+
+def bank_images(split: Split) -> np.ndarray:
+    return np.concatenate([split.train.images, split.heldout.images])
+
+
+def build_queries(split: Split, *, max_queries: int | None = None) -> CopyDetectionSet:
+    """Edit the first `max_queries` held-out images (all by default), seeded per image."""
+    heldout = split.heldout.images[:max_queries]
+    edited = [
+        strong_edit(image, np.random.default_rng([EDIT_SEED, i])) for i, image in enumerate(heldout)
+    ]
+    bank = bank_images(split)
+    digests: dict[bytes, int] = {}
+    groups = np.array(
+        [
+            digests.setdefault(hashlib.sha1(image.tobytes()).digest(), len(digests))
+            for image in bank
+        ],
+        dtype=np.int64,
+    )
+    return CopyDetectionSet(
+        queries=np.stack([image for image, _ in edited]),
+        targets=len(split.train) + np.arange(len(heldout), dtype=np.int64),
+        groups=groups,
+        edits=tuple(edit for _, edit in edited),
+    )
+
+
+def strong_edit(pixels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, str]:
+    """One strong edit of a uint8 (H, W, C) image, as an image copied and reposted would get."""
+    height, width, channels = pixels.shape
+    mode = "L" if channels == 1 else "RGB"
+    image = Image.fromarray(pixels[:, :, 0] if channels == 1 else pixels, mode)
+    background = image.getpixel((0, 0))
+    done = []
+
+    area, ratio = rng.uniform(0.4, 0.9), math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+    crop_w = min(width, max(1, round(width * math.sqrt(area * ratio))))
+    crop_h = min(height, max(1, round(height * math.sqrt(area / ratio))))
+    left, top = rng.integers(0, width - crop_w + 1), rng.integers(0, height - crop_h + 1)
+    image = image.crop((left, top, left + crop_w, top + crop_h)).resize((width, height))
+    done.append(f"crop {crop_w * crop_h / (width * height):.0%}")
+    if rng.random() < 0.5:
+        image = ImageOps.mirror(image)
+        done.append("flip")
+    brightness, contrast, saturation = rng.uniform(0.6, 1.4, size=3)
+    image = ImageEnhance.Contrast(ImageEnhance.Brightness(image).enhance(brightness)).enhance(
+        contrast
+    )
+    if mode == "RGB":
+        image = ImageEnhance.Color(image).enhance(saturation)
+    done.append("jitter")
+    angle = rng.uniform(-10, 10)
+    image = image.rotate(angle, resample=Image.Resampling.BILINEAR, fillcolor=background)
+    done.append(f"rotate {angle:+.0f}°")
+    if rng.random() < 0.5:
+        image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2) * width / 64))
+        done.append("blur")
+    if rng.random() < 0.5:
+        image = _border(image, rng)
+        done.append("border")
+    else:
+        image = _text_overlay(image, rng)
+        done.append("text")
+    quality = int(rng.integers(15, 46))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    image = Image.open(buffer)
+    done.append(f"JPEG q{quality}")
+    out = np.asarray(image.convert(mode))
+    return (out[:, :, None] if channels == 1 else out), ", ".join(done)
+
+
+def _colour(rng: np.random.Generator, mode: str) -> int | tuple[int, ...]:
+    rgb = tuple(int(v) for v in rng.integers(0, 256, size=3))
+    return rgb if mode == "RGB" else rgb[0]
+
+
+def _border(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    size = image.size
+    pad = max(1, round(rng.uniform(0.05, 0.15) * size[0]))
+    return ImageOps.expand(image, border=pad, fill=_colour(rng, image.mode)).resize(size)
+
+
+def _text_overlay(image: Image.Image, rng: np.random.Generator) -> Image.Image:
+    width, height = image.size
+    font = ImageFont.load_default(size=max(8, height // 5))
+    text = "".join(rng.choice(list(string.ascii_letters + string.digits), int(rng.integers(3, 9))))
+    position = (int(rng.integers(0, max(1, width // 2))), int(rng.integers(0, max(1, height - 8))))
+    ImageDraw.Draw(image).text(position, text, fill=_colour(rng, image.mode), font=font)
+    return image
+
+
+def copy_detection_metrics(
+    bank_h: torch.Tensor, query_h: torch.Tensor, cds: CopyDetectionSet
+) -> dict[str, float]:
+    """R@1, R@10 and mAP of the queries against the bank. Features: unit (N, D) and (Q, D)
+    fp32 on one device."""
+    groups = torch.from_numpy(cds.groups).to(bank_h.device)
+    query_groups = groups[torch.from_numpy(cds.targets).to(bank_h.device)]
+    ranks = torch.arange(1, len(bank_h) + 1, device=bank_h.device)
+    r1 = r10 = ap = 0.0
+    for start in range(0, len(query_h), CHUNK):
+        scores = query_h[start : start + CHUNK] @ bank_h.T  # (b, N)
+        order = scores.argsort(dim=1, descending=True, stable=True)  # (b, N)
+        relevant = (groups[order] == query_groups[start : start + CHUNK, None]).float()  # (b, N)
+        precision = relevant.cumsum(1) / ranks
+        ap += ((precision * relevant).sum(1) / relevant.sum(1)).sum().item()
+        r1 += relevant[:, 0].sum().item()
+        r10 += (relevant[:, :10].sum(1) > 0).sum().item()
+    n = len(query_h)
+    return {"copy_r1": r1 / n, "copy_r10": r10 / n, "copy_map": ap / n}
