@@ -8,7 +8,7 @@ Input and output are float (B, C, H, W) pixels in [0, 1].
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +36,11 @@ class AugmentConfig:
         if channels == 3 and size >= 48:
             return cls(crop_scale=(0.2, 1.0), blur_p=0.5)
         return cls()
+
+    def with_jitter_strength(self, s: float) -> AugmentConfig:
+        """SimCLR's colour-distortion strength s: brightness, contrast and saturation 0.8·s,
+        hue 0.2·s (Chen et al. 2020, appendix A); the defaults here are s = 0.5."""
+        return replace(self, brightness=0.8 * s, contrast=0.8 * s, saturation=0.8 * s, hue=0.2 * s)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -76,6 +76,7 @@ class TrainConfig:
     warmup_epochs: float = 2.0
     # --- augmentation (None: AugmentConfig.for_images defaults) ---
     crop_min_scale: float | None = None  # smallest crop area; 0.35 for 28 px, 0.2 for colour
+    colour_jitter: float | None = None  # SimCLR's strength s (0.5 = 0.4/0.4/0.4/0.1); see augment
     erase_p: float | None = None
     blur_p: float | None = None
     # --- run ---
@@ -103,6 +104,7 @@ class TrainConfig:
             "margin": self.margin > 0,
             "limit": self.limit is None or self.limit >= 2,
             "label_depth": self.label_depth >= 0,
+            "colour_jitter": self.colour_jitter is None or 0 <= self.colour_jitter <= 1.25,
             "eval_every": self.eval_every >= 1,
             "time_budget_s": self.time_budget_s is None or self.time_budget_s > 0,
         }
@@ -254,6 +256,8 @@ def build_augment(cfg: TrainConfig, spec: InputSpec) -> AugmentConfig:
     aug = AugmentConfig.for_images(channels=spec.channels, size=spec.height)
     if cfg.crop_min_scale is not None:
         aug = dataclasses.replace(aug, crop_scale=(cfg.crop_min_scale, 1.0))
+    if cfg.colour_jitter is not None:
+        aug = aug.with_jitter_strength(cfg.colour_jitter)
     if cfg.erase_p is not None:
         aug = dataclasses.replace(aug, erase_p=cfg.erase_p)
     if cfg.blur_p is not None:
