@@ -54,7 +54,7 @@ $(BENCH_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(BENCH_VENV)
 	$(BENCH_VENV)/bin/pip install -q torch==2.14.1 torchvision==0.29.1 lightly==1.6.0
 	$(BENCH_VENV)/bin/pip install -q --no-deps -e .
-	$(BENCH_VENV)/bin/pip install -q numpy pillow safetensors tqdm
+	$(BENCH_VENV)/bin/pip install -q numpy pillow pillow-heif safetensors tqdm
 	touch $@
 
 bench-venv: apt $(BENCH_VENV)/.installed

@@ -19,9 +19,16 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import pillow_heif
 from PIL import Image, ImageFile, ImageOps
 
-ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF"})
+# Pillow reads AVIF itself; HEIC/HEIF comes through libheif as Pillow's "HEIF" format. Only the
+# primary image is decoded, so thumbnails, depth and auxiliary images are not even listed. Both
+# give their size from the header (the ispe box), and libheif refuses a picture that decodes to
+# another size, so the pixel limit below holds; libheif's own security limits stay on.
+pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
+
+ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF", "AVIF", "HEIF"})
 DEFAULT_MAX_PIXELS = 40_000_000  # about 6300×6300; far above any photo, far below a bomb
 
 ColourMode = Literal["L", "RGB"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
 from pathlib import Path
 
 import numpy as np
@@ -18,16 +17,11 @@ from service.imaging import (
     decode_image,
 )
 from service.inputs import NamedImage, decode_all
+from tests.hostile_corpus import corrupt_coded_data, encode, header_size
 from training.data import load_image_folder
 
 GRAY = InputSpec(channels=1, height=28, width=28, colour_mode="L")
 RGB = InputSpec(channels=3, height=32, width=32, colour_mode="RGB")
-
-
-def _encode(image: Image.Image, fmt: str, **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **options)
-    return buffer.getvalue()
 
 
 def _gradient(size: tuple[int, int] = (40, 30)) -> Image.Image:
@@ -35,15 +29,15 @@ def _gradient(size: tuple[int, int] = (40, 30)) -> Image.Image:
     return Image.fromarray(np.stack([x, x[::-1], np.full_like(x, 90)], axis=2), "RGB")
 
 
-@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF"])
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF", "AVIF", "HEIF"])
 def test_every_allowed_format_decodes_to_the_model_shape(fmt: str) -> None:
-    pixels = decode_image(_encode(_gradient(), fmt), RGB)
+    pixels = decode_image(encode(_gradient(), fmt), RGB)
     assert pixels.shape == (32, 32, 3) and pixels.dtype == np.uint8
 
 
 def test_disallowed_format_and_garbage_are_refused_clearly() -> None:
     with pytest.raises(UnsupportedFormatError, match="ICO"):
-        decode_image(_encode(_gradient((16, 16)), "ICO"), GRAY)
+        decode_image(encode(_gradient((16, 16)), "ICO"), GRAY)
     with pytest.raises(UndecodableImageError):
         decode_image(b"%PDF-1.4 not an image", GRAY)
     with pytest.raises(UndecodableImageError, match="empty"):
@@ -51,30 +45,52 @@ def test_disallowed_format_and_garbage_are_refused_clearly() -> None:
 
 
 def test_pixel_limit_is_checked_before_decoding() -> None:
-    data = _encode(Image.new("L", (300, 300)), "PNG")
+    data = encode(Image.new("L", (300, 300)), "PNG")
     with pytest.raises(ImageTooLargeError, match="90000 pixels"):
         decode_image(data, GRAY, max_pixels=50_000)
 
 
-def test_exif_orientation_is_applied() -> None:
+@pytest.mark.parametrize("fmt", ["AVIF", "HEIF"])
+@pytest.mark.parametrize(
+    ("side", "limit"), [(8000, "the limit is 40000000"), (15000, "decompression bomb")]
+)
+def test_heif_and_avif_pixel_limits_come_from_the_header(fmt: str, side: int, limit: str) -> None:
+    # The coded picture is damaged, so a decode would fail as undecodable: the refusal that
+    # comes instead is judged from the header alone (ours at 40M pixels, Pillow's bomb check).
+    data = corrupt_coded_data(header_size(encode(Image.new("RGB", (64, 64)), fmt), side, side))
+    with pytest.raises(ImageTooLargeError, match=limit):
+        decode_image(data, GRAY)
+
+
+@pytest.mark.parametrize("fmt", ["AVIF", "HEIF"])
+def test_truncated_or_corrupt_heif_and_avif_are_undecodable(fmt: str) -> None:
+    data = encode(_gradient((64, 64)), fmt)
+    for damaged in (data[: len(data) // 2], corrupt_coded_data(data)):
+        with pytest.raises(UndecodableImageError):
+            decode_image(damaged, GRAY)
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "AVIF", "HEIF"])
+def test_exif_orientation_is_applied(fmt: str) -> None:
     tall = Image.new("L", (20, 40), 0)
     tall.paste(255, (0, 0, 20, 10))  # white band at the top
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90° clockwise when displayed
-    data = _encode(tall, "JPEG", exif=exif, quality=95)
+    data = encode(tall, fmt, exif=exif.tobytes(), quality=95)
     wide = InputSpec(channels=1, height=20, width=40, colour_mode="L")
     pixels = decode_image(data, wide)[:, :, 0]
     assert pixels[:, -5:].mean() > 200 and pixels[:, :5].mean() < 50  # the band is now on the right
 
 
-def test_alpha_is_flattened_onto_white() -> None:
+@pytest.mark.parametrize("fmt", ["PNG", "AVIF", "HEIF"])
+def test_alpha_is_flattened_onto_white(fmt: str) -> None:
     clear = Image.new("RGBA", (28, 28), (0, 0, 0, 0))
-    assert decode_image(_encode(clear, "PNG"), GRAY).min() == 255
+    assert decode_image(encode(clear, fmt), GRAY).min() == 255
 
 
 def test_sixteen_bit_png_keeps_its_range() -> None:
     deep = Image.fromarray(np.full((28, 28), 65535, dtype=np.uint16))
-    assert decode_image(_encode(deep, "PNG"), GRAY).min() == 255
+    assert decode_image(encode(deep, "PNG"), GRAY).min() == 255
 
 
 def _write_folder(root: Path) -> None:
@@ -84,7 +100,9 @@ def _write_folder(root: Path) -> None:
     _gradient().save(root / "shirts" / "summer" / "b.jpg")
     _gradient().convert("L").save(root / "shoes" / "c.webp")
     _gradient().save(root / "shoes" / "d.bmp")
-    (root / "shoes" / "corrupt.png").write_bytes(_encode(_gradient(), "PNG")[:60])
+    _gradient().save(root / "shirts" / "e.heic")
+    _gradient().save(root / "shoes" / "f.avif")
+    (root / "shoes" / "corrupt.png").write_bytes(encode(_gradient(), "PNG")[:60])
     (root / "shoes" / "notes.txt").write_text("not an image")
 
 
@@ -93,11 +111,11 @@ def test_folder_loader_reads_mixed_nested_files_and_skips_bad_ones(
 ) -> None:
     _write_folder(tmp_path)
     data = load_image_folder(tmp_path, RGB)
-    assert data.images.shape == (4, 32, 32, 3)
+    assert data.images.shape == (6, 32, 32, 3)
     assert data.skipped == 2
     assert data.class_names == ("shirts", "shoes")
-    assert data.labels.tolist() == [0, 0, 1, 1]
-    assert sum("skipped 2 of 6 files" in r.message for r in caplog.records) == 1
+    assert data.labels.tolist() == [0, 0, 0, 1, 1, 1]
+    assert sum("skipped 2 of 8 files" in r.message for r in caplog.records) == 1
 
 
 def test_folder_without_subfolders_has_no_labels(tmp_path: Path) -> None:
@@ -113,11 +131,12 @@ def test_training_and_serving_decode_a_file_identically(tmp_path: Path) -> None:
     files = sorted(
         p
         for p in tmp_path.rglob("*")
-        if p.suffix in (".png", ".jpg", ".webp", ".bmp") and p.name != "corrupt.png"
+        if p.suffix in (".png", ".jpg", ".webp", ".bmp", ".heic", ".avif")
+        and p.name != "corrupt.png"
     )
     serving = asyncio.run(
         decode_all([NamedImage(p.name, p.read_bytes()) for p in files], RGB, max_pixels=10**6)
     )
-    assert len(serving) == len(training) == 4
+    assert len(serving) == len(training) == 6
     for served, trained in zip(serving, training, strict=True):
         np.testing.assert_array_equal(served, trained)

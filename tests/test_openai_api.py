@@ -6,6 +6,7 @@ The server runs the shipped model (256-d), so that `dimensions=64` is a real pre
 from __future__ import annotations
 
 import base64
+import io
 import socket
 import threading
 from collections.abc import Iterator
@@ -16,8 +17,10 @@ import numpy as np
 import openai
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from tests.conftest import png_bytes
+from tests.hostile_corpus import encode
 from tests.support import Server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,6 +89,18 @@ def test_sdk_dimensions_give_the_first_components_renormalised(
     with pytest.raises(openai.UnprocessableEntityError) as too_many:
         sdk.embeddings.create(model=MODEL, input=DATA_URIS[:1], dimensions=257)
     assert too_many.value.body["param"] == "dimensions"
+
+
+def test_sdk_takes_avif_and_heic_data_uris(sdk: openai.OpenAI, module_server: Server) -> None:
+    picture = Image.open(io.BytesIO(IMAGES[0])).convert("RGB")
+    blobs = {"image/avif": encode(picture, "AVIF"), "image/heic": encode(picture, "HEIF")}
+    uris = [f"data:{mime};base64,{base64.b64encode(b).decode()}" for mime, b in blobs.items()]
+    response = sdk.embeddings.create(model=MODEL, input=uris)
+    files = [("files", (f"photo-{i}", b)) for i, b in enumerate(blobs.values())]
+    embedded = httpx.post(module_server.url + "/embed", files=files, timeout=30).json()
+    np.testing.assert_allclose(
+        [d.embedding for d in response.data], embedded["embeddings"], atol=1e-4
+    )
 
 
 class Listener:

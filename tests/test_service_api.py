@@ -21,9 +21,13 @@ from PIL import Image
 
 from service.app import create_app
 from service.batcher import Overloaded
+from service.fashion_mnist import load_split
 from service.imaging import InputSpec, decode_image
 from service.routes.deps import get_runtime
 from tests.conftest import API_KEY, AUTH, make_settings, png_bytes, wait_ready
+from tests.hostile_corpus import encode
+
+SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "models" / "fashion-mnist"
 
 
 def _files(*blobs: bytes, field: str = "files") -> list:
@@ -95,6 +99,32 @@ def test_upload_search_replace_and_delete(client: TestClient) -> None:
     ]
     assert "item-4" not in ids and len(ids) == 5
     assert client.get("/readyz").json()["indexed"] == 5
+
+
+def test_avif_and_heic_embed_like_the_same_png_and_upload(tmp_path: Path) -> None:
+    # Fashion-MNIST pictures at 112×112 (phone photos are larger still) through the shipped
+    # model: lossy AVIF and HEIC copies land where the lossless PNG does.
+    pictures = [
+        Image.fromarray(pixels[:, :, 0]).resize((112, 112), Image.Resampling.BICUBIC).convert("RGB")
+        for pixels in load_split("test")[0][:8]
+    ]
+    blobs = {fmt: [encode(p, fmt) for p in pictures] for fmt in ("PNG", "AVIF", "HEIF")}
+    settings = make_settings(SHIPPED_MODEL, tmp_path / "data", api_key=API_KEY)
+    with TestClient(create_app(settings)) as client:
+        wait_ready(client)
+        vectors = {
+            fmt: np.array(client.post("/embed", files=_files(*b)).json()["embeddings"])
+            for fmt, b in blobs.items()
+        }
+        for fmt, mime in (("AVIF", "image/avif"), ("HEIF", "image/heif")):
+            cosines = (vectors[fmt] * vectors["PNG"]).sum(axis=1)
+            assert cosines.min() >= 0.98, (fmt, cosines)
+            upload = client.post(
+                "/images", files=_files(blobs[fmt][0]), data={"ids": fmt}, headers=AUTH
+            )
+            assert upload.status_code == 201, upload.text
+            content = client.get(f"/images/{fmt}/content")
+            assert content.content == blobs[fmt][0] and content.headers["content-type"] == mime
 
 
 def test_list_is_paginated_with_a_cursor(client: TestClient) -> None:

@@ -9,7 +9,12 @@ from pathlib import Path
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parent.parent
-FLOORS = {"python-multipart": "0.0.27", "pillow": "12.3", "starlette": "1.3.1"}
+FLOORS = {
+    "python-multipart": "0.0.27",
+    "pillow": "12.3",
+    "pillow-heif": "1.4",
+    "starlette": "1.3.1",
+}
 
 
 def test_pyproject_floors_exclude_the_known_cves() -> None:

@@ -33,6 +33,8 @@ CONTENT_TYPES = {
     "GIF": "image/gif",
     "BMP": "image/bmp",
     "TIFF": "image/tiff",
+    "AVIF": "image/avif",
+    "HEIF": "image/heif",  # HEIC too: image/heif names any HEIF file, whatever its codec
 }
 
 
