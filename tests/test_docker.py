@@ -3,6 +3,7 @@ fresh venv, the compose file's wiring, and hadolint."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -12,8 +13,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import yaml
 
@@ -61,13 +64,23 @@ def test_dockerignore_keeps_data_venvs_and_caches_out() -> None:
         assert entry in ignored
 
 
-def _interpolated(text: str, **env: str) -> str:
-    """Compose's ${NAME:-default} with the given environment (none: the defaults)."""
-    return re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: env.get(m.group(1)) or m.group(2), text)
+def _interpolated(value: object, env: dict[str, str]) -> Any:
+    """Compose's ${NAME:-default} in every string value (after parsing, as Compose does), with
+    the given environment: unset or empty takes the default. Any other ${...} form is refused,
+    so that this stand-in never passes a file it does not understand."""
+    if isinstance(value, dict):
+        return {key: _interpolated(item, env) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_interpolated(item, env) for item in value]
+    if not isinstance(value, str):
+        return value
+    done = re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: env.get(m.group(1)) or m.group(2), value)
+    assert "${" not in done, f"unsupported interpolation in {value!r}"
+    return done
 
 
 def _compose(name: str, **env: str) -> dict:
-    return yaml.safe_load(_interpolated((ROOT / name).read_text(), **env))
+    return _interpolated(yaml.safe_load((ROOT / name).read_text()), env)
 
 
 def test_compose_wires_port_volume_healthcheck_env_and_a_gpu_training_profile() -> None:
@@ -85,14 +98,104 @@ def test_compose_wires_port_volume_healthcheck_env_and_a_gpu_training_profile() 
     assert set(service["environment"]) <= SETTING_NAMES
     example = (ROOT / ".env.example").read_text()
     assert set(re.findall(r"^#?\s*(LOOKALIKE_[A-Z_]+)=", example, re.M)) <= SETTING_NAMES
-    training = compose["services"]["training"]
-    assert training["profiles"] == ["training"]
+    training, cpu = compose["services"]["training"], compose["services"]["training-cpu"]
     devices = training["deploy"]["resources"]["reservations"]["devices"]
-    assert devices[0]["capabilities"] == ["gpu"]
-    assert "./models:/app/models" in training["volumes"]
+    assert devices[0]["driver"] == "nvidia" and devices[0]["capabilities"] == ["gpu"]
+    assert "deploy" not in cpu  # a machine without the NVIDIA runtime can still train
+    assert {k: v for k, v in training.items() if k != "deploy"} == cpu  # otherwise the same
+    assert training["profiles"] == ["training"]
+    assert training["image"] == "lookalike-training:latest"  # one image for both
     train_cmd = (ROOT / training["build"]["dockerfile"]).read_text()
     assert '"training"' in train_cmd and '"train"' in train_cmd
     assert '["run-as-owner", "/app/models"' in train_cmd and "\nUSER " not in train_cmd
+    cmd = json.loads(_instruction("Dockerfile.train", "CMD"))
+    assert cmd[cmd.index("--data") + 1] == "fashion-mnist"  # the plain `run training`
+
+
+def _instruction(dockerfile: str, name: str) -> str:
+    """The argument of the final stage's last `name` instruction."""
+    final = _stages((ROOT / dockerfile).read_text())[-1]
+    return [line for line in final if line.split()[0] == name][-1][len(name) :].strip()
+
+
+def _host_path(path: str) -> str:
+    """A bind source as Compose resolves it: ~ expanded, relative to the compose file's folder."""
+    return os.path.normpath(ROOT / os.path.expanduser(path))
+
+
+def _mounts(service: dict) -> dict[str, dict]:
+    """A service's mounts by target, short syntax spelled out, bind sources resolved."""
+    mounts = {}
+    for volume in service["volumes"]:
+        if isinstance(volume, str):
+            source, target, *mode = volume.split(":")
+            volume = {
+                "type": "bind",
+                "source": source,
+                "target": target,
+                "read_only": mode == ["ro"],
+            }
+        bind = volume["type"] == "bind"
+        mounts[volume["target"]] = {
+            "type": volume["type"],
+            "source": _host_path(volume["source"]) if bind else volume["source"],
+            "read_only": bool(volume.get("read_only", False)),
+        }
+    return mounts
+
+
+def _compose_binary() -> list[str] | None:
+    """Docker Compose v2 or later, as a docker plugin or standalone; None if there is none."""
+    for command in (["docker", "compose"], ["docker-compose"]):
+        if shutil.which(command[0]) is None:
+            continue
+        done = subprocess.run([*command, "version", "--short"], capture_output=True, text=True)
+        major = done.stdout.strip().lstrip("v").split(".")[0]
+        if done.returncode == 0 and major.isdigit() and int(major) >= 2:
+            return command
+    return None
+
+
+@pytest.mark.parametrize("images", [None, "/srv/my photos", "../elsewhere/pics"])
+def test_training_mounts_your_folder_read_only_at_images_and_writes_to_models(
+    images: str | None,
+) -> None:
+    env = {} if images is None else {"LOOKALIKE_TRAIN_IMAGES": images}
+    compose = _compose("docker-compose.yml", **env)
+    expected = {
+        "/images": {"type": "bind", "source": _host_path(images or "photos"), "read_only": True},
+        "/app/models": {"type": "bind", "source": _host_path("models"), "read_only": False},
+    }
+    for name in ("training", "training-cpu"):
+        service = compose["services"][name]
+        assert _mounts(service) == expected
+        images_volume = next(v for v in service["volumes"] if isinstance(v, dict))
+        # Refused when missing, rather than created empty (and root-owned) on the host.
+        assert images_volume["bind"] == {"create_host_path": False}
+    # The default folder ships (empty), so the plain Fashion-MNIST run has its mount; what you
+    # put there stays out of git and out of every image's build context.
+    assert (ROOT / "photos").is_dir() and (ROOT / "models").is_dir()
+    assert "photos" in (ROOT / ".dockerignore").read_text().split()
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", "photos/cat.jpg"], cwd=ROOT, capture_output=True
+    )
+    assert ignored.returncode == 0
+    compose_cli = _compose_binary()
+    if compose_cli is None:
+        return  # Compose's own rendering, where it is installed, must agree with the above
+    config = ["--env-file", os.devnull, "--profile", "training", "config", "--format", "json"]
+    rendered = subprocess.run(
+        [*compose_cli, *config],
+        cwd=ROOT,
+        env={k: v for k, v in os.environ.items() if k != "LOOKALIKE_TRAIN_IMAGES"} | env,
+        capture_output=True,
+        text=True,
+    )
+    assert rendered.returncode == 0, rendered.stderr
+    services = json.loads(rendered.stdout)["services"]
+    for name in ("training", "training-cpu"):
+        assert _mounts(services[name]) == expected
+    assert "deploy" in services["training"] and "deploy" not in services["training-cpu"]
 
 
 def test_the_training_entrypoint_writes_as_the_owner_of_the_mounted_models_folder() -> None:
@@ -120,6 +223,87 @@ def test_the_training_entrypoint_writes_as_the_owner_of_the_mounted_models_folde
     written = models / "out" / "model.json"
     assert (written.stat().st_uid, written.stat().st_gid) == (12345, 12346)
     shutil.rmtree(top)
+
+
+def _colour_pngs(folder: Path, count: int) -> None:
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        size = (40 + i % 3 * 8, 48)
+        pixels = rng.integers(0, 256, (*size, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"photo-{i}.png")
+
+
+def test_training_in_docker_on_your_folder_writes_the_artifact_as_the_owner_of_models() -> None:
+    """`docker compose run training train --data /images --out models/mine`, run here: the
+    image's ENTRYPOINT (run-as-owner on /app/models, then python -m training) from its WORKDIR,
+    with the two mounts mapped to folders made here, as root dropping to the models' owner."""
+    if os.geteuid() != 0:
+        pytest.skip("dropping to another user needs root, as in the container")
+    uid, gid = 12345, 12346  # the host user who ran `docker compose`: no name in the container
+    entrypoint = json.loads(_instruction("Dockerfile.train", "ENTRYPOINT"))
+    workdir = _instruction("Dockerfile.train", "WORKDIR")
+    assert entrypoint[:3] == ["run-as-owner", f"{workdir}/models", "python"]
+    final = _stages((ROOT / "Dockerfile.train").read_text())[-1]
+    assert "COPY docker/run-as-owner.sh /usr/local/bin/run-as-owner" in final
+    top = Path(tempfile.mkdtemp(prefix="container-"))  # /tmp: traversable by another user
+    try:
+        top.chmod(0o755)
+        app, photos, empty = top / "app", top / "photos", top / "empty"
+        models = app / "models"
+        models.mkdir(parents=True)
+        os.chown(models, uid, gid)
+        _colour_pngs(photos, 16)
+        empty.mkdir()
+        (empty / ".gitkeep").touch()  # all that the shipped ./photos holds
+
+        def container(*args: str, images: Path = photos) -> subprocess.CompletedProcess:
+            here = {
+                "run-as-owner": str(ROOT / "docker" / "run-as-owner.sh"),
+                "python": sys.executable,
+                f"{workdir}/models": str(models),  # ./models:/app/models
+                "/images": str(images),  # LOOKALIKE_TRAIN_IMAGES:/images:ro
+            }
+            words = [here.get(word, word) for word in [*entrypoint, *args]]
+            return subprocess.run(
+                ["sh", *words],
+                cwd=app,  # the WORKDIR
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+                capture_output=True,
+                text=True,
+            )
+
+        probe = [sys.executable, "-c", "import service, training"]
+        reachable = subprocess.run(
+            ["sh", str(ROOT / "docker" / "run-as-owner.sh"), str(models), *probe],
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+        )
+        if reachable.returncode != 0:
+            pytest.skip(f"user {uid} cannot run this checkout's Python: {reachable.stderr[-300:]}")
+        small = ["--epochs", "1", "--image-size", "32", "--batch-size", "8"]
+        small += ["--set", "widths=[8,16,64]", "--set", "depths=[1,1,1]"]
+        done = container("train", "--data", "/images", "--out", "models/mine", *small)
+        assert done.returncode == 0, done.stderr[-3000:]
+        artifact = models / "mine"  # models/mine from the WORKDIR: in ./models on the host
+        for name in ("encoder.onnx", "model.json", "weights.safetensors", "README.md"):
+            assert (artifact / name).is_file(), name
+        for path in [artifact, *artifact.rglob("*")]:
+            assert (path.stat().st_uid, path.stat().st_gid) == (uid, gid), path
+        from service.encoder import load_encoder  # what LOOKALIKE_MODEL_DIR=models/mine serves
+
+        spec = load_encoder(artifact).info.spec
+        assert (spec.channels, spec.height, spec.colour_mode) == (3, 32, "RGB")
+        # With the shipped, empty ./photos: one line that says so, exit 2, nothing written.
+        done = container("train", "--data", "/images", "--out", "models/none", images=empty)
+        assert done.returncode == 2 and "Traceback" not in done.stderr
+        assert done.stderr.strip().splitlines()[-1] == f"error: no readable images under {empty}"
+        assert not (models / "none").exists()
+    finally:
+        shutil.rmtree(top)
 
 
 def test_the_scale_compose_runs_replicas_over_postgres_behind_nginx() -> None:
