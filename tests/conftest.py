@@ -20,7 +20,7 @@ from tests.postgres import Postgres
 from tests.support import API_KEY, Server
 from training.augment import AugmentConfig
 from training.encoder import ContrastiveModel, EncoderConfig
-from training.export import export_artifact
+from training.export import write_model_files
 from training.train import TrainConfig
 
 
@@ -48,7 +48,7 @@ def export_random_artifact(out: Path, *, seed: int = 0) -> Path:
         "wall_time_s": 0.0,
         "device": "cpu",
     }
-    export_artifact(out, model, meta, limit=None, evaluate=False)
+    write_model_files(out, model, meta)
     return out
 
 

@@ -23,6 +23,8 @@ ARTIFACT_FILES = (
     "loss.png",
     "knn.png",
     "embedding_map.png",
+    "neighbours.png",
+    "copy_r1.png",
 )
 
 
@@ -78,6 +80,7 @@ def test_smoke_run_of_two_steps_writes_a_complete_artifact(smoke_artifact: Path)
     assert info["training"]["runtime"]["accelerator"] == "CPU"
     card = (smoke_artifact / "README.md").read_text()
     assert "python -m training train" in card and "knn_top1_k200_t0.1" in card
+    assert "Copy detection R@1" in card and 0 <= metrics["copy_r1"]["random_init"] <= 1
     assert "Trained on the CPU: 1× CPU" in card and "wall time" in card
 
 

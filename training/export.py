@@ -128,10 +128,8 @@ def model_json(out: Path, model: ContrastiveModel, meta: dict) -> dict:
     }
 
 
-def export_artifact(out: Path, model: ContrastiveModel, meta: dict, split: Split) -> dict:
-    """Export the ONNX graph, check it, then evaluate it on the split and write the card."""
-    from training.card import write_card
-
+def write_model_files(out: Path, model: ContrastiveModel, meta: dict) -> dict:
+    """What the service loads: the ONNX graph (checked against torch) and model.json."""
     out = Path(out)
     onnx_path = out / ONNX_FILE
     export_onnx(model, onnx_path)
@@ -139,7 +137,16 @@ def export_artifact(out: Path, model: ContrastiveModel, meta: dict, split: Split
     print(f"exported {onnx_path} (ONNX vs torch max |diff| {diff:.1e})")
     info = model_json(out, model, meta)
     (out / "model.json").write_text(json.dumps(info, indent=2) + "\n")
-    print(f"evaluating on {split.heldout.source}: {split.rule} held out", flush=True)
+    return info
+
+
+def export_artifact(out: Path, model: ContrastiveModel, meta: dict, split: Split) -> dict:
+    """The model files, then the evaluation on the split, its pictures and the card."""
+    from training.card import write_card
+
+    out = Path(out)
+    info = write_model_files(out, model, meta)
+    print(f"evaluating on {split.train.source}; held out: {split.rule}", flush=True)
     evaluation = evaluate_split(out, split)
     write_evaluation(evaluation, out)
     write_card(out, info, meta["history"], evaluation.result)
