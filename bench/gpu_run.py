@@ -357,7 +357,7 @@ def train(run: Run) -> dict:
         "shipped_" + MONITOR: shipped,
         "beats_shipped": new > shipped,
         "protocol": metrics["metrics"][MONITOR]["protocol"],
-        "images": {"train": metrics["train_images"], "test": metrics["test_images"]},
+        "images": {"train": metrics["train_images"], "test": metrics["heldout_images"]},
         "files": copied,
     }
     run.report["verdict"] = verdict(plan, new, shipped)

@@ -37,16 +37,18 @@ from report import add_results_argument, table, write
 
 from service.imaging import InputSpec
 from training.augment import TwoViews
-from training.data import Dataset, load_fashion_mnist
+from training.copy_detection import build_queries
+from training.data import Dataset, Split, load_fashion_mnist
 from training.encoder import ContrastiveModel, EncoderConfig
 from training.losses import NTXentLoss
 from training.train import (
+    MONITOR_QUERIES,
     Distributed,
     TrainConfig,
     build_augment,
     channel_stats,
-    knn_monitor,
     lr_at,
+    monitor,
     resolve_device,
     train_one_epoch,
 )
@@ -207,11 +209,13 @@ def time_to_accuracy(
 ) -> dict:
     """Train epoch by epoch until the kNN monitor passes every threshold or the budget is spent."""
     run = new_run(cfg, data, device)
+    split = Split(data, test, "the test images")
+    probe = build_queries(split, max_queries=MONITOR_QUERIES)
     trained, curve, seconds_to = 0.0, [], {t: None for t in thresholds}
     for epoch in range(1, cfg.epochs + 1):
         _, seconds = pipeline(run, data, None, 0)
         trained += seconds
-        accuracy = knn_monitor(run.model, data, test, device)[MONITOR]
+        accuracy = monitor(run.model, split, probe, device)[MONITOR]
         curve.append({"epoch": epoch, "train_s": round(trained, 1), MONITOR: accuracy})
         print(json.dumps(curve[-1]), file=sys.stderr, flush=True)
         for t in thresholds:
