@@ -145,18 +145,25 @@ def copy_detection_metrics(
     bank_h: torch.Tensor, query_h: torch.Tensor, cds: CopyDetectionSet
 ) -> dict[str, float]:
     """R@1, R@10 and mAP of the queries against the bank. Features: unit (N, D) and (Q, D)
-    fp32 on one device."""
+    fp32 on one device. A bank image that ties an original's score ranks after it."""
     groups = torch.from_numpy(cds.groups).to(bank_h.device)
     query_groups = groups[torch.from_numpy(cds.targets).to(bank_h.device)]
-    ranks = torch.arange(1, len(bank_h) + 1, device=bank_h.device)
     r1 = r10 = ap = 0.0
     for start in range(0, len(query_h), CHUNK):
         scores = query_h[start : start + CHUNK] @ bank_h.T  # (b, N)
-        order = scores.argsort(dim=1, descending=True, stable=True)  # (b, N)
-        relevant = (groups[order] == query_groups[start : start + CHUNK, None]).float()  # (b, N)
-        precision = relevant.cumsum(1) / ranks
-        ap += ((precision * relevant).sum(1) / relevant.sum(1)).sum().item()
-        r1 += relevant[:, 0].sum().item()
-        r10 += (relevant[:, :10].sum(1) > 0).sum().item()
+        relevant = groups[None, :] == query_groups[start : start + CHUNK, None]  # (b, N)
+        count = relevant.sum(1)  # (b,) originals per query: 1 unless the bank has copies
+        originals = scores.masked_fill(~relevant, -math.inf).topk(int(count.max()), dim=1).values
+        precision_sum = torch.zeros(len(scores), device=scores.device)
+        for k in range(originals.shape[1]):  # the (k+1)-th best-scored original of each query
+            score = originals[:, k, None]  # (b, 1)
+            above = (scores > score).sum(1)  # every bank image scored higher
+            tied_before = k - (originals > score).sum(1)  # originals tied and listed earlier
+            rank = above + tied_before + 1  # (b,)
+            precision_sum += torch.where(k < count, (k + 1) / rank, 0.0)
+            if k == 0:
+                r1 += (rank == 1).sum().item()
+                r10 += (rank <= 10).sum().item()
+        ap += (precision_sum / count).sum().item()
     n = len(query_h)
     return {"copy_r1": r1 / n, "copy_r10": r10 / n, "copy_map": ap / n}
