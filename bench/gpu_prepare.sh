@@ -4,7 +4,8 @@
 #   bash bench/gpu_prepare.sh     # or: make gpu-prepare
 #
 # Writes two git-ignored folders at the repository root (a fresh clone needs neither):
-#   .whl/            lightly's wheel for the device's Python 3.12, and SOURCE_COMMIT (the
+#   .whl/            lightly's and pillow-heif's wheels for the device's Python 3.12 (the
+#                    service's decoder imports pillow_heif), and SOURCE_COMMIT (the
 #                    device's copy of the tree has no .git; the model card quotes the commit)
 #   .fashion-mnist/  Fashion-MNIST's four .gz files (about 30 MB), from
 #                    $LOOKALIKE_FASHION_MNIST_DIR or the Debian package dataset-fashion-mnist
@@ -19,12 +20,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 LIGHTLY=lightly==1.6.0  # the version `make bench-venv` pins
+PILLOW_HEIF=pillow-heif==1.8.1  # service/imaging.py reads HEIC with it (pyproject: >=1.4)
 
 rm -rf .whl && mkdir .whl
-# pip matches each manylinux tag exactly; lightly is pure Python, so any of them will do.
+# pip matches each manylinux tag exactly; lightly is pure Python, pillow-heif has a wheel per tag.
 "$PYTHON" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
     --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-    --platform manylinux2014_x86_64 -d .whl "$LIGHTLY"
+    --platform manylinux2014_x86_64 -d .whl "$LIGHTLY" "$PILLOW_HEIF"
 if git rev-parse HEAD >/dev/null 2>&1; then
     dirty=$(git status --porcelain --untracked-files=no | grep -q . && echo -dirty || true)
     echo "$(git rev-parse HEAD)$dirty" > .whl/SOURCE_COMMIT

@@ -28,7 +28,7 @@ from pathlib import Path
 from report import machine, table
 
 ROOT = Path(__file__).resolve().parent.parent
-WHEELS = ROOT / ".whl"  # lightly's wheel (bench/gpu_prepare.sh), carried to the GPU machine
+WHEELS = ROOT / ".whl"  # lightly's and pillow-heif's wheels (bench/gpu_prepare.sh), carried
 DATASET = ROOT / ".fashion-mnist"  # Fashion-MNIST's four .gz files, carried likewise
 SOURCE_COMMIT = WHEELS / "SOURCE_COMMIT"  # the commit gpu_prepare.sh saw (the copy has no .git)
 BENCH_VENV_PYTHON = ROOT / ".venv-bench" / "bin" / "python"
@@ -230,15 +230,32 @@ def environment(run: Run) -> dict:
     return info
 
 
+def fits_this_python(wheel: Path) -> bool:
+    try:
+        from packaging.tags import sys_tags
+        from packaging.utils import parse_wheel_filename
+    except ImportError:  # the device's python may lack it; pip always carries a copy
+        from pip._vendor.packaging.tags import sys_tags
+        from pip._vendor.packaging.utils import parse_wheel_filename
+
+    return not parse_wheel_filename(wheel.name)[3].isdisjoint(sys_tags())
+
+
 def install_wheels(run: Run) -> dict:
-    wheels = sorted(WHEELS.glob("*.whl"))
+    """Install the carried wheels that fit this Python: all of them on the device (3.12); on a
+    dry run elsewhere, the pure-Python ones (the venv has the rest)."""
+    wheels = [w for w in sorted(WHEELS.glob("*.whl")) if fits_this_python(w)]
     if not wheels:
-        raise Skip(f"no wheels in {WHEELS.name}/ (bench/gpu_prepare.sh downloads them)")
+        raise Skip(f"no wheels for this python in {WHEELS.name}/ (bench/gpu_prepare.sh)")
     target = run.work / "site"
     pip = [sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps"]
     pip += ["--no-compile", "--no-cache-dir", "--upgrade", "--target", str(target)]
     run.command([*pip, *map(str, wheels)], timeout_s=120)
     run.site = target
+    # Every later step imports the service's decoder, which needs pillow_heif from here.
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(ROOT), str(target), os.environ.get("PYTHONPATH")])
+    )
     return {"wheels": [w.name for w in wheels], "target": str(target)}
 
 

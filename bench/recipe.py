@@ -32,6 +32,12 @@ PROBES = {
     "32 px, crop 0.2, jitter 1.0": [
         "--image-size", "32", "--set", "crop_min_scale=0.2", "--set", "colour_jitter=1.0",
     ],
+    "32 px, crop 0.5, jitter 0.5": ["--image-size", "32", "--set", "crop_min_scale=0.5"],
+    "32 px, crop 0.35, jitter 0.5, widths 48-96-192": [
+        "--image-size", "32", "--set", "crop_min_scale=0.35", "--set", "widths=[48,96,192]",
+    ],
+    "48 px, crop 0.35, jitter 0.5": ["--image-size", "48", "--set", "crop_min_scale=0.35"],
+    "64 px, crop 0.35, jitter 0.5": ["--image-size", "64", "--set", "crop_min_scale=0.35"],
 }  # fmt: skip
 COLUMNS = [
     ("probe", "probe"),
