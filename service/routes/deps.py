@@ -63,7 +63,9 @@ CollectionDep = Annotated[str, Depends(get_collection)]
 
 
 async def document_collection(
-    collection: Annotated[str, PathParam(description=f"a collection's name: {COLLECTION_RULE}")],
+    collection: Annotated[
+        str, PathParam(description=f"a collection's name: {COLLECTION_RULE}", examples=["shoes"])
+    ],
 ) -> None:
     """Puts `{collection}` into the OpenAPI of the routes under /collections/{collection}/."""
 
