@@ -23,7 +23,7 @@ from report import add_results_argument, table, write
 
 from service.encoder import load_encoder
 from service.fashion_mnist import load_split
-from service.index import VectorIndex
+from service.index import VectorIndex, snapshot_bytes
 from service.store.base import RowBatch
 
 K = 10
@@ -98,7 +98,7 @@ def main() -> None:
             found, ms = measure(index, queries)
             if kind == "flat":
                 truth = found
-            memory_mb = len(index.snapshot_bytes(model_version="bench")) / 2**20
+            memory_mb = len(snapshot_bytes({"bench": index}, seq=0, model_version="bench")) / 2**20
             rows.append(
                 {
                     "vectors": size,

@@ -26,6 +26,7 @@ from service.config import Settings
 from service.demo import seed_demo_gallery
 from service.encoder import load_encoder
 from service.errors import ApiError, PayloadTooLarge, api_error_for
+from service.filters import FilterError
 from service.gallery import Gallery
 from service.metrics import Metrics
 from service.routes import WEB_DIR, openai, router
@@ -191,6 +192,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(Overloaded)
     @app.exception_handler(StoreError)
+    @app.exception_handler(FilterError)
     async def mapped(request: Request, exc: Exception) -> JSONResponse:
         error = api_error_for(exc)
         if error is None:
@@ -228,7 +230,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST", "DELETE"],
+            allow_methods=["GET", "POST", "PUT", "DELETE"],
             allow_headers=["Authorization", "Content-Type"],
         )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)

@@ -53,6 +53,10 @@ class Settings(BaseSettings):
     hnsw_ef_search: int = Field(96, ge=8)
     snapshot_every_writes: int = Field(1000, ge=1)  # index snapshot after this many changes
     tombstone_rebuild_ratio: float = Field(0.1, gt=0, le=1)
+    # Filtered /nearest (service/index.py): score the matches directly when at most this many
+    # match; on an HNSW index, oversample an unfiltered search when at least this share does.
+    filter_brute_force_max_matches: int = Field(20_000, ge=0)
+    filter_oversample_min_share: float = Field(0.25, gt=0, le=1)
     # The index follows the store's change log before every read and at least this often.
     follow_interval_s: float = Field(1.0, gt=0)
     # The log is kept for every consumer (snapshot, process) seen within this time; one gone

@@ -9,7 +9,7 @@ from service.encoder import Encoder
 from service.fashion_mnist import FASHION_MNIST_CLASSES, load_split
 from service.gallery import Gallery
 from service.imaging import decode_image, encode_png
-from service.store import NewImage
+from service.store import DEFAULT_COLLECTION, NewImage
 
 log = logging.getLogger(__name__)
 BATCH = 256
@@ -19,7 +19,7 @@ def seed_demo_gallery(gallery: Gallery, encoder: Encoder, size: int) -> int:
     """Upload the first `size` test images when the gallery is empty; return how many.
     One process does it; the others wait, then find the gallery filled."""
     with gallery.chore("seed"):
-        if gallery.count():
+        if gallery.count(DEFAULT_COLLECTION):
             return 0
         try:
             images, labels = load_split("test")

@@ -5,7 +5,8 @@ ApiError
 ├── PayloadTooLarge        413 payload_too_large     body, image or pixel count over a limit
 ├── UnsupportedMediaType   415 unsupported_format    image format or Content-Type not allowed
 ├── InvalidInput           422 invalid_input         undecodable image, bad JSON, bad parameter
-├── NotFound               404 not_found             unknown id
+├── NotFound               404 not_found             unknown id or collection
+├── Conflict               409 conflict              a change the gallery refuses (delete `default`)
 ├── Unauthorized           401 unauthorized          missing or wrong API key
 ├── Unavailable            503 not_ready             still starting (with Retry-After)
 └── InsufficientStorage    507 insufficient_storage  the data dir or database is full
@@ -15,13 +16,16 @@ Other layers' exceptions map to statuses in one table, `api_error_for`:
   store.StoreUnavailable     503 store_unavailable     the database is away (Retry-After)
   store.StorageFullError     507 insufficient_storage  the data dir or database is full
   store.ModelMismatch        503 model_mismatch        the store's vectors are another model's
+  store.UnknownCollection    404 not_found             no collection of that name
+  filters.FilterError        422 invalid_filter        a malformed metadata filter
 """
 
 from __future__ import annotations
 
 from service.batcher import Overloaded
+from service.filters import FilterError
 from service.imaging import ALLOWED_FORMATS, ImageError, ImageTooLargeError, UnsupportedFormatError
-from service.store import ModelMismatch, StorageFullError, StoreUnavailable
+from service.store import ModelMismatch, StorageFullError, StoreUnavailable, UnknownCollection
 
 STORE_RETRY_AFTER_S = 5
 SEND_IMAGE = f"send an image file ({', '.join(sorted(ALLOWED_FORMATS))})"
@@ -65,6 +69,10 @@ class NotFound(ApiError):
     status, code = 404, "not_found"
 
 
+class Conflict(ApiError):
+    status, code = 409, "conflict"
+
+
 class Unauthorized(ApiError):
     status, code = 401, "unauthorized"
 
@@ -93,6 +101,10 @@ def api_error_for(exc: Exception) -> ApiError | None:
         return InsufficientStorage(f"{exc}")
     if isinstance(exc, ModelMismatch):
         return Unavailable(str(exc), code="model_mismatch")
+    if isinstance(exc, UnknownCollection):
+        return NotFound(str(exc))
+    if isinstance(exc, FilterError):
+        return InvalidInput(str(exc), code="invalid_filter")
     return None
 
 

@@ -1,8 +1,11 @@
 """The gallery: the only way in for routes. It keeps the store (truth) and this process's index
-view (derived from the store's change log) in step.
+view (derived from the store's change log) in step, for every collection.
 
 - **Writes** commit to the store first; the view then catches up from the log. A crash between
   the two loses nothing: the log still holds the change.
+- **Collections** each have their own ids and index; every method takes the collection's name
+  (`default` unless given). An unknown one raises `UnknownCollection`, checked against the store
+  only when an answer comes back empty, so a hit costs no extra query.
 - **Reads** first bring the view up to the store's latest seq (one cheap query), so a write
   acknowledged by any process is seen by the next read in every process. When the store cannot
   be reached, searches answer from the view as it stands, and the check is skipped for a moment
@@ -34,10 +37,19 @@ import numpy as np
 from service.config import Settings
 from service.durable import write_atomically
 from service.encoder import Encoder
+from service.filters import Filter
 from service.imaging import ImageError, decode_image
-from service.index import Hit, SnapshotError, VectorIndex
+from service.index import Hit, SnapshotError, load_snapshot, peek_seq
 from service.index_view import IndexView
-from service.store import ImageRecord, ModelMismatch, NewImage, Store, StoreUnavailable
+from service.store import (
+    DEFAULT_COLLECTION,
+    ImageRecord,
+    ModelMismatch,
+    NewImage,
+    Store,
+    StoreUnavailable,
+    UnknownCollection,
+)
 
 log = logging.getLogger(__name__)
 
@@ -131,25 +143,24 @@ class Gallery:
 
     def _load_index(self) -> None:
         try:
-            index = VectorIndex.load(
+            indexes, seq = load_snapshot(
                 self._snapshot_path, model_version=self.version, **self._view.options()
             )
-            self._snapshot_seq = index.seq
+            self._snapshot_seq = seq
         except SnapshotError as exc:
             log.warning("rebuilding the index from the store", extra={"why": str(exc)})
-            index = self._view.build()
-        from_seq = index.seq
-        self._view.install(index)
+            indexes, seq = self._view.build()
+        self._view.install(indexes, seq)
         self._ack()
         log.info(
             "index ready",
             extra={
-                "vectors": self._view.index.count,
-                "replayed": self._view.index.seq - from_seq,
-                "kind": self._view.index.kind,
+                "vectors": self.indexed,
+                "replayed": self._view.seq - seq,
+                "collections": len(self._view.indexes),
             },
         )
-        if self._view.index.seq > self._snapshot_seq or not self._snapshot_path.exists():
+        if self._view.seq > self._snapshot_seq or not self._snapshot_path.exists():
             self.snapshot()
 
     def upgrade_model(self) -> bool:
@@ -231,16 +242,17 @@ class Gallery:
                 log.exception("index follower failed; it goes on")
 
     def _ack(self) -> None:
-        self._store.ack(self._process_consumer, self._view.index.seq)
+        self._store.ack(self._process_consumer, self._view.seq)
         self._acked_at = time.monotonic()
 
     def _due_work(self) -> Callable[[], object] | None:
-        index = self._view.index
-        if index.kind != self._view.kind_for(index.count):
-            return self._view.rebuild
-        if index.tombstone_share > self._settings.tombstone_rebuild_ratio:
-            return self._view.rebuild
-        if index.seq - self._snapshot_seq >= self._settings.snapshot_every_writes:
+        for name, index in list(self._view.indexes.items()):
+            if (
+                index.kind != self._view.kind_for(index.count)
+                or index.tombstone_share > self._settings.tombstone_rebuild_ratio
+            ):
+                return lambda: self._view.rebuild(name)
+        if self._view.seq - self._snapshot_seq >= self._settings.snapshot_every_writes:
             return self.snapshot
         return None
 
@@ -249,30 +261,59 @@ class Gallery:
         consumers. Skipped while another process holds the snapshot lock, or when the snapshot
         on disk is less than `snapshot_every_writes` changes behind (workers share one)."""
         with file_lock(self._snapshot_lock) as mine:
-            index = self._view.index
-            on_disk = VectorIndex.peek_seq(self._snapshot_path)
+            on_disk = peek_seq(self._snapshot_path)
             cadence = self._settings.snapshot_every_writes
-            if not mine or (on_disk is not None and index.seq - on_disk < cadence):
-                self._snapshot_seq = index.seq if on_disk is None else on_disk
+            if not mine or (on_disk is not None and self._view.seq - on_disk < cadence):
+                self._snapshot_seq = self._view.seq if on_disk is None else on_disk
                 return
-            with index.lock.read():
-                content = index.snapshot_bytes(model_version=self.version)
-                seq = index.seq
+            content, seq = self._view.snapshot(self.version)
             write_atomically(self._snapshot_path, content)
             self._snapshot_seq = seq
         self._store.ack(self._snapshot_consumer, seq)
         self._store.prune_log(self._settings.log_retention_s)
 
+    # --- collections --------------------------------------------------------------------------
+    def collections(self) -> list[dict]:
+        """Every collection: its name, image count and this process's index kind."""
+        self._fresh()
+        return [self._describe(name, count) for name, count in self._store.collections()]
+
+    def collection(self, name: str) -> dict:
+        self._require(name)
+        return self._describe(name, self._store.count(name))
+
+    def _describe(self, name: str, count: int) -> dict:
+        index = self._view.indexes.get(name)
+        kind = index.kind if index is not None else self._view.kind_for(0)
+        return {"name": name, "count": count, "index_kind": kind}
+
+    def create_collection(self, name: str) -> bool:
+        """Create `name`; False when it exists already."""
+        return self._store.create_collection(name)
+
+    def drop_collection(self, name: str) -> bool:
+        """Delete `name` and its images, in every process's index; False when unknown."""
+        change = self._store.drop_collection(name)
+        if change is None:
+            return False
+        self._caught_up_to(change.seq)
+        return True
+
+    def _require(self, name: str) -> None:
+        if not self._store.has_collection(name):
+            raise UnknownCollection(f"no collection named {name!r}")
+
     # --- writes -------------------------------------------------------------------------------
-    def upsert(self, images: list[NewImage]) -> list[bool]:
+    def upsert(self, images: list[NewImage], *, collection: str = DEFAULT_COLLECTION) -> list[bool]:
         """Store and index; per image, whether it was created (False: replaced)."""
-        results = self._store.upsert(images, self.version)
+        results = self._store.upsert(images, self.version, collection)
         self._caught_up_to(max(change.seq for _, change in results))
         return [created for created, _ in results]
 
-    def delete(self, image_id: str) -> bool:
-        change = self._store.delete(image_id)
+    def delete(self, image_id: str, *, collection: str = DEFAULT_COLLECTION) -> bool:
+        change = self._store.delete(image_id, collection)
         if change is None:
+            self._require(collection)
             return False
         self._caught_up_to(change.seq)
         return True
@@ -309,43 +350,84 @@ class Gallery:
             self._went_down(exc)
             return None
 
-    def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        *,
+        collection: str = DEFAULT_COLLECTION,
+        where: Filter | None = None,
+    ) -> list[list[Hit]]:
+        """Per query, the k nearest images of `collection` (among those matching `where`)."""
         self._fresh()
-        return self._view.search(queries, k)
+        if collection not in self._view.indexes and not self._store_down:
+            self._require(collection)
+        return self._view.search(collection, queries, k, where)
 
-    def vector_of(self, image_id: str) -> np.ndarray | None:
+    def vector_of(
+        self, image_id: str, *, collection: str = DEFAULT_COLLECTION
+    ) -> np.ndarray | None:
         self._fresh()
-        return self._view.vector_of(image_id)
+        vector = self._view.vector_of(collection, image_id)
+        if vector is None and not self._store_down:
+            self._require(collection)
+        return vector
 
-    def get(self, image_id: str) -> ImageRecord | None:
-        return self._store.get(image_id)
+    def get(self, image_id: str, *, collection: str = DEFAULT_COLLECTION) -> ImageRecord | None:
+        record = self._store.get(image_id, collection)
+        if record is None:
+            self._require(collection)
+        return record
 
-    def content(self, image_id: str) -> tuple[ImageRecord, bytes] | None:
-        record = self._store.get(image_id)
+    def content(
+        self, image_id: str, *, collection: str = DEFAULT_COLLECTION
+    ) -> tuple[ImageRecord, bytes] | None:
+        record = self.get(image_id, collection=collection)
         if record is None:
             return None
         content = self._store.read_original(record.sha256)
         return None if content is None else (record, content)
 
-    def page(self, *, after_key: int, limit: int) -> tuple[list[ImageRecord], int | None]:
-        return self._store.page(after_key=after_key, limit=limit)
+    def page(
+        self,
+        *,
+        after: int,
+        limit: int,
+        collection: str = DEFAULT_COLLECTION,
+        where: Filter | None = None,
+    ) -> tuple[list[ImageRecord], int | None]:
+        """A page of `collection`'s records after a cursor, and the next cursor (None at the
+        end). Unfiltered: in upload order, the cursor a row key. Filtered: the matches come from
+        this process's index, in order of their last change, the cursor a seq."""
+        if where is None:
+            records, cursor = self._store.page(after_key=after, limit=limit, collection=collection)
+        else:
+            self._fresh()
+            seqs = self._view.matching(collection, where)
+            seqs = seqs[np.searchsorted(seqs, after, side="right") :][: limit + 1]
+            records = self._store.by_seq(seqs[:limit].tolist())
+            cursor = int(seqs[limit - 1]) if len(seqs) > limit else None
+        if not records:
+            self._require(collection)
+        return records, cursor
 
-    def count(self) -> int:
-        return self._store.count()
+    def count(self, collection: str | None = None) -> int:
+        return self._store.count(collection)
 
     @property
     def indexed(self) -> int:
-        return self._view.index.count
+        return sum(index.count for index in list(self._view.indexes.values()))
 
     def status(self) -> dict:
         store_seq = self._fresh()
-        index = self._view.index
+        indexes = list(self._view.indexes.values())
         status = {
             "worker": os.getpid(),
-            "indexed": index.count,
-            "index_kind": index.kind,
-            "index_tombstones": index.tombstones,
-            "index_seq": index.seq,
+            "indexed": sum(index.count for index in indexes),
+            "index_kind": self._describe(DEFAULT_COLLECTION, 0)["index_kind"],
+            "index_tombstones": sum(index.tombstones for index in indexes),
+            "index_seq": self._view.seq,
+            "collections": len(indexes),
             "store": self._store.backend,
         }
         try:

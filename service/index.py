@@ -1,12 +1,24 @@
-"""The search index: FAISS over unit vectors (inner product = cosine score), derived from the
-store's change log. Labels are the store's version numbers (`seq`), so a stale label never
-resolves. Beside the vectors it keeps each label's id and metadata, so a search needs no
-database round trip, and keeps answering while the database is away.
+"""The search index of one collection: FAISS over unit vectors (inner product = cosine score),
+derived from the store's change log. Labels are the store's version numbers (`seq`), so a stale
+label never resolves. Beside the vectors it keeps each label's id and metadata, and a
+`MetadataIndex` of that metadata, so a search, filtered or not, needs no database round trip,
+and keeps answering while the database is away.
 
 - `flat`: exact, IndexFlatIP in an IndexIDMap2; removal is real.
 - `hnsw`: approximate, IndexHNSWFlat; HNSW cannot remove, so removed labels become tombstones,
   filtered at query time (search k + tombstones, drop them), and the owner rebuilds the index
   once tombstones pass a share of it.
+
+A filtered search returns the true top k among the matching images (all of them when fewer
+match). The filter becomes a mask over labels; how the search runs depends on how many match:
+- at most `brute_force_max_matches`: score the matching vectors directly (exact, any kind);
+- otherwise, `flat`: a FAISS search with an ID selector (exact);
+- `hnsw`, when at least `oversample_min_share` of the images match: an unfiltered search for
+  enough more than k that k matches survive (k / share × OVERSAMPLE), then the mask; if fewer
+  than k survive, the selector search below;
+- `hnsw` in between: a search with an ID selector, its efSearch raised to SELECTOR_EF × k / share
+  (at most MAX_SELECTOR_EF) so that k matches are found among the nodes it visits.
+The two thresholds are settings (`filter_*`); bench/ measures where they should sit.
 
 Searches run concurrently (FAISS releases the GIL); writes take the lock exclusively.
 Snapshots carry the last seq they cover and a checksum; a snapshot that fails to load is
@@ -16,6 +28,7 @@ reported, and the owner rebuilds from the store.
 from __future__ import annotations
 
 import hashlib
+import math
 import struct
 import threading
 from collections.abc import Iterator
@@ -27,9 +40,15 @@ import faiss
 import numpy as np
 import orjson
 
+from service.filters import Filter
+from service.metadata_index import MetadataIndex
 from service.store.base import Change, IndexedRow, RowBatch
 
-MAGIC = b"LOOKALIKE-INDEX-2\n"
+MAGIC = b"LOOKALIKE-INDEX-3\n"  # 3: one snapshot holds every collection's index
+
+OVERSAMPLE = 2.0  # an oversampled search asks for k / share × this
+SELECTOR_EF = 2.0  # a selector search's efSearch: k / share × this …
+MAX_SELECTOR_EF = 4096  # … at most this
 
 
 @dataclass(frozen=True)
@@ -91,15 +110,20 @@ class VectorIndex:
         hnsw_m: int = 32,
         ef_construction: int = 80,
         ef_search: int = 96,
+        brute_force_max_matches: int = 20_000,
+        oversample_min_share: float = 0.25,
     ) -> None:
         if kind not in ("flat", "hnsw"):
             raise ValueError(f"index kind must be 'flat' or 'hnsw', not {kind!r}")
         self.dim, self.kind = dim, kind
         self._hnsw = (hnsw_m, ef_construction, ef_search)
+        self._brute_force_max_matches = brute_force_max_matches
+        self._oversample_min_share = oversample_min_share
         self._index = self._empty()
         self._tombstones: set[int] = set()
         self._rows: dict[int, tuple[str, str]] = {}  # label → (id, metadata JSON)
         self._labels: dict[str, int] = {}  # id → its live label
+        self._metadata = MetadataIndex()
         self.lock = ReadWriteLock()
         self.seq = 0  # the last store change this index includes
 
@@ -137,6 +161,7 @@ class VectorIndex:
         ):
             self._rows[label] = (image_id, metadata)
             self._labels[image_id] = label
+            self._metadata.add(label, orjson.loads(metadata))
 
     def _remove(self, label: int) -> None:
         row = self._rows.pop(label, None)
@@ -144,13 +169,17 @@ class VectorIndex:
             return  # never added: its row had changed again before this index saw it
         if self._labels.get(row[0]) == label:
             del self._labels[row[0]]
+        self._metadata.remove(label, orjson.loads(row[1]))
         if self.kind == "flat":
             self._index.remove_ids(np.array([label], dtype=np.int64))  # type: ignore[arg-type]
         else:
             self._tombstones.add(label)
 
     def apply(self, change: Change) -> None:
-        """One store change: an upsert is remove-then-add (FAISS does not detect duplicates)."""
+        """One store change: an upsert is remove-then-add (FAISS does not detect duplicates).
+        A change this index already includes is skipped, so replaying is idempotent."""
+        if change.seq <= self.seq:
+            return
         if change.old_seq is not None:
             self._remove(change.old_seq)
         if change.row is not None:
@@ -158,16 +187,87 @@ class VectorIndex:
         self.seq = max(self.seq, change.seq)
 
     # --- reads (callers hold lock.read()) --------------------------------------------------
-    def search(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
-        """Per query, up to k hits, best first, tombstones dropped."""
-        if not self._index.ntotal:
+    def search(self, queries: np.ndarray, k: int, where: Filter | None = None) -> list[list[Hit]]:
+        """Per query, up to k hits, best first, tombstones dropped; with `where`, the top k
+        among the images whose metadata matches it (see the module docstring)."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if not self.count:
             return [[] for _ in queries]
-        want = min(k + len(self._tombstones), self._index.ntotal)
-        scores, labels = self._index.search(np.ascontiguousarray(queries, dtype=np.float32), want)
+        if where is None:
+            want = min(k + len(self._tombstones), self._index.ntotal)
+            return self._hits(*self._index.search(queries, want), k)
+        mask = self.matching(where)
+        matches = int(np.count_nonzero(mask))
+        plan = self.plan(matches)
+        if plan == "none":
+            return [[] for _ in queries]
+        if plan == "brute force":
+            return self._brute_force(queries, k, mask)
+        if plan == "oversample":
+            found = self._oversampled(queries, k, mask, matches)
+            if all(len(hits) >= min(k, matches) for hits in found):
+                return found
+        return self._selected(queries, k, mask, matches)
+
+    def matching(self, where: Filter) -> np.ndarray:
+        """(n,) bool over labels: True where a live image's metadata matches `where`."""
+        return self._metadata.mask(where)
+
+    def plan(self, matches: int) -> str:
+        """How a filtered search with this many matching images runs."""
+        if not matches:
+            return "none"
+        if matches <= self._brute_force_max_matches:
+            return "brute force"
+        if self.kind == "hnsw" and matches / self.count >= self._oversample_min_share:
+            return "oversample"
+        return "selector"
+
+    def _brute_force(self, queries: np.ndarray, k: int, mask: np.ndarray) -> list[list[Hit]]:
+        labels = np.flatnonzero(mask)
+        vectors = self._index.reconstruct_batch(labels)  # (m, D)
+        scores = queries @ vectors.T  # (nq, m)
+        top = min(k, len(labels))
+        best = np.argpartition(-scores, top - 1, axis=1)[:, :top]
+        best_scores = np.take_along_axis(scores, best, axis=1)
+        order = np.argsort(-best_scores, axis=1, kind="stable")
+        best = np.take_along_axis(best, order, axis=1)
+        return self._hits(np.take_along_axis(scores, best, axis=1), labels[best], k)
+
+    def _oversampled(
+        self, queries: np.ndarray, k: int, mask: np.ndarray, matches: int
+    ) -> list[list[Hit]]:
+        share = matches / self.count
+        want = math.ceil(k / share * OVERSAMPLE) + len(self._tombstones)
+        scores, labels = self._index.search(queries, min(want, self._index.ntotal))
+        return self._hits(scores, labels, k, mask)
+
+    def _selected(
+        self, queries: np.ndarray, k: int, mask: np.ndarray, matches: int
+    ) -> list[list[Hit]]:
+        bitmap = np.packbits(mask, bitorder="little")  # kept alive: the selector points into it
+        selector = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))
+        if self.kind == "flat":
+            params = faiss.SearchParameters()
+        else:
+            params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
+            ef = math.ceil(k * self.count / matches * SELECTOR_EF)
+            params.efSearch = max(self._hnsw[2], min(ef, MAX_SELECTOR_EF))
+        params.sel = selector
+        scores, labels = self._index.search(queries, min(k, matches), params=params)
+        return self._hits(scores, labels, k)
+
+    def _hits(
+        self, scores: np.ndarray, labels: np.ndarray, k: int, mask: np.ndarray | None = None
+    ) -> list[list[Hit]]:
+        """FAISS's (scores, labels) rows → up to k live hits each, best first (and, with a
+        mask, only its labels)."""
         results = []
         for s_row, l_row in zip(scores, labels, strict=True):
             hits = []
             for score, label in zip(s_row.tolist(), l_row.tolist(), strict=True):
+                if mask is not None and not (0 <= label < len(mask) and mask[label]):
+                    continue
                 row = self._rows.get(label)
                 if row is not None:
                     hits.append(Hit(row[0], score, orjson.loads(row[1])))
@@ -182,67 +282,92 @@ class VectorIndex:
             return None
         return np.asarray(self._index.reconstruct(label), dtype=np.float32)
 
-    # --- snapshots -------------------------------------------------------------------------
-    def snapshot_bytes(self, *, model_version: str) -> bytes:
-        """The snapshot file's content (callers hold a lock so it is consistent)."""
+    # --- snapshots (callers hold a lock so the parts are consistent) -----------------------
+    def _snapshot_parts(self) -> tuple[dict, bytes]:
         vectors = faiss.serialize_index(self._index).tobytes()
         rows = orjson.dumps([[label, *row] for label, row in self._rows.items()])
-        header = orjson.dumps(
-            {
-                "seq": self.seq,
-                "kind": self.kind,
-                "dim": self.dim,
-                "model_version": model_version,
-                "count": self.count,
-                "tombstones": sorted(self._tombstones),
-                "vector_bytes": len(vectors),
-            }
-        )
-        body = MAGIC + struct.pack("<Q", len(header)) + header + vectors + rows
-        return body + hashlib.sha256(body).digest()
-
-    @staticmethod
-    def peek_seq(path: Path) -> int | None:
-        """The seq a snapshot file covers, from its header alone; None if there is none."""
-        try:
-            with open(path, "rb") as f:
-                start = f.read(len(MAGIC) + 8)
-                if len(start) < len(MAGIC) + 8 or not start.startswith(MAGIC):
-                    return None
-                (length,) = struct.unpack("<Q", start[len(MAGIC) :])
-                return int(orjson.loads(f.read(length))["seq"])
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+        header = {
+            "seq": self.seq,
+            "kind": self.kind,
+            "dim": self.dim,
+            "count": self.count,
+            "tombstones": sorted(self._tombstones),
+            "vector_bytes": len(vectors),
+            "row_bytes": len(rows),
+        }
+        return header, vectors + rows
 
     @classmethod
-    def load(cls, path: Path, *, model_version: str, **options: int) -> VectorIndex:
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise SnapshotError(f"no readable snapshot at {path}") from exc
-        body, digest = data[:-32], data[-32:]
-        if not data.startswith(MAGIC) or hashlib.sha256(body).digest() != digest:
-            raise SnapshotError(f"snapshot {path} is truncated, corrupt or of an older format")
-        (length,) = struct.unpack("<Q", body[len(MAGIC) : len(MAGIC) + 8])
-        start = len(MAGIC) + 8
-        try:
-            header = orjson.loads(body[start : start + length])
-        except orjson.JSONDecodeError as exc:
-            raise SnapshotError(f"snapshot {path} has a corrupt header") from exc
-        if header["model_version"] != model_version:
-            raise SnapshotError(f"snapshot {path} holds vectors of another model")
+    def _from_snapshot(cls, header: dict, payload: memoryview, **options: int) -> VectorIndex:
         index = cls(header["dim"], header["kind"], **options)
-        vectors_end = start + length + header["vector_bytes"]
-        raw = np.frombuffer(body[start + length : vectors_end], dtype=np.uint8)
-        index._index = faiss.deserialize_index(raw)
+        split = header["vector_bytes"]
+        index._index = faiss.deserialize_index(np.frombuffer(payload[:split], dtype=np.uint8))
         if header["kind"] == "hnsw":
             faiss.downcast_index(index._index.index).hnsw.efSearch = index._hnsw[2]  # type: ignore[attr-defined]
-        for label, image_id, metadata in orjson.loads(body[vectors_end:]):
+        batch = orjson.loads(payload[split:])
+        for label, image_id, metadata in batch:
             index._rows[label] = (image_id, metadata)
             index._labels[image_id] = label
+            index._metadata.add(label, orjson.loads(metadata))
         index._tombstones = set(header["tombstones"])
         index.seq = header["seq"]
         return index
+
+
+def snapshot_bytes(indexes: dict[str, VectorIndex], *, seq: int, model_version: str) -> bytes:
+    """One snapshot file's content: every collection's index, as of log position `seq`."""
+    parts = {name: index._snapshot_parts() for name, index in indexes.items()}
+    header = orjson.dumps(
+        {
+            "seq": seq,
+            "model_version": model_version,
+            "collections": {name: part[0] for name, part in parts.items()},
+        }
+    )
+    body = b"".join(
+        [MAGIC, struct.pack("<Q", len(header)), header, *(part[1] for part in parts.values())]
+    )
+    return body + hashlib.sha256(body).digest()
+
+
+def peek_seq(path: Path) -> int | None:
+    """The seq a snapshot file covers, from its header alone; None if there is none."""
+    try:
+        with open(path, "rb") as f:
+            start = f.read(len(MAGIC) + 8)
+            if len(start) < len(MAGIC) + 8 or not start.startswith(MAGIC):
+                return None
+            (length,) = struct.unpack("<Q", start[len(MAGIC) :])
+            return int(orjson.loads(f.read(length))["seq"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def load_snapshot(
+    path: Path, *, model_version: str, **options: int
+) -> tuple[dict[str, VectorIndex], int]:
+    """Every collection's index from a snapshot file, and the log position it covers."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SnapshotError(f"no readable snapshot at {path}") from exc
+    body, digest = memoryview(data)[:-32], data[-32:]
+    if not data.startswith(MAGIC) or hashlib.sha256(body).digest() != digest:
+        raise SnapshotError(f"snapshot {path} is truncated, corrupt or of an older format")
+    (length,) = struct.unpack("<Q", body[len(MAGIC) : len(MAGIC) + 8])
+    start = len(MAGIC) + 8
+    try:
+        header = orjson.loads(body[start : start + length])
+    except orjson.JSONDecodeError as exc:
+        raise SnapshotError(f"snapshot {path} has a corrupt header") from exc
+    if header["model_version"] != model_version:
+        raise SnapshotError(f"snapshot {path} holds vectors of another model")
+    indexes, at = {}, start + length
+    for name, part in header["collections"].items():
+        end = at + part["vector_bytes"] + part["row_bytes"]
+        indexes[name] = VectorIndex._from_snapshot(part, body[at:end], **options)
+        at = end
+    return indexes, header["seq"]
 
 
 def _one_row(seq: int, row: IndexedRow) -> RowBatch:

@@ -12,6 +12,7 @@ PNG_B64 = (  # one black pixel
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAAAAAA6fptVAAAACklEQVR42mNgAAAAAgAB5Sfe/AAAAABJRU5ErkJggg=="
 )
 IMAGE_EXAMPLE = {
+    "collection": "default",
     "id": "shirt-42",
     "metadata": {"label": "shirt", "path": "tops/shirt-42.png"},
     "sha256": "4c8824c91bf261d3ac3e6a11a5839a43ceed0fccd70d45a9244cf4abd23a4e8c",
@@ -21,6 +22,12 @@ IMAGE_EXAMPLE = {
     "updated_at": "2026-11-28T09:12:03+00:00",
     "model": VERSION,
 }
+
+
+FILTER_HELP = (
+    'only images whose metadata matches, in MongoDB\'s syntax: {"label": "boot"}; $eq $ne '
+    "$in $nin $gt $gte $lt $lte $exists; $and $or (README: Filters)"
+)
 
 
 def examples(*values: Any) -> ConfigDict:
@@ -49,6 +56,7 @@ class NearestJson(BaseModel):
     id: str | None = Field(None, description="an id from the gallery")
     vector: list[float] | None = Field(None, description="an embedding of the model's dim")
     k: int | None = Field(None, ge=1, description="how many results (default 10)")
+    filter: dict[str, Any] | None = Field(None, description=FILTER_HELP)
 
 
 class EmbedResponse(BaseModel):
@@ -103,6 +111,7 @@ class CreatedResponse(BaseModel):
 
 
 class ImageInfo(BaseModel):
+    collection: str
     id: str
     metadata: dict[str, Any]
     sha256: str
@@ -120,6 +129,27 @@ class ImageList(BaseModel):
     next_cursor: str | None
 
     model_config = examples({"items": [IMAGE_EXAMPLE], "next_cursor": "42"})
+
+
+class CollectionInfo(BaseModel):
+    name: str
+    count: int
+    index_kind: str = Field(description="this worker's index of it: flat (exact) or hnsw")
+
+    model_config = examples({"name": "shoes", "count": 1200, "index_kind": "flat"})
+
+
+class CollectionList(BaseModel):
+    items: list[CollectionInfo]
+
+    model_config = examples(
+        {
+            "items": [
+                {"name": "default", "count": 3000, "index_kind": "flat"},
+                {"name": "shoes", "count": 1200, "index_kind": "flat"},
+            ]
+        }
+    )
 
 
 def _multipart(properties: dict, required: list[str]) -> dict:
@@ -156,7 +186,11 @@ NEAREST_BODY = {
         "required": True,
         "content": {
             "multipart/form-data": _multipart(
-                {"file": {"type": "string", "format": "binary"}, "k": {"type": "integer"}},
+                {
+                    "file": {"type": "string", "format": "binary"},
+                    "k": {"type": "integer"},
+                    "filter": {"type": "string", "description": f"JSON: {FILTER_HELP}"},
+                },
                 ["file"],
             ),
             "application/json": {
@@ -164,6 +198,14 @@ NEAREST_BODY = {
                 "examples": {
                     "image": {"value": {"image": PNG_B64, "k": 5}},
                     "id": {"value": {"id": "shirt-42", "k": 5}},
+                    "filter": {
+                        "summary": "only boots under 50",
+                        "value": {
+                            "id": "shirt-42",
+                            "k": 5,
+                            "filter": {"label": "boot", "price": {"$lt": 50}},
+                        },
+                    },
                     "vector": {"summary": "a full-size vector", "value": {"vector": [0.1], "k": 5}},
                 },
             },

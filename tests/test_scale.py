@@ -3,6 +3,7 @@ replicas over one real PostgreSQL server (each with its own data dir)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -266,3 +267,72 @@ def test_two_workers_re_embed_a_changed_model_once_and_both_serve_it(
         assert log.count('"message": "model changed: re-embedding stored originals"') == 1
     finally:
         second.stop()
+
+
+def test_collections_and_filters_work_across_two_workers_over_postgres(
+    artifact: Path, tmp_path: Path, postgres: Postgres
+) -> None:
+    """Each request on a fresh connection, so either worker may answer it: every write made
+    through one worker is seen, inside its own collection, by the next request to the other."""
+    server = Server(
+        artifact,
+        tmp_path / "data",
+        LOOKALIKE_DATABASE_URL=postgres.new_database(),
+        LOOKALIKE_WORKERS="2",
+    )
+    server.start()
+    try:
+        url = server.url
+        assert len(server.worker_pids()) == 2
+        assert httpx.put(f"{url}/collections/shoes", headers=AUTH).status_code == 201
+        for n in range(12):
+            where = "/collections/shoes" if n % 2 else ""
+            meta = json.dumps({"label": "boot" if n % 3 == 0 else "bag", "n": n})
+            made = httpx.post(
+                f"{url}{where}/images",
+                headers=AUTH,
+                data={"ids": f"img{n % 4}-{n}", "metadata": meta},
+                files=[("files", ("x.png", png_bytes(n)))],
+            )
+            assert made.status_code == 201, made.text
+        # The same id in both collections: two images.
+        for where, seed in (("", 100), ("/collections/shoes", 101)):
+            httpx.post(
+                f"{url}{where}/images",
+                headers=AUTH,
+                data={"ids": "same", "metadata": '{"label": "boot", "n": 99}'},
+                files=[("files", ("x.png", png_bytes(seed)))],
+            )
+        for where, seed in (("", 100), ("/collections/shoes", 101)):
+            found = httpx.post(
+                f"{url}{where}/nearest",
+                files=[("file", ("q.png", png_bytes(seed)))],
+                data={"k": "20", "filter": '{"label": "boot"}'},
+            ).json()["results"]
+            ids = [r["id"] for r in found]
+            odd = where != ""
+            expected = {f"img{n % 4}-{n}" for n in range(12) if n % 3 == 0 and n % 2 == odd}
+            assert ids[0] == "same" and set(ids) == expected | {"same"}
+            ranged = httpx.post(
+                f"{url}{where}/nearest",
+                json={"id": "same", "k": 20, "filter": {"n": {"$gte": 6, "$lt": 99}}},
+            ).json()["results"]
+            assert {r["metadata"]["n"] for r in ranged} == {n for n in range(6, 12) if n % 2 == odd}
+        assert (
+            httpx.post(
+                f"{url}/nearest", json={"id": "same", "filter": {"n": {"$gt": "x"}}}
+            ).status_code
+            == 422
+        )
+        assert httpx.delete(f"{url}/collections/shoes", headers=AUTH).status_code == 204
+        for _ in range(4):  # whichever worker answers has forgotten the collection
+            gone = httpx.post(f"{url}/collections/shoes/nearest", json={"id": "same"})
+            assert gone.status_code == 404
+            assert [c["name"] for c in httpx.get(f"{url}/collections").json()["items"]] == [
+                "default"
+            ]
+            assert httpx.get(f"{url}/images/same").status_code == 200
+        ready = httpx.get(url + "/readyz").json()
+        assert ready["images"] == ready["indexed"] == 7
+    finally:
+        server.stop()

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.store import LogTruncated, NewImage, Store, open_store
+from service.store import LogTruncated, NewImage, Store, UnknownCollection, open_store
 from service.store.sqlite import SQLiteStore
 from tests.conftest import make_settings, png_bytes
 
@@ -86,7 +86,7 @@ def test_rows_yield_the_current_version_of_every_image(store: Store) -> None:
     store.upsert([image(f"i{n}", n) for n in range(5)], MODEL)
     store.upsert([image("i2", 99)], MODEL)
     store.delete("i4")
-    batches = list(store.rows(max_seq=store.last_seq(), batch=2))
+    batches = list(store.rows("default", max_seq=store.last_seq(), batch=2))
     ids = [i for b in batches for i in b.ids]
     assert sorted(ids) == ["i0", "i1", "i2", "i3"]
     vectors = {i: v for b in batches for i, v in zip(b.ids, b.vectors, strict=True)}
@@ -205,5 +205,37 @@ def test_a_gallery_from_before_the_log_head_is_upgraded_in_place(tmp_path: Path)
         assert [c.seq for c in store.changes_since(1)] == [2]
         store.upsert([image("new", 5)], MODEL)
         assert store.last_seq() == 3
+        old = store.get("old")  # every image from before collections is in `default`
+        assert old is not None and old.collection == "default"
+        assert store.collections() == [("default", 2)]
+        assert [c.collection for c in store.changes_since(1)] == ["default"] * 2
     finally:
         store.close()
+
+
+def test_collections_keep_their_own_ids_and_a_drop_is_one_log_entry(store: Store) -> None:
+    assert store.collections() == [("default", 0)]
+    assert store.create_collection("shoes") and not store.create_collection("shoes")
+    store.upsert([image("a", 1, label="x"), image("b", 2)], MODEL)
+    made = store.upsert([image("a", 3), image("c", 2)], MODEL, "shoes")  # c shares b's bytes
+    assert [created for created, _ in made] == [True, True]
+    assert {c.collection for _, c in made} == {"shoes"}
+    assert store.collections() == [("default", 2), ("shoes", 2)]
+    assert store.count() == 4 and store.count("shoes") == 2
+    a, shoe_a = store.get("a"), store.get("a", "shoes")
+    assert a is not None and shoe_a is not None and a.metadata == {"label": "x"}
+    assert shoe_a.collection == "shoes" and shoe_a.sha256 != a.sha256
+    assert store.get("c") is None and store.delete("c") is None
+    assert [r.id for r in store.page(after_key=0, limit=10, collection="shoes")[0]] == ["a", "c"]
+    assert [r.id for r in store.by_seq([shoe_a.seq, a.seq])] == ["a", "a"]
+    assert [b.ids for b in store.rows("shoes", max_seq=store.last_seq())] == [["a", "c"]]
+    before = store.last_seq()
+    change = store.drop_collection("shoes")
+    assert change is not None and change.drop and change.collection == "shoes"
+    assert store.changes_since(before) == [change] and store.drop_collection("shoes") is None
+    assert store.collections() == [("default", 2)] and store.get("a", "shoes") is None
+    assert store.read_original(shoe_a.sha256) is None  # nobody else's
+    assert store.read_original(store.get("b").sha256) is not None  # type: ignore[union-attr]
+    with pytest.raises(UnknownCollection):
+        store.upsert([image("d", 4)], MODEL, "shoes")
+    assert store.last_seq() == before + 1  # the refused upsert took no seq

@@ -156,3 +156,41 @@ def test_page_is_usable_at_phone_width(gallery_server: Server, browser) -> None:
     assert page_width <= viewport  # nothing forces sideways scrolling
     SCREENSHOTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(SCREENSHOTS / "web-page-phone.png"))
+
+
+def test_page_switches_collections_for_the_gallery_search_and_uploads(
+    gallery_server: Server, browser, tmp_path: Path
+) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    images, _ = load_split("test")
+    with httpx.Client(base_url=gallery_server.url, headers=AUTH) as client:
+        assert client.put("/collections/shoes").status_code == 201
+        made = client.post(
+            "/collections/shoes/images",
+            files=[("files", (f"{i}.png", encode_png(images[i]), "image/png")) for i in (0, 50)],
+            data={"ids": ["fm-0", "shoe-50"]},
+        )
+        assert made.status_code == 201
+    wait = WebDriverWait(browser, 20)
+    browser.get(gallery_server.url + "/")
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery .tile")) == 12)
+    switcher = Select(browser.find_element(By.ID, "collection"))
+    assert [o.text for o in switcher.options] == ["default (12)", "shoes (2)"]
+    switcher.select_by_value("shoes")
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery .tile")) == 2)
+
+    query = _query_files(tmp_path, 1)
+    browser.find_element(By.ID, "query-file").send_keys(query[0])
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#results .tile"))
+    found = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#results .tile .meta")]
+    assert sorted(found) == ["fm-0", "shoe-50"]  # only this collection's images
+
+    browser.find_element(By.ID, "api-key").send_keys(API_KEY)
+    browser.find_element(By.ID, "upload-files").send_keys(query[0])
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery .tile")) == 3)
+    switcher = Select(browser.find_element(By.ID, "collection"))
+    wait.until(lambda d: "shoes (3)" in [o.text for o in switcher.options])
+    switcher.select_by_value("default")
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery .tile")) == 12)

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 
-from service.routes import embedding, gallery, openai, ops
+from service.routes import collections, embedding, gallery, openai, ops
+from service.routes.deps import document_collection
 from service.routes.ops import WEB_DIR
 
 router = APIRouter()
 router.include_router(embedding.router)
-router.include_router(gallery.router)
+router.include_router(collections.router)
+router.include_router(gallery.router)  # the collection `default`
+router.include_router(
+    gallery.router,
+    prefix="/collections/{collection}",
+    dependencies=[Depends(document_collection)],
+    tags=["collections"],
+)
 router.include_router(ops.router)
 router.include_router(openai.router)
 

@@ -1,24 +1,27 @@
-"""What routes depend on: the worker's runtime, the gallery once it is ready, the write key,
-and the response helpers they share."""
+"""What routes depend on: the worker's runtime, the gallery once it is ready, the collection a
+route names, the write key, and the response helpers they share."""
 
 from __future__ import annotations
 
 import hmac
+import re
 from typing import Annotated, Any
 
 import numpy as np
 import orjson
 from fastapi import Depends, Request
+from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from service.errors import Unauthorized, Unavailable
+from service.errors import InvalidInput, Unauthorized, Unavailable
 from service.gallery import Gallery
 from service.runtime import Runtime
 from service.schemas import ErrorResponse
+from service.store import DEFAULT_COLLECTION
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (401, 404, 413, 415, 422, 503, 507)
+    status: {"model": ErrorResponse} for status in (401, 404, 409, 413, 415, 422, 503, 507)
 }
 
 # Dependencies are `async def` on purpose: FastAPI runs a plain `def` dependency in a thread
@@ -40,6 +43,32 @@ async def get_gallery(runtime: RuntimeDep) -> Gallery:
 
 
 GalleryDep = Annotated[Gallery, Depends(get_gallery)]
+
+COLLECTION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+COLLECTION_RULE = "1–64 of A–Z a–z 0–9 _ - starting with a letter or digit"
+
+
+def collection_name(name: str) -> str:
+    if not COLLECTION_PATTERN.match(name):
+        raise InvalidInput(f"collection name {name!r} is not valid: use {COLLECTION_RULE}")
+    return name
+
+
+async def get_collection(request: Request) -> str:
+    """The collection the path names (`/collections/{collection}/…`); `default` elsewhere."""
+    return collection_name(request.path_params.get("collection", DEFAULT_COLLECTION))
+
+
+CollectionDep = Annotated[str, Depends(get_collection)]
+
+
+async def document_collection(
+    collection: Annotated[
+        str, PathParam(description=f"a collection's name: {COLLECTION_RULE}", examples=["shoes"])
+    ],
+) -> None:
+    """Puts `{collection}` into the OpenAPI of the routes under /collections/{collection}/."""
+
 
 bearer = HTTPBearer(auto_error=False, description="the service's LOOKALIKE_API_KEY")
 

@@ -1,5 +1,7 @@
-"""The gallery: /nearest, and /images to add, list, read and delete. Every route goes through
-`Gallery`, and every blocking call leaves the event loop (`asyncio.to_thread`)."""
+"""The gallery: /nearest, and /images to add, list, read and delete. The router is mounted twice:
+at the root for the collection `default`, and under /collections/{collection}/ for every
+collection (`CollectionDep`). Every route goes through `Gallery`, and every blocking call leaves
+the event loop (`asyncio.to_thread`)."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 
 from service.errors import InvalidInput, NotFound
+from service.filters import Filter, parse_filter, parse_filter_json
 from service.imaging import sniff_format
 from service.inputs import (
     b64_image,
@@ -27,7 +30,7 @@ from service.inputs import (
     read_form,
     read_json,
 )
-from service.routes.deps import ERRORS, GalleryDep, RuntimeDep, WriteKey
+from service.routes.deps import ERRORS, CollectionDep, GalleryDep, RuntimeDep, WriteKey
 from service.runtime import Runtime
 from service.schemas import (
     NEAREST_BODY,
@@ -50,7 +53,10 @@ def _not_found(image_id: object) -> NotFound:
     return NotFound(f"no image with id {image_id!r}")
 
 
-async def _query_vector(request: Request, runtime: Runtime) -> tuple[np.ndarray, int]:
+async def _query(
+    request: Request, runtime: Runtime, collection: str
+) -> tuple[np.ndarray, int, Filter | None]:
+    """The query's vector, k and filter, from a multipart or a JSON body."""
     settings, batcher, model = runtime.settings, runtime.batcher, runtime.encoder.info
     kind = content_type(request)
     if kind == "multipart/form-data":
@@ -63,42 +69,53 @@ async def _query_vector(request: Request, runtime: Runtime) -> tuple[np.ndarray,
             default=settings.default_k,
             limit=settings.max_k,
         )
+        text = form.get("filter")
+        if text is not None and not isinstance(text, str):
+            raise InvalidInput("filter must be a text field holding JSON, not a file")
+        where = parse_filter_json(text) if text else None
         pixels = await decode_all(files, model.spec, max_pixels=settings.max_pixels)
-        return (await batcher.embed(pixels))[0], k
+        return (await batcher.embed(pixels))[0], k, where
     if kind != "application/json":
         raise InvalidInput(
-            "send multipart/form-data (file, k) or JSON (image | id | vector, k)",
+            "send multipart/form-data (file, k, filter) or JSON (image | id | vector, k, filter)",
             code="unsupported_content_type",
         )
     body = await read_json(request)
     k = parse_k(body.get("k"), default=settings.default_k, limit=settings.max_k)
+    where = parse_filter(body["filter"]) if body.get("filter") is not None else None
     given = [key for key in ("image", "id", "vector") if body.get(key) is not None]
     if len(given) != 1:
         raise InvalidInput('give exactly one of "image", "id" or "vector"')
     if given[0] == "vector":
-        return parse_vector(body["vector"], model.dim), k
+        return parse_vector(body["vector"], model.dim), k, where
     if given[0] == "id":
         image_id = body["id"]
         vector = (
-            await asyncio.to_thread(runtime.gallery.vector_of, image_id)
+            await asyncio.to_thread(runtime.gallery.vector_of, image_id, collection=collection)
             if isinstance(image_id, str)
             else None
         )
         if vector is None:
             raise _not_found(image_id)
-        return vector, k
+        return vector, k, where
     image = b64_image(body["image"], "image")
     pixels = await decode_all([image], model.spec, max_pixels=settings.max_pixels)
-    return (await batcher.embed(pixels))[0], k
+    return (await batcher.embed(pixels))[0], k, where
 
 
 @router.post(
     "/nearest", response_model=NearestResponse, responses=ERRORS, openapi_extra=NEAREST_BODY
 )
-async def nearest(request: Request, runtime: RuntimeDep, gallery: GalleryDep) -> Any:
-    """The k gallery images that look most like the query, best first."""
-    vector, k = await _query_vector(request, runtime)
-    hits = (await asyncio.to_thread(gallery.search, vector[None, :], k))[0]
+async def nearest(
+    request: Request, runtime: RuntimeDep, gallery: GalleryDep, collection: CollectionDep
+) -> Any:
+    """The k images of the collection that look most like the query, best first; with a
+    `filter`, the k best among the images whose metadata matches it."""
+    vector, k, where = await _query(request, runtime, collection)
+    search = gallery.search
+    hits = (
+        await asyncio.to_thread(search, vector[None, :], k, collection=collection, where=where)
+    )[0]
     results = [
         {"id": h.id, "score": round(min(1.0, h.score), 6), "metadata": h.metadata} for h in hits
     ]
@@ -149,8 +166,10 @@ def _parse_metadata(values: list, count: int, max_bytes: int) -> list[dict]:
     dependencies=[WriteKey],
     openapi_extra=UPLOAD_BODY,
 )
-async def upload_images(request: Request, runtime: RuntimeDep, gallery: GalleryDep) -> Any:
-    """Add images to the gallery; an id that exists is replaced (upsert)."""
+async def upload_images(
+    request: Request, runtime: RuntimeDep, gallery: GalleryDep, collection: CollectionDep
+) -> Any:
+    """Add images to the collection; an id that exists there is replaced (upsert)."""
     settings = runtime.settings
     if content_type(request) != "multipart/form-data":
         raise InvalidInput(
@@ -168,7 +187,7 @@ async def upload_images(request: Request, runtime: RuntimeDep, gallery: GalleryD
         NewImage(image_id, f.data, sniff_format(f.data), meta, vector)
         for image_id, f, meta, vector in zip(ids, files, metadata, vectors, strict=True)
     ]
-    created = await asyncio.to_thread(gallery.upsert, images)
+    created = await asyncio.to_thread(gallery.upsert, images, collection=collection)
     items = [{"id": i, "created": c} for i, c in zip(ids, created, strict=True)]
     return JSONResponse({"items": items}, status_code=201)
 
@@ -176,14 +195,26 @@ async def upload_images(request: Request, runtime: RuntimeDep, gallery: GalleryD
 @router.get("/images", response_model=ImageList, responses=ERRORS)
 async def list_images(
     gallery: GalleryDep,
+    collection: CollectionDep,
     cursor: Annotated[
         str | None, Query(pattern=r"^[0-9]{1,18}$", description="next_cursor of the previous page")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    filter: Annotated[
+        str | None,
+        Query(
+            description="JSON: only images whose metadata matches, as /nearest's filter",
+            examples=['{"label": "boot"}'],
+        ),
+    ] = None,
 ) -> Any:
-    """Gallery images in upload order, a page at a time."""
+    """The collection's images a page at a time: in upload order, or with a filter, in order of
+    their last change."""
     after = int(cursor) if cursor else 0
-    records, next_key = await asyncio.to_thread(gallery.page, after_key=after, limit=limit)
+    where = parse_filter_json(filter) if filter else None
+    records, next_key = await asyncio.to_thread(
+        gallery.page, after=after, limit=limit, collection=collection, where=where
+    )
     return {
         "items": [r.to_json() for r in records],
         "next_cursor": str(next_key) if next_key is not None else None,
@@ -191,8 +222,8 @@ async def list_images(
 
 
 @router.get("/images/{image_id}", response_model=ImageInfo, responses=ERRORS)
-async def get_image(image_id: ImageId, gallery: GalleryDep) -> Any:
-    record = await asyncio.to_thread(gallery.get, image_id)
+async def get_image(image_id: ImageId, gallery: GalleryDep, collection: CollectionDep) -> Any:
+    record = await asyncio.to_thread(gallery.get, image_id, collection=collection)
     if record is None:
         raise _not_found(image_id)
     return record.to_json()
@@ -203,9 +234,11 @@ async def get_image(image_id: ImageId, gallery: GalleryDep) -> Any:
     responses={**ERRORS, 200: {"content": {"image/*": {"schema": {"format": "binary"}}}}},
     response_class=Response,
 )
-async def get_image_content(image_id: ImageId, gallery: GalleryDep) -> Response:
+async def get_image_content(
+    image_id: ImageId, gallery: GalleryDep, collection: CollectionDep
+) -> Response:
     """The original bytes, as uploaded."""
-    found = await asyncio.to_thread(gallery.content, image_id)
+    found = await asyncio.to_thread(gallery.content, image_id, collection=collection)
     if found is None:
         raise _not_found(image_id)
     record, content = found
@@ -223,7 +256,9 @@ async def get_image_content(image_id: ImageId, gallery: GalleryDep) -> Response:
     dependencies=[WriteKey],
     response_class=Response,
 )
-async def delete_image(image_id: ImageId, gallery: GalleryDep) -> Response:
-    if not await asyncio.to_thread(gallery.delete, image_id):
+async def delete_image(
+    image_id: ImageId, gallery: GalleryDep, collection: CollectionDep
+) -> Response:
+    if not await asyncio.to_thread(gallery.delete, image_id, collection=collection):
         raise _not_found(image_id)
     return Response(status_code=204)

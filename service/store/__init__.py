@@ -5,6 +5,7 @@ from __future__ import annotations
 from service.config import Settings
 from service.store.base import (
     CONTENT_TYPES,
+    DEFAULT_COLLECTION,
     Change,
     ImageRecord,
     LogTruncated,
@@ -13,10 +14,12 @@ from service.store.base import (
     StorageFullError,
     Store,
     StoreUnavailable,
+    UnknownCollection,
 )
 
 __all__ = [
     "CONTENT_TYPES",
+    "DEFAULT_COLLECTION",
     "Change",
     "ImageRecord",
     "LogTruncated",
@@ -25,6 +28,7 @@ __all__ = [
     "StorageFullError",
     "Store",
     "StoreUnavailable",
+    "UnknownCollection",
     "open_store",
 ]
 

@@ -10,6 +10,11 @@ change up to N. Readers state the position they have (`changes_since`). The log 
 below the slowest consumer that still counts (`ack`, `prune_log`); a reader whose position fell
 below the truncation point gets `LogTruncated` and rebuilds from the rows.
 
+The gallery holds named collections (`collections`), each with its own ids: an image is keyed by
+(collection, id), and every log entry names its collection, so each process keeps one index per
+collection. Deleting a collection is one log entry (`drop`) that empties its index everywhere.
+`default` always exists.
+
 Two implementations: `SQLiteStore` (one data dir, any number of processes on one machine) and
 `PostgresStore` (any number of replicas on any number of machines).
 """
@@ -24,7 +29,8 @@ from typing import Protocol
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+DEFAULT_COLLECTION = "default"
 
 CONTENT_TYPES = {
     "PNG": "image/png",
@@ -54,6 +60,10 @@ class LogTruncated(StoreError):
     """Changes after the reader's position were pruned: the reader must rebuild from the rows."""
 
 
+class UnknownCollection(StoreError):
+    """The collection named does not exist (404)."""
+
+
 class ModelMismatch(StoreError):
     """The store's vectors belong to another model than the one this process serves."""
 
@@ -69,6 +79,7 @@ class NewImage:
 
 @dataclass(frozen=True)
 class ImageRecord:
+    collection: str
     id: str
     metadata: dict
     sha256: str
@@ -81,6 +92,7 @@ class ImageRecord:
 
     def to_json(self) -> dict:
         return {
+            "collection": self.collection,
             "id": self.id,
             "metadata": self.metadata,
             "sha256": self.sha256,
@@ -103,14 +115,17 @@ class IndexedRow:
 
 @dataclass(frozen=True)
 class Change:
-    """One log entry, as an index replays it: drop `old_seq`, then add `row` under `seq`.
+    """One log entry, as an index replays it: in `collection`'s index, drop `old_seq`, then add
+    `row` under `seq`; or, when `drop`, forget the whole collection (it was deleted).
 
     `row` is None for a delete, and for an upsert whose row has changed again since (a later
     change carries its current version)."""
 
     seq: int
+    collection: str
     old_seq: int | None
     row: IndexedRow | None
+    drop: bool = False
 
 
 @dataclass(frozen=True)
@@ -145,9 +160,11 @@ def row_batch(rows: list[tuple[int, bytes, str, str]]) -> RowBatch:
     )
 
 
-def change_from(seq: int, old_seq: int | None, vector, image_id, metadata) -> Change:
+def change_from(
+    seq: int, collection: str, kind: str, old_seq: int | None, vector, image_id, metadata
+) -> Change:
     row = None if vector is None else IndexedRow(image_id, metadata, vector_from(vector))
-    return Change(seq, old_seq, row)
+    return Change(seq, collection, old_seq, row, drop=kind == "drop")
 
 
 class Store(Protocol):
@@ -169,11 +186,26 @@ class Store(Protocol):
     def chore(self, name: str) -> AbstractContextManager[None]:
         """Hold the store-wide lock `name` (blocking): one process at a time does that chore."""
 
-    # --- writes ---------------------------------------------------------------------------
-    def upsert(self, images: list[NewImage], model_version: str) -> list[tuple[bool, Change]]:
+    # --- collections ----------------------------------------------------------------------
+    def collections(self) -> list[tuple[str, int]]:
+        """Every collection's name and image count, by name."""
+
+    def has_collection(self, name: str) -> bool: ...
+
+    def create_collection(self, name: str) -> bool:
+        """Create `name`; False when it existed already."""
+
+    def drop_collection(self, name: str) -> Change | None:
+        """Delete `name` with its images (one `drop` log entry) and the originals no other row
+        shares; None if unknown."""
+
+    # --- writes (UnknownCollection when the collection does not exist) ----------------------
+    def upsert(
+        self, images: list[NewImage], model_version: str, collection: str = DEFAULT_COLLECTION
+    ) -> list[tuple[bool, Change]]:
         """Store all images in one transaction; per image, (created, its change)."""
 
-    def delete(self, image_id: str) -> Change | None:
+    def delete(self, image_id: str, collection: str = DEFAULT_COLLECTION) -> Change | None:
         """Remove the image and, if no other row shares it, its original; None if unknown."""
 
     def replace_vectors(
@@ -183,20 +215,27 @@ class Store(Protocol):
         Returns how many rows changed (a row changed meanwhile is left to its new version)."""
 
     # --- reads ----------------------------------------------------------------------------
-    def count(self) -> int: ...
+    def count(self, collection: str | None = None) -> int:
+        """Images in `collection`, or in all of them."""
 
     def last_seq(self) -> int:
         """The newest committed change: one indexed query, run before every gallery read."""
 
-    def get(self, image_id: str) -> ImageRecord | None: ...
+    def get(self, image_id: str, collection: str = DEFAULT_COLLECTION) -> ImageRecord | None: ...
 
     def read_original(self, sha256: str) -> bytes | None: ...
 
-    def page(self, *, after_key: int, limit: int) -> tuple[list[ImageRecord], int | None]:
+    def page(
+        self, *, after_key: int, limit: int, collection: str = DEFAULT_COLLECTION
+    ) -> tuple[list[ImageRecord], int | None]:
         """Records in insertion order after a cursor; the next cursor, or None at the end."""
 
-    def rows(self, *, max_seq: int, batch: int = 10_000) -> Iterator[RowBatch]:
-        """Every current row at a version ≤ max_seq, in chunks (building an index)."""
+    def by_seq(self, seqs: list[int]) -> list[ImageRecord]:
+        """The records currently at these versions, in seq order (a changed one is left out)."""
+
+    def rows(self, collection: str, *, max_seq: int, batch: int = 10_000) -> Iterator[RowBatch]:
+        """Every current row of `collection` at a version ≤ max_seq, in chunks (building an
+        index)."""
 
     def changes_since(self, seq: int) -> list[Change]:
         """Every change after `seq`, in order; LogTruncated if some were pruned."""

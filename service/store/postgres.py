@@ -71,6 +71,19 @@ CREATE TABLE log_consumers (
     seen_at DOUBLE PRECISION NOT NULL  -- epoch seconds
 );
 """,
+    2: """
+CREATE TABLE collections (name TEXT PRIMARY KEY, created_at TIMESTAMPTZ NOT NULL);
+INSERT INTO collections VALUES ('default', now());
+ALTER TABLE images ADD COLUMN collection TEXT NOT NULL DEFAULT 'default';
+ALTER TABLE images ALTER COLUMN collection DROP DEFAULT;
+ALTER TABLE images DROP CONSTRAINT images_id_key;
+ALTER TABLE images ADD CONSTRAINT images_collection_id_key UNIQUE (collection, id);
+CREATE INDEX images_collection_key ON images (collection, key);
+ALTER TABLE changes ADD COLUMN collection TEXT NOT NULL DEFAULT 'default';
+ALTER TABLE changes ALTER COLUMN collection DROP DEFAULT;
+ALTER TABLE changes DROP CONSTRAINT changes_kind_check;
+ALTER TABLE changes ADD CONSTRAINT changes_kind_check CHECK (kind IN ('upsert', 'delete', 'drop'));
+""",
 }
 
 # Bounded failure when the server or the network goes away; the user's URL may override each.
@@ -84,18 +97,9 @@ CONNECTION_DEFAULTS = {
     "application_name": "lookalike",
 }
 
-RECORD_COLUMNS = "id, metadata, sha256, size, format, created_at, updated_at, model_version, seq"
-
 
 def _iso(value: dt.datetime) -> str:
     return value.astimezone(dt.UTC).isoformat(timespec="milliseconds")
-
-
-def _record(row: tuple) -> ImageRecord:
-    image_id, metadata, sha, size, fmt, created, updated, version, seq = row
-    return ImageRecord(
-        image_id, metadata, sha, size, fmt, _iso(created), _iso(updated), version, seq
-    )
 
 
 def _lock_key(name: str) -> int:
@@ -171,9 +175,9 @@ class PostgresStore(SQLStore):
             yield _QmarkConnection(conn)
 
     def _record(self, row: tuple) -> ImageRecord:
-        image_id, metadata, sha, size, fmt, created, updated, version, seq = row
+        name, image_id, metadata, sha, size, fmt, created, updated, version, seq = row
         created, updated = _iso(created), _iso(updated)
-        return ImageRecord(image_id, metadata, sha, size, fmt, created, updated, version, seq)
+        return ImageRecord(name, image_id, metadata, sha, size, fmt, created, updated, version, seq)
 
     def migrate(self) -> None:
         with self._write() as db:

@@ -23,19 +23,23 @@ from typing import Any, Protocol
 import numpy as np
 
 from service.store.base import (
+    DEFAULT_COLLECTION,
     SCHEMA_VERSION,
     Change,
     ImageRecord,
     LogTruncated,
     NewImage,
     RowBatch,
+    UnknownCollection,
     change_from,
     now_iso,
     row_batch,
     vector_bytes,
 )
 
-RECORD_COLUMNS = "id, metadata, sha256, size, format, created_at, updated_at, model_version, seq"
+RECORD_COLUMNS = (
+    "collection, id, metadata, sha256, size, format, created_at, updated_at, model_version, seq"
+)
 
 
 class Executor(Protocol):
@@ -54,7 +58,7 @@ def run_script(db: Executor, script: str) -> None:
 
 
 class _NothingToDelete(Exception):
-    """Rolls back a delete of an unknown id (the seq it took is given back)."""
+    """Rolls back a delete of an unknown id or collection (the seq it took is given back)."""
 
 
 class SQLStore:
@@ -133,17 +137,72 @@ class SQLStore:
         ).fetchone()[0]
         return head - count + 1
 
-    def upsert(self, images: list[NewImage], model_version: str) -> list[tuple[bool, Change]]:
+    # --- collections --------------------------------------------------------------------------
+    def collections(self) -> list[tuple[str, int]]:
+        return [
+            (name, count)
+            for name, count in self._all(
+                "SELECT c.name, COUNT(i.key) FROM collections c "
+                "LEFT JOIN images i ON i.collection = c.name GROUP BY c.name ORDER BY c.name"
+            )
+        ]
+
+    def has_collection(self, name: str) -> bool:
+        return self._one("SELECT 1 FROM collections WHERE name = ?", (name,)) is not None
+
+    def create_collection(self, name: str) -> bool:
+        with self._write() as db:
+            return (
+                db.execute(
+                    "INSERT INTO collections VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+                    (name, now_iso()),
+                ).rowcount
+                == 1
+            )
+
+    def drop_collection(self, name: str) -> Change | None:
+        try:
+            with self._write() as db:
+                seq = self._take_seqs(db, 1)
+                if not db.execute("DELETE FROM collections WHERE name = ?", (name,)).rowcount:
+                    raise _NothingToDelete
+                shas = [
+                    row[0]
+                    for row in db.execute(
+                        "DELETE FROM images WHERE collection = ? RETURNING sha256", (name,)
+                    ).fetchall()
+                ]
+                db.execute(
+                    "INSERT INTO changes (seq, old_seq, kind, collection) VALUES (?, NULL, "
+                    "'drop', ?)",
+                    (seq, name),
+                )
+        except _NothingToDelete:
+            return None
+        self._release_originals(shas)
+        return Change(seq, name, None, None, drop=True)
+
+    @staticmethod
+    def _require_collection(db: Executor, name: str) -> None:
+        """Inside a writer: the collection exists (a concurrent drop has not won)."""
+        if not db.execute("SELECT 1 FROM collections WHERE name = ?", (name,)).fetchone():
+            raise UnknownCollection(f"no collection named {name!r}")
+
+    # --- images -------------------------------------------------------------------------------
+    def upsert(
+        self, images: list[NewImage], model_version: str, collection: str = DEFAULT_COLLECTION
+    ) -> list[tuple[bool, Change]]:
         shas = [hashlib.sha256(image.content).hexdigest() for image in images]
         self._prepare_originals(images, shas)
         with self._write() as db:
             first = self._take_seqs(db, len(images))
+            self._require_collection(db, collection)
             marks = ",".join("?" * len(images))
             old = {
                 image_id: (seq, sha)
                 for image_id, seq, sha in db.execute(
-                    f"SELECT id, seq, sha256 FROM images WHERE id IN ({marks})",
-                    [image.id for image in images],
+                    f"SELECT id, seq, sha256 FROM images WHERE collection = ? AND id IN ({marks})",
+                    [collection, *(image.id for image in images)],
                 ).fetchall()
             }
             self._store_originals(db, images, shas)
@@ -151,18 +210,19 @@ class SQLStore:
             seqs = range(first, first + len(images))
             old_seqs = [old[image.id][0] if image.id in old else None for image in images]
             db.executemany(
-                "INSERT INTO changes (seq, old_seq, kind) VALUES (?, ?, 'upsert')",
-                list(zip(seqs, old_seqs, strict=True)),
+                "INSERT INTO changes (seq, old_seq, kind, collection) VALUES (?, ?, 'upsert', ?)",
+                [(seq, old_seq, collection) for seq, old_seq in zip(seqs, old_seqs, strict=True)],
             )
             db.executemany(
-                "INSERT INTO images (id, metadata, sha256, size, format, created_at, updated_at, "
-                "model_version, vector, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                "ON CONFLICT (id) DO UPDATE SET metadata = excluded.metadata, "
+                "INSERT INTO images (collection, id, metadata, sha256, size, format, created_at, "
+                "updated_at, model_version, vector, seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (collection, id) DO UPDATE SET metadata = excluded.metadata, "
                 "sha256 = excluded.sha256, size = excluded.size, format = excluded.format, "
                 "updated_at = excluded.updated_at, model_version = excluded.model_version, "
                 "vector = excluded.vector, seq = excluded.seq",
                 [
                     (
+                        collection,
                         image.id,
                         meta,
                         sha,
@@ -179,27 +239,34 @@ class SQLStore:
             )
         self._release_originals([sha for _, sha in old.values() if sha not in shas])
         return [
-            (old_seq is None, change_from(seq, old_seq, vector_bytes(image.vector), image.id, meta))
+            (
+                old_seq is None,
+                change_from(
+                    seq, collection, "upsert", old_seq, vector_bytes(image.vector), image.id, meta
+                ),
+            )
             for image, meta, seq, old_seq in zip(images, metadata, seqs, old_seqs, strict=True)
         ]
 
-    def delete(self, image_id: str) -> Change | None:
+    def delete(self, image_id: str, collection: str = DEFAULT_COLLECTION) -> Change | None:
         try:
             with self._write() as db:
                 seq = self._take_seqs(db, 1)
                 row = db.execute(
-                    "DELETE FROM images WHERE id = ? RETURNING seq, sha256", (image_id,)
+                    "DELETE FROM images WHERE collection = ? AND id = ? RETURNING seq, sha256",
+                    (collection, image_id),
                 ).fetchone()
                 if row is None:
                     raise _NothingToDelete
                 db.execute(
-                    "INSERT INTO changes (seq, old_seq, kind) VALUES (?, ?, 'delete')",
-                    (seq, row[0]),
+                    "INSERT INTO changes (seq, old_seq, kind, collection) "
+                    "VALUES (?, ?, 'delete', ?)",
+                    (seq, row[0], collection),
                 )
         except _NothingToDelete:
             return None
         self._release_originals([row[1]])
-        return Change(seq, row[0], None)
+        return Change(seq, collection, row[0], None)
 
     def _release_originals(self, shas: list[str]) -> None:
         """Drop the originals among `shas` that no row points at any more."""
@@ -224,45 +291,62 @@ class SQLStore:
             seq = self._take_seqs(db, len(updates))
             for record, vector in updates:
                 done = db.execute(
-                    "UPDATE images SET vector = ?, model_version = ?, seq = ? "
-                    "WHERE id = ? AND seq = ?",
-                    (vector_bytes(vector), model_version, seq, record.id, record.seq),
+                    "UPDATE images SET vector = ?, model_version = ?, seq = ? WHERE seq = ?",
+                    (vector_bytes(vector), model_version, seq, record.seq),
                 ).rowcount
                 if done:
                     db.execute(
-                        "INSERT INTO changes (seq, old_seq, kind) VALUES (?, ?, 'upsert')",
-                        (seq, record.seq),
+                        "INSERT INTO changes (seq, old_seq, kind, collection) "
+                        "VALUES (?, ?, 'upsert', ?)",
+                        (seq, record.seq, record.collection),
                     )
                     changed += 1
                 seq += 1
         return changed
 
     # --- reads --------------------------------------------------------------------------------
-    def count(self) -> int:
-        return self._one("SELECT COUNT(*) FROM images")[0]
+    def count(self, collection: str | None = None) -> int:
+        if collection is None:
+            return self._one("SELECT COUNT(*) FROM images")[0]
+        return self._one("SELECT COUNT(*) FROM images WHERE collection = ?", (collection,))[0]
 
     def last_seq(self) -> int:
         return self._one("SELECT head FROM log_state WHERE id = 1")[0]
 
-    def get(self, image_id: str) -> ImageRecord | None:
-        row = self._one(f"SELECT {RECORD_COLUMNS} FROM images WHERE id = ?", (image_id,))
+    def get(self, image_id: str, collection: str = DEFAULT_COLLECTION) -> ImageRecord | None:
+        row = self._one(
+            f"SELECT {RECORD_COLUMNS} FROM images WHERE collection = ? AND id = ?",
+            (collection, image_id),
+        )
         return self._record(row) if row else None
 
-    def page(self, *, after_key: int, limit: int) -> tuple[list[ImageRecord], int | None]:
+    def page(
+        self, *, after_key: int, limit: int, collection: str = DEFAULT_COLLECTION
+    ) -> tuple[list[ImageRecord], int | None]:
         rows = self._all(
-            f"SELECT {RECORD_COLUMNS}, key FROM images WHERE key > ? ORDER BY key LIMIT ?",
-            (after_key, limit + 1),
+            f"SELECT {RECORD_COLUMNS}, key FROM images WHERE collection = ? AND key > ? "
+            "ORDER BY key LIMIT ?",
+            (collection, after_key, limit + 1),
         )
         more = len(rows) > limit
         rows = rows[:limit]
         return [self._record(r[:-1]) for r in rows], (rows[-1][-1] if more else None)
 
-    def rows(self, *, max_seq: int, batch: int = 10_000) -> Iterator[RowBatch]:
+    def by_seq(self, seqs: list[int]) -> list[ImageRecord]:
+        if not seqs:
+            return []
+        marks = ",".join("?" * len(seqs))
+        rows = self._all(
+            f"SELECT {RECORD_COLUMNS} FROM images WHERE seq IN ({marks}) ORDER BY seq", tuple(seqs)
+        )
+        return [self._record(r) for r in rows]
+
+    def rows(self, collection: str, *, max_seq: int, batch: int = 10_000) -> Iterator[RowBatch]:
         after = -1
         while rows := self._all(
             f"SELECT seq, vector, id, {self.METADATA_TEXT} FROM images "
-            "WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
-            (after, max_seq, batch),
+            "WHERE collection = ? AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+            (collection, after, max_seq, batch),
         ):
             after = rows[-1][0]
             yield row_batch(rows)
@@ -270,7 +354,8 @@ class SQLStore:
     def changes_since(self, seq: int) -> list[Change]:
         with self._read() as db:
             rows = db.execute(
-                f"SELECT c.seq, c.old_seq, i.vector, i.id, i.{self.METADATA_TEXT} FROM changes c "
+                f"SELECT c.seq, c.collection, c.kind, c.old_seq, i.vector, i.id, "
+                f"i.{self.METADATA_TEXT} FROM changes c "
                 "LEFT JOIN images i ON i.seq = c.seq WHERE c.seq > ? ORDER BY c.seq",
                 (seq,),
             ).fetchall()

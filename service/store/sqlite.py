@@ -31,7 +31,8 @@ from service.store.sql import Executor, SQLStore, run_script
 
 DATABASE_FILE = "gallery.sqlite3"
 
-# Version 0 is the layout before the change log had a head row; `_migrate` upgrades it in place.
+# Version 0 is the layout before the change log had a head row; `migrate` upgrades it in place:
+# version 1 adds the head row, version 2 collections (every image before it is in `default`).
 TABLES = """
 CREATE TABLE IF NOT EXISTS images (
     key INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -62,6 +63,42 @@ CREATE TABLE log_state (
     floor INTEGER NOT NULL   -- changes at or below this seq may have been pruned
 );
 CREATE TABLE log_consumers (name TEXT PRIMARY KEY, seq INTEGER NOT NULL, seen_at REAL NOT NULL);
+"""
+
+# SQLite cannot change a table's UNIQUE or CHECK constraints: images and changes are copied.
+VERSION_2 = """
+CREATE TABLE collections (name TEXT PRIMARY KEY, created_at TEXT NOT NULL);
+INSERT INTO collections VALUES ('default', strftime('%Y-%m-%dT%H:%M:%fZ', 'now'));
+CREATE TABLE images_2 (
+    key INTEGER PRIMARY KEY AUTOINCREMENT,
+    collection TEXT NOT NULL,
+    id TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    format TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    updated_at TEXT NOT NULL,
+    model_version TEXT NOT NULL,
+    vector BLOB NOT NULL,
+    seq INTEGER NOT NULL UNIQUE,
+    UNIQUE (collection, id)
+);
+INSERT INTO images_2 SELECT key, 'default', id, metadata, sha256, size, format, created_at,
+    updated_at, model_version, vector, seq FROM images;
+DROP TABLE images;
+ALTER TABLE images_2 RENAME TO images;
+CREATE INDEX images_sha256 ON images (sha256);
+CREATE INDEX images_collection_key ON images (collection, key);
+CREATE TABLE changes_2 (
+    seq INTEGER PRIMARY KEY,
+    old_seq INTEGER,
+    kind TEXT NOT NULL CHECK (kind IN ('upsert', 'delete', 'drop')),
+    collection TEXT NOT NULL
+);
+INSERT INTO changes_2 SELECT seq, old_seq, kind, 'default' FROM changes;
+DROP TABLE changes;
+ALTER TABLE changes_2 RENAME TO changes;
 """
 
 
@@ -123,7 +160,7 @@ class SQLiteStore(SQLStore):
         return self._db.execute(sql, params).fetchone()
 
     def _record(self, row: tuple) -> ImageRecord:
-        return ImageRecord(row[0], json.loads(row[1]), *row[2:])
+        return ImageRecord(row[0], row[1], json.loads(row[2]), *row[3:])
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -157,6 +194,8 @@ class SQLiteStore(SQLStore):
                 head = used or 0
                 floor = head if oldest is None else oldest - 1
                 db.execute("INSERT INTO log_state VALUES (1, ?, ?)", (head, floor))
+            if self._schema_version(db, str(self.path)) < 2:
+                run_script(db, VERSION_2)
             self._set_schema_version(db)
 
     # --- store-wide chores -------------------------------------------------------------------

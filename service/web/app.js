@@ -6,6 +6,12 @@ const $ = (id) => document.getElementById(id);
 let info = null;
 let galleryCursor = null;
 
+// The collection chosen in the switcher: its routes live under /collections/{name}/.
+function base() {
+  const name = $("collection").value || "default";
+  return name === "default" ? "" : `/collections/${encodeURIComponent(name)}`;
+}
+
 function showError(message) {
   const box = $("error");
   box.textContent = message;
@@ -47,7 +53,7 @@ function tile({ id, score, metadata }) {
   button.title = `Search for images like ${id}`;
   button.setAttribute("aria-label", `${id}${score === undefined ? "" : `, score ${score.toFixed(3)}`}: search by it`);
   const img = document.createElement("img");
-  img.src = `/images/${encodeURIComponent(id)}/content`;
+  img.src = `${base()}/images/${encodeURIComponent(id)}/content`;
   img.alt = metadataText(metadata) || id;
   img.loading = "lazy";
   button.append(img);
@@ -87,7 +93,7 @@ async function searchByFile(file) {
   form.append("file", file);
   form.append("k", String(k()));
   try {
-    showResults((await api("/nearest", { method: "POST", body: form })).results);
+    showResults((await api(`${base()}/nearest`, { method: "POST", body: form })).results);
   } catch (err) {
     showError(err.message);
   }
@@ -98,7 +104,7 @@ async function searchById(id) {
   $("query-preview").textContent = `Query: ${id}`;
   try {
     const body = JSON.stringify({ id, k: k() });
-    showResults((await api("/nearest", { method: "POST", body, headers: { "Content-Type": "application/json" } })).results);
+    showResults((await api(`${base()}/nearest`, { method: "POST", body, headers: { "Content-Type": "application/json" } })).results);
     $("search-title").scrollIntoView({ behavior: "smooth" });
   } catch (err) {
     showError(err.message);
@@ -162,7 +168,7 @@ function upload(files) {
   progress.value = 0;
   $("upload-status").textContent = `uploading ${files.length} image(s)…`;
   const xhr = new XMLHttpRequest();
-  xhr.open("POST", "/images");
+  xhr.open("POST", `${base()}/images`);
   Object.entries(authHeaders()).forEach(([name, value]) => xhr.setRequestHeader(name, value));
   xhr.upload.onprogress = (e) => { if (e.lengthComputable) progress.value = (100 * e.loaded) / e.total; };
   xhr.onerror = () => { progress.hidden = true; showError("cannot reach the service"); };
@@ -173,6 +179,7 @@ function upload(files) {
     if (xhr.status === 201) {
       $("upload-status").textContent = `added ${body.items.length} image(s)`;
       loadGallery(true);
+      loadCollections().catch((err) => showError(err.message));
     } else {
       $("upload-status").textContent = "";
       if (xhr.status === 401) $("api-key-field").hidden = false;
@@ -190,13 +197,24 @@ async function loadGallery(reset) {
   const params = new URLSearchParams({ limit: "48" });
   if (galleryCursor) params.set("cursor", galleryCursor);
   try {
-    const page = await api(`/images?${params}`);
+    const page = await api(`${base()}/images?${params}`);
     $("gallery").append(...page.items.map(tile));
     galleryCursor = page.next_cursor;
     $("more").hidden = !galleryCursor;
   } catch (err) {
     showError(err.message);
   }
+}
+
+async function loadCollections() {
+  const select = $("collection");
+  const chosen = select.value || "default";
+  const { items } = await api("/collections");
+  select.replaceChildren(...items.map(({ name, count }) => {
+    const option = new Option(`${name} (${count})`, name);
+    option.selected = name === chosen;
+    return option;
+  }));
 }
 
 async function start() {
@@ -228,6 +246,15 @@ async function start() {
     if (e.key === "Enter" || e.key === " ") { e.preventDefault(); $("query-file").click(); }
   });
   $("more").addEventListener("click", () => loadGallery(false));
+  $("collection").addEventListener("change", () => {
+    $("results").replaceChildren();
+    loadGallery(true);
+  });
+  try {
+    await loadCollections();
+  } catch (err) {
+    showError(err.message);
+  }
   loadGallery(true);
 }
 

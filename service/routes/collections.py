@@ -1,0 +1,64 @@
+"""Collections: named galleries, each with its own ids and index, over the same model. Their
+images live under /collections/{name}/… (routes/gallery.py); the unprefixed gallery routes are
+the collection `default`, which always exists."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Response
+from fastapi import Path as PathParam
+from fastapi.responses import JSONResponse
+
+from service.errors import Conflict, NotFound
+from service.routes.deps import COLLECTION_RULE, ERRORS, GalleryDep, WriteKey, collection_name
+from service.schemas import CollectionInfo, CollectionList
+from service.store import DEFAULT_COLLECTION
+
+router = APIRouter(tags=["collections"])
+
+Name = Annotated[
+    str, PathParam(description=f"the collection's name: {COLLECTION_RULE}", examples=["shoes"])
+]
+
+
+@router.get("/collections", response_model=CollectionList, responses=ERRORS)
+async def list_collections(gallery: GalleryDep) -> Any:
+    """Every collection, by name, with its image count and index kind."""
+    return {"items": await asyncio.to_thread(gallery.collections)}
+
+
+@router.get("/collections/{name}", response_model=CollectionInfo, responses=ERRORS)
+async def get_collection(name: Name, gallery: GalleryDep) -> Any:
+    return await asyncio.to_thread(gallery.collection, collection_name(name))
+
+
+@router.put(
+    "/collections/{name}",
+    response_model=CollectionInfo,
+    status_code=201,
+    responses={**ERRORS, 200: {"model": CollectionInfo, "description": "it existed already"}},
+    dependencies=[WriteKey],
+)
+async def create_collection(name: Name, gallery: GalleryDep) -> Any:
+    """Create the collection (201), or leave it as it is when it exists (200)."""
+    created = await asyncio.to_thread(gallery.create_collection, collection_name(name))
+    info = await asyncio.to_thread(gallery.collection, name)
+    return JSONResponse(info, status_code=201 if created else 200)
+
+
+@router.delete(
+    "/collections/{name}",
+    status_code=204,
+    responses=ERRORS,
+    dependencies=[WriteKey],
+    response_class=Response,
+)
+async def delete_collection(name: Name, gallery: GalleryDep) -> Response:
+    """Delete the collection with its images (every worker's index forgets them at once)."""
+    if collection_name(name) == DEFAULT_COLLECTION:
+        raise Conflict("the collection 'default' always exists; delete its images one by one")
+    if not await asyncio.to_thread(gallery.drop_collection, name):
+        raise NotFound(f"no collection named {name!r}")
+    return Response(status_code=204)

@@ -1,0 +1,243 @@
+"""Metadata filters: the parser's refusals, MongoDB's semantics on the metadata index, and a
+filtered search's exactness on real FAISS indexes (flat and HNSW, every search plan)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service.filters import FilterError, parse_filter
+from service.index import VectorIndex
+from service.metadata_index import MetadataIndex
+from service.store.base import RowBatch
+
+DOCS = {
+    1: {"label": "boot", "price": 10, "tags": ["red", "big"]},
+    2: {"label": "shirt", "price": 25.5, "sale": True},
+    3: {"label": "boot", "price": "cheap", "stock": None},
+    4: {"label": "bag", "price": 1, "sale": False, "tags": ["red"]},
+    5: {"other": {"nested": 1}},
+}
+
+
+@pytest.fixture(scope="module")
+def metadata() -> MetadataIndex:
+    index = MetadataIndex()
+    for label, doc in DOCS.items():
+        index.add(label, doc)
+    index.add(6, {"label": "gone"})
+    index.remove(6, {"label": "gone"})
+    return index
+
+
+@pytest.mark.parametrize(
+    ("where", "expected"),
+    [
+        ({}, {1, 2, 3, 4, 5}),
+        ({"label": "boot"}, {1, 3}),
+        ({"label": {"$eq": "boot"}}, {1, 3}),
+        ({"label": {"$ne": "boot"}}, {2, 4, 5}),  # $ne matches images without the field
+        ({"label": {"$in": ["bag", "shirt", "none"]}}, {2, 4}),
+        ({"label": {"$nin": ["bag", "shirt"]}}, {1, 3, 5}),
+        ({"price": 1}, {4}),
+        ({"price": 1.0}, {4}),  # numbers compare as numbers
+        ({"price": {"$gt": 10}}, {2}),  # "cheap" is not a number: no range matches it
+        ({"price": {"$gte": 10}}, {1, 2}),
+        ({"price": {"$lt": 10}}, {4}),
+        ({"price": {"$lte": 10}}, {1, 4}),
+        ({"price": {"$gt": 1, "$lt": 25.5}}, {1}),
+        ({"sale": True}, {2}),
+        ({"sale": 1}, set()),  # true is not 1
+        ({"label": "gone"}, set()),  # removed
+        ({"stock": None}, {1, 2, 3, 4, 5}),  # null matches null and missing
+        ({"stock": {"$ne": None}}, set()),
+        ({"stock": {"$exists": True}}, {3}),
+        ({"sale": {"$exists": False}}, {1, 3, 5}),
+        ({"other": {"$exists": True}}, {5}),  # a nested object counts only for $exists
+        ({"tags": "red"}, {1, 4}),  # a list matches when an element does
+        ({"tags": {"$ne": "big"}}, {2, 3, 4, 5}),
+        ({"label": "boot", "price": {"$lt": 100}}, {1}),
+        ({"$and": [{"label": "boot"}, {"tags": "red"}]}, {1}),
+        ({"$or": [{"label": "bag"}, {"sale": True}, {"price": {"$gte": 10}}]}, {1, 2, 4}),
+        (
+            {"$or": [{"$and": [{"label": "boot"}, {"price": 10}]}, {"other": {"$exists": True}}]},
+            {1, 5},
+        ),
+    ],
+)
+def test_filters_follow_mongodb_semantics(
+    metadata: MetadataIndex, where: dict, expected: set[int]
+) -> None:
+    assert set(np.flatnonzero(metadata.mask(parse_filter(where)))) == expected
+
+
+@pytest.mark.parametrize(
+    ("where", "names"),
+    [
+        ([], "filter must be a JSON object, not a list"),
+        ({"$and": {}}, "filter.$and must be a non-empty list"),
+        ({"$or": []}, "filter.$or must be a non-empty list"),
+        (
+            {"$and": [{"a": 1}, {"price": {"$gt": "x"}}]},
+            "filter.$and[1].price.$gt must be a number",
+        ),
+        ({"$not": {"a": 1}}, "filter.$not: unknown operator"),
+        ({"a": {"$regex": "x"}}, "filter.a.$regex: unknown operator"),
+        ({"a": {"b": 1}}, "filter.a must be a value"),
+        ({"a": {"$eq": 1, "b": 2}}, "filter.a must be a value"),
+        ({"a": {}}, "filter.a must not be an empty object"),
+        ({"a": [1, 2]}, "filter.a must be a string, number, boolean or null, not a list"),
+        ({"a": {"$in": "x"}}, "filter.a.$in must be a list"),
+        ({"a": {"$nin": [1, {"b": 2}]}}, "filter.a.$nin[1] must be a string"),
+        ({"a": {"$exists": 1}}, "filter.a.$exists must be true or false"),
+        ({"a": {"$lt": True}}, "filter.a.$lt must be a number, not a boolean"),
+        ({"": 1}, "a field name must not be empty"),
+    ],
+)
+def test_malformed_filters_are_refused_naming_the_bad_part(where: object, names: str) -> None:
+    with pytest.raises(FilterError) as raised:
+        parse_filter(where)
+    assert names in str(raised.value)
+
+
+def test_deeply_nested_filters_are_refused_not_recursed_into() -> None:
+    where: dict = {"a": 1}
+    for _ in range(100):
+        where = {"$and": [where]}
+    with pytest.raises(FilterError, match="nest at most"):
+        parse_filter(where)
+
+
+LABELS = ["boot", "shirt", "bag", "coat", "sandal"]
+
+
+def gallery(n: int = 2000, dim: int = 32, seed: int = 0) -> tuple[np.ndarray, list[dict]]:
+    rng = np.random.default_rng(seed)
+    vectors = rng.standard_normal((n, dim)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    docs = [{"label": LABELS[i % 5], "price": int(rng.integers(0, 1000))} for i in range(n)]
+    docs[7]["label"] = docs[1234]["label"] = docs[1999]["label"] = "rare"
+    return vectors, docs
+
+
+def random_filter(rng: np.random.Generator) -> dict:
+    label, other = rng.choice(LABELS, 2, replace=False).tolist()
+    price = int(rng.integers(0, 1000))
+    kinds = [
+        {"label": label},
+        {"label": {"$eq": label}},
+        {"label": {"$ne": label}},
+        {"label": {"$in": [label, other]}},
+        {"label": {"$nin": [label, other]}},
+        {"price": {"$gt": price}},
+        {"price": {"$gte": price}},
+        {"price": {"$lt": price}},
+        {"price": {"$lte": price}},
+        {"price": {"$exists": True}},
+        {"$and": [{"label": label}, {"price": {"$lt": price}}]},
+        {"$or": [{"label": label}, {"price": {"$gt": price}}]},
+    ]
+    return kinds[int(rng.integers(len(kinds)))]
+
+
+def matches(doc: dict, where: dict) -> bool:
+    """An independent, slow reading of the filters the tests use."""
+    if "$and" in where:
+        return all(matches(doc, part) for part in where["$and"])
+    if "$or" in where:
+        return any(matches(doc, part) for part in where["$or"])
+    ((field, condition),) = where.items()
+    if not isinstance(condition, dict):
+        condition = {"$eq": condition}
+    ((op, operand),) = condition.items()
+    value = doc.get(field)
+    return {
+        "$eq": lambda: value == operand,
+        "$ne": lambda: value != operand,
+        "$in": lambda: value in operand,
+        "$nin": lambda: value not in operand,
+        "$gt": lambda: value > operand,
+        "$gte": lambda: value >= operand,
+        "$lt": lambda: value < operand,
+        "$lte": lambda: value <= operand,
+        "$exists": lambda: (field in doc) == operand,
+    }[op]()
+
+
+def exact_top_k(
+    vectors: np.ndarray, docs: list[dict], query: np.ndarray, where: dict, k: int
+) -> list[str]:
+    allowed = np.array([matches(doc, where) for doc in docs])
+    scores = np.where(allowed, vectors @ query, -np.inf)
+    best = np.argsort(-scores, kind="stable")[: min(k, int(allowed.sum()))]
+    return [f"img{i}" for i in best]
+
+
+def filled_index(kind: str, vectors: np.ndarray, docs: list[dict], **options) -> VectorIndex:
+    import orjson
+
+    index = VectorIndex(vectors.shape[1], kind, **options)
+    n = len(docs)
+    index.add(
+        RowBatch(
+            seqs=np.arange(1, n + 1, dtype=np.int64),
+            vectors=vectors,
+            ids=[f"img{i}" for i in range(n)],
+            metadata=[orjson.dumps(doc).decode() for doc in docs],
+        )
+    )
+    return index
+
+
+PLANS = {  # the thresholds that force each way of searching
+    "brute force": {"brute_force_max_matches": 10**9},
+    "selector": {"brute_force_max_matches": 0, "oversample_min_share": 1.0},
+    "oversample": {"brute_force_max_matches": 0, "oversample_min_share": 1e-9},
+}
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+@pytest.mark.parametrize("plan", [*PLANS, "default"])
+def test_filtered_search_returns_the_top_k_among_the_matches(kind: str, plan: str) -> None:
+    vectors, docs = gallery()
+    index = filled_index(kind, vectors, docs, **PLANS.get(plan, {}))
+    rng = np.random.default_rng(1)
+    k, recalls = 10, []
+    for _ in range(50):
+        where = random_filter(rng)
+        query = vectors[int(rng.integers(len(vectors)))] + 0.3 * rng.standard_normal(32)
+        query = (query / np.linalg.norm(query)).astype(np.float32)
+        expected = exact_top_k(vectors, docs, query, where, k)
+        got = [hit.id for hit in index.search(query[None, :], k, parse_filter(where))[0]]
+        assert len(got) == len(expected)
+        if kind == "flat" or plan == "brute force":
+            assert got == expected, where
+        recalls.append(len(set(got) & set(expected)) / max(1, len(expected)))
+    assert np.mean(recalls) >= 0.95
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_a_filter_that_matches_three_images_returns_exactly_those_best_first(kind: str) -> None:
+    vectors, docs = gallery()
+    index = filled_index(kind, vectors, docs, brute_force_max_matches=0)
+    query = vectors[1234]
+    hits = index.search(query[None, :], 10, parse_filter({"label": "rare"}))[0]
+    assert [h.id for h in hits] == exact_top_k(vectors, docs, query, {"label": "rare"}, 10)
+    assert len(hits) == 3 and hits[0].id == "img1234" and hits[0].metadata["label"] == "rare"
+    assert index.search(query[None, :], 10, parse_filter({"label": "none"}))[0] == []
+
+
+def test_hnsw_keeps_its_recall_when_one_in_a_thousand_images_match() -> None:
+    vectors, docs = gallery(n=20_000, seed=3)
+    for i, doc in enumerate(docs):
+        doc["label"] = "needle" if i % 1000 == 0 else doc["label"]
+    index = filled_index("hnsw", vectors, docs, brute_force_max_matches=0)
+    rng = np.random.default_rng(4)
+    recalls = []
+    for _ in range(20):
+        query = vectors[int(rng.integers(len(vectors)))]
+        expected = exact_top_k(vectors, docs, query, {"label": "needle"}, 10)
+        got = [h.id for h in index.search(query[None, :], 10, parse_filter({"label": "needle"}))[0]]
+        assert len(got) == 10
+        recalls.append(len(set(got) & set(expected)) / 10)
+    assert np.mean(recalls) >= 0.95
