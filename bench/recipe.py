@@ -7,7 +7,8 @@ Each probe is one `python -m training train` run on the folder, at the same epoc
 with the settings its name says. From each artifact's metrics.json (training/evaluate.py) it
 records copy detection (R@1, R@10, mAP) beside raw pixels and a random-init encoder, and kNN
 top-1 by top-level folder (--label-depth 1), with the training time. Writes
-RESULTS/recipe.json; a probe already there is skipped unless --again.
+RESULTS/recipe.json; a probe already there is skipped unless --again, and a probe whose
+artifact is already complete is read rather than trained again.
 """
 
 from __future__ import annotations
@@ -52,15 +53,27 @@ COLUMNS = [
 ]
 
 
+def _finished(out: Path, epochs: int) -> bool:
+    """An artifact of this probe at these epochs is already complete (a run was cut short)."""
+    if not (out / "metrics.json").exists():
+        return False
+    return json.loads((out / "model.json").read_text())["training"]["epochs"] == epochs
+
+
+def _recorded(path: Path) -> list[dict]:
+    return json.loads(path.read_text())["probes"] if path.exists() else []
+
+
 def run_probe(name: str, settings: list[str], args: argparse.Namespace) -> dict:
     out = args.models / name.replace(" ", "").replace(",", "_").replace(":", "")
     command = [
         sys.executable, "-m", "training", "train", "--data", str(args.data),
         "--epochs", str(args.epochs), "--label-depth", "1", *settings, "--out", str(out),
     ]  # fmt: skip
-    print("$", " ".join(command), flush=True)
     started = time.monotonic()
-    subprocess.run(command, cwd=ROOT, check=True)
+    if args.again or not _finished(out, args.epochs):
+        print("$", " ".join(command), flush=True)
+        subprocess.run(command, cwd=ROOT, check=True)
     metrics = json.loads((out / "metrics.json").read_text())["metrics"]
     info = json.loads((out / "model.json").read_text())
     row = {"probe": name, "settings": settings, "epochs": args.epochs}
@@ -90,17 +103,17 @@ def main() -> None:
     if not args.data.is_dir():
         sys.exit(f"{args.data} is not a folder (apt-get install openclipart-png)")
     path = args.results / "recipe.json"
-    rows = json.loads(path.read_text())["probes"] if path.exists() else []
     for name, settings in PROBES.items():
         if args.only is not None and name not in args.only:
             continue
-        if not args.again and any(r["probe"] == name and r["epochs"] == args.epochs for r in rows):
+        key = (name, args.epochs)
+        if not args.again and any((r["probe"], r["epochs"]) == key for r in _recorded(path)):
             continue
         row = run_probe(name, settings, args)
-        rows = [r for r in rows if not (r["probe"] == name and r["epochs"] == args.epochs)]
-        rows.append(row)
-        write(args.results, "recipe", {"data": str(args.data), "probes": rows})
-    print(table(rows, COLUMNS))
+        # Read the file again: another run of this script may have written to it meanwhile.
+        rows = [r for r in _recorded(path) if (r["probe"], r["epochs"]) != key]
+        write(args.results, "recipe", {"data": str(args.data), "probes": [*rows, row]})
+    print(table(_recorded(path), COLUMNS))
 
 
 if __name__ == "__main__":
