@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -25,7 +26,10 @@ import lookalike
 import numpy as np
 import pytest
 from lookalike import (
+    AsyncClient,
     Client,
+    CollectionInfo,
+    Conflict,
     ConnectionFailed,
     Invalid,
     NotFound,
@@ -166,6 +170,154 @@ def test_errors_mirror_the_http_errors(module_server: Server, image_dir: Path) -
         isinstance(e.value, lookalike.LookalikeError)
         for e in (unauthorized, invalid, unsupported, too_large, not_found)
     )
+
+
+def _name(tag: str) -> str:
+    return f"{tag}-{uuid.uuid4().hex[:8]}"  # collections outlive a test on the module's server
+
+
+BOOTS = {"label": "boot"}
+CHEAP = {"price": {"$lt": 20}}
+BAD_FILTER = {"$or": [{"label": "boot"}, {"price": {"$gt": "cheap"}}]}
+BAD_PART = "filter.$or[1].price.$gt must be a number"
+
+
+def _shop(seed: int) -> tuple[list[str], list[bytes], list[dict[str, object]]]:
+    """Six images: a boot, a sandal, a boot… priced 5, 15, 25, …"""
+    ids = [f"item-{i}" for i in range(6)]
+    images = [png_bytes(seed + i) for i in range(6)]
+    metadata: list[dict[str, object]] = [
+        {"label": "boot" if i % 2 == 0 else "sandal", "price": 5 + 10 * i} for i in range(6)
+    ]
+    return ids, images, metadata
+
+
+def test_collections_keep_the_same_ids_apart_and_are_managed(module_server: Server) -> None:
+    red, blue = _name("red"), _name("blue")
+    with Client(module_server.url, api_key=API_KEY) as client:
+        made = client.create_collection(red)
+        assert made == CollectionInfo(name=red, count=0, index_kind="flat")
+        client.create_collection(blue)
+        reds, blues = client.collection(red), client.collection(blue)
+        assert reds.name == red and repr(blues) == f"Collection({blue!r})"
+        reds.upload([png_bytes(1), png_bytes(2)], ids=["a", "b"], metadata=[{"c": "red"}, {}])
+        uploaded = blues.upload([png_bytes(3)], ids=["a"], metadata=[{"c": "blue"}])
+        assert [(u.id, u.created) for u in uploaded] == [("a", True)]  # not a replacement
+        assert client.create_collection(red).count == 2  # exists: left as it is
+        red_a, blue_a = reds.get("a"), blues.get("a")
+        assert (red_a.collection, red_a.metadata) == (red, {"c": "red"})
+        assert (blue_a.collection, blue_a.metadata) == (blue, {"c": "blue"})
+        assert reds.content("a") == png_bytes(1) and blues.content("a") == png_bytes(3)
+        assert [h.id for h in blues.nearest(png_bytes(1), k=10)] == ["a"]
+        assert [h.id for h in reds.nearest(id="a", k=10)] == ["a", "b"]  # red's own images only
+        with pytest.raises(NotFound):
+            blues.get("b")
+        with pytest.raises(NotFound):
+            client.get("a")  # `default` has no "a"
+        blues.delete("a")
+        assert [i.id for i in reds.images(page_size=1)] == ["a", "b"]
+        assert list(blues.images()) == []
+        listed = {c.name: c.count for c in client.collections()}
+        assert listed[red] == 2 and listed[blue] == 0 and "default" in listed
+        assert client.get_collection(red) == CollectionInfo(red, 2, "flat")
+        client.delete_collection(blue)
+        assert blue not in {c.name for c in client.collections()}
+        gone = _name("gone")
+        for call in (
+            lambda: client.get_collection(blue),
+            lambda: client.delete_collection(blue),
+            lambda: client.collection(gone).nearest(id="a"),
+            lambda: client.collection(gone).upload([png_bytes(1)], ids=["a"]),
+            lambda: list(client.collection(gone).images()),
+        ):
+            with pytest.raises(NotFound) as not_found:
+                call()
+            assert not_found.value.status == 404 and "no collection named" in str(not_found.value)
+        with pytest.raises(Conflict) as conflict:
+            client.delete_collection("default")
+        with pytest.raises(Invalid) as bad_name:
+            client.create_collection("no spaces")
+        for dots in (lambda: list(client.collection("..").images()), lambda: client.get("..")):
+            with pytest.raises((Invalid, NotFound)):  # not `default`'s list, nor the web page
+                dots()
+    assert conflict.value.status == 409 and "always exists" in conflict.value.message
+    assert bad_name.value.status == 422 and "A–Z a–z 0–9 _ -" in bad_name.value.message
+
+
+def test_filters_narrow_nearest_and_the_image_list(module_server: Server) -> None:
+    ids, images, metadata = _shop(seed=40)
+    run = _name("run")  # the default collection is shared: this run's images carry a tag
+    with Client(module_server.url, api_key=API_KEY) as client:
+        shop = client.collection(_name("shop"))
+        client.create_collection(shop.name)
+        shop.upload(images, ids=ids, metadata=metadata)
+        client.upload(images[:2], ids=[f"{run}-{i}" for i in range(2)], metadata=[{"run": run}] * 2)
+        boots = {i for i, m in zip(ids, metadata, strict=True) if m["label"] == "boot"}
+        vector = client.embed(images[1]).embeddings[0]
+        for hits in (
+            shop.nearest(images[1], k=10, filter=BOOTS),  # multipart: filter as a JSON field
+            shop.nearest(id=ids[1], k=10, filter=BOOTS),
+            shop.nearest(vector=vector, k=10, filter=BOOTS),
+        ):
+            assert {h.id for h in hits} == boots and all(
+                h.metadata["label"] == "boot" for h in hits
+            )
+        cheap = shop.nearest(id=ids[0], k=10, filter={"$and": [BOOTS, CHEAP]})
+        assert [h.id for h in cheap] == ["item-0"]
+        assert {h.id for h in client.nearest(id=f"{run}-0", filter={"run": run})} == {
+            f"{run}-0",
+            f"{run}-1",
+        }
+        assert [i.id for i in shop.images(page_size=2, filter=CHEAP)] == ["item-0", "item-1"]
+        assert [i.id for i in client.images(filter={"run": run})] == [f"{run}-0", f"{run}-1"]
+        errors = []
+        for call in (
+            lambda: shop.nearest(id=ids[0], filter=BAD_FILTER),
+            lambda: shop.nearest(images[0], filter=BAD_FILTER),
+            lambda: list(shop.images(filter=BAD_FILTER)),
+        ):
+            with pytest.raises(Invalid) as invalid:
+                call()
+            errors.append(invalid.value)
+    assert all((e.status, e.code) == (422, "invalid_filter") for e in errors)
+    assert all(BAD_PART in e.message for e in errors), [e.message for e in errors]
+
+
+async def _async_collections_and_filters(url: str) -> None:
+    ids, images, metadata = _shop(seed=60)
+    first, second = _name("first"), _name("second")
+    async with AsyncClient(url, api_key=API_KEY) as client:
+        made = await asyncio.gather(
+            client.create_collection(first), client.create_collection(second)
+        )
+        assert [m.name for m in made] == [first, second]
+        one, two = client.collection(first), client.collection(second)
+        assert repr(one) == f"AsyncCollection({first!r})"
+        await one.upload(images, ids=ids, metadata=metadata)
+        await two.upload(images[3:4], ids=ids[:1], metadata=[{"label": "other"}])
+        assert (await one.get(ids[0])).metadata == metadata[0]
+        assert (await two.get(ids[0])).metadata == {"label": "other"}
+        assert await two.content(ids[0]) == images[3]
+        assert [h.id for h in await two.nearest(images[0], k=10)] == [ids[0]]
+        boots = await one.nearest(id=ids[1], k=10, filter=BOOTS)
+        assert {h.id for h in boots} == {"item-0", "item-2", "item-4"}
+        assert [i.id async for i in one.images(page_size=1, filter=CHEAP)] == ids[:2]
+        counts = {c.name: c.count for c in await client.collections()}
+        assert (counts[first], counts[second]) == (6, 1)
+        assert (await client.get_collection(first)).count == 6
+        await two.delete(ids[0])
+        await client.delete_collection(second)
+        with pytest.raises(NotFound):
+            await client.get_collection(second)
+        with pytest.raises(Conflict):
+            await client.delete_collection("default")
+        with pytest.raises(Invalid) as invalid:
+            await one.nearest(images[0], filter=BAD_FILTER)
+    assert invalid.value.code == "invalid_filter" and BAD_PART in invalid.value.message
+
+
+def test_async_collections_and_filters(module_server: Server) -> None:
+    asyncio.run(_async_collections_and_filters(module_server.url))
 
 
 class AlwaysBusy(BaseHTTPRequestHandler):

@@ -5,12 +5,16 @@
     with Client("http://127.0.0.1:8000", api_key="...") as client:
         client.upload(["shirt.png", "dress.png"], ids=["shirt", "dress"])
         hits = client.nearest("query.png", k=5)   # [Hit(id, score, metadata)], best first
+        client.create_collection("shoes")
+        shoes = client.collection("shoes")         # the same gallery methods, in "shoes"
+        shoes.nearest("query.png", filter={"label": "boot"})
 
 The exceptions are drawn in lookalike._errors' docstring.
 """
 
-from lookalike._client import AsyncClient, Client, __version__
+from lookalike._client import AsyncClient, AsyncCollection, Client, Collection, __version__
 from lookalike._errors import (
+    Conflict,
     ConnectionFailed,
     Invalid,
     LookalikeError,
@@ -25,6 +29,7 @@ from lookalike._errors import (
 )
 from lookalike._images import ImageLike
 from lookalike._types import (
+    CollectionInfo,
     Embeddings,
     Hit,
     ImageInfo,
@@ -37,7 +42,11 @@ from lookalike._types import (
 
 __all__ = [
     "AsyncClient",
+    "AsyncCollection",
     "Client",
+    "Collection",
+    "CollectionInfo",
+    "Conflict",
     "ConnectionFailed",
     "Embeddings",
     "Hit",

@@ -19,6 +19,7 @@ import httpx
 from lookalike._errors import ConnectionFailed, error_for
 from lookalike._images import ImageLike, as_list, file_fields
 from lookalike._types import (
+    CollectionInfo,
     Embeddings,
     Hit,
     ImageInfo,
@@ -40,8 +41,10 @@ MAX_DELAY_S = 8.0
 MAX_RETRY_AFTER_S = 60.0
 JITTER = 0.25  # each wait is stretched by up to a quarter, so that waiting callers spread out
 DEFAULT_BATCH_SIZE = 64
+DEFAULT_COLLECTION = "default"  # the service's unprefixed gallery routes
 
 Progress = Callable[[int, int], None]
+Filter = Mapping[str, Any]  # MongoDB-style, on the images' metadata (README: Filters)
 
 
 @dataclass(frozen=True)
@@ -117,8 +120,24 @@ def retry_after(headers: httpx.Headers) -> float | None:
     return seconds if 0 < seconds <= MAX_RETRY_AFTER_S else None
 
 
-def _id_path(image_id: str) -> str:
-    return "/images/" + quote(str(image_id), safe="")
+def _segment(value: str) -> str:
+    """One path segment. "." and ".." are percent-encoded too: left bare, httpx would resolve
+    them (`/collections/../images` is `/images`, the collection `default`'s)."""
+    quoted = quote(str(value), safe="")
+    return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted
+
+
+def _prefix(collection: str) -> str:
+    """Where a collection's gallery routes live: the unprefixed ones are `default`'s."""
+    return "" if collection == DEFAULT_COLLECTION else _collection_path(collection)
+
+
+def _collection_path(name: str) -> str:
+    return "/collections/" + _segment(name)
+
+
+def _id_path(collection: str, image_id: str) -> str:
+    return _prefix(collection) + "/images/" + _segment(image_id)
 
 
 def embed(images: ImageLike | Iterable[ImageLike], dimensions: int | None) -> Call[Embeddings]:
@@ -137,7 +156,12 @@ def _hits(response: httpx.Response) -> list[Hit]:
 
 
 def nearest(
-    image: ImageLike | None, image_id: str | None, vector: Sequence[float] | None, k: int
+    collection: str,
+    image: ImageLike | None,
+    image_id: str | None,
+    vector: Sequence[float] | None,
+    k: int,
+    where: Filter | None,
 ) -> Call[list[Hit]]:
     given = [
         name
@@ -146,38 +170,73 @@ def nearest(
     ]
     if len(given) != 1:
         raise TypeError(f"give exactly one of image, id or vector (got {given or 'none'})")
+    path = _prefix(collection) + "/nearest"
     if image is not None:
-        files = file_fields("file", [image])
-        return Call("POST", "/nearest", _hits, files=files, data={"k": str(k)})
+        data = {"k": str(k)}
+        if where is not None:
+            data["filter"] = json.dumps(dict(where))
+        return Call("POST", path, _hits, files=file_fields("file", [image]), data=data)
+    body: dict[str, Any] = {"k": k}
     if image_id is not None:
-        return Call("POST", "/nearest", _hits, json={"id": image_id, "k": k})
-    assert vector is not None
-    return Call("POST", "/nearest", _hits, json={"vector": [float(x) for x in vector], "k": k})
+        body["id"] = image_id
+    else:
+        assert vector is not None
+        body["vector"] = [float(x) for x in vector]
+    if where is not None:
+        body["filter"] = dict(where)
+    return Call("POST", path, _hits, json=body)
 
 
-def get(image_id: str) -> Call[ImageInfo]:
-    return Call("GET", _id_path(image_id), lambda r: from_json(ImageInfo, r.json()))
+def get(collection: str, image_id: str) -> Call[ImageInfo]:
+    return Call("GET", _id_path(collection, image_id), lambda r: from_json(ImageInfo, r.json()))
 
 
-def content(image_id: str) -> Call[bytes]:
-    return Call("GET", _id_path(image_id) + "/content", lambda r: r.content)
+def content(collection: str, image_id: str) -> Call[bytes]:
+    return Call("GET", _id_path(collection, image_id) + "/content", lambda r: r.content)
 
 
-def delete(image_id: str) -> Call[None]:
-    return Call("DELETE", _id_path(image_id), lambda r: None)
+def delete(collection: str, image_id: str) -> Call[None]:
+    return Call("DELETE", _id_path(collection, image_id), lambda r: None)
 
 
-def page(cursor: str | None, page_size: int) -> Call[Page]:
+def page(collection: str, cursor: str | None, page_size: int, where: Filter | None) -> Call[Page]:
     params: dict[str, Any] = {"limit": page_size}
     if cursor is not None:
         params["cursor"] = cursor
+    if where is not None:
+        params["filter"] = json.dumps(dict(where))
 
     def parse(response: httpx.Response) -> Page:
         body = response.json()
         items = [from_json(ImageInfo, item) for item in body["items"]]
         return Page(items, body.get("next_cursor"))
 
-    return Call("GET", "/images", parse, params)
+    return Call("GET", _prefix(collection) + "/images", parse, params)
+
+
+def _collection(response: httpx.Response) -> CollectionInfo:
+    return from_json(CollectionInfo, response.json())
+
+
+def collections() -> Call[list[CollectionInfo]]:
+    return Call(
+        "GET",
+        "/collections",
+        lambda r: [from_json(CollectionInfo, item) for item in r.json()["items"]],
+    )
+
+
+def get_collection(name: str) -> Call[CollectionInfo]:
+    return Call("GET", _collection_path(name), _collection)
+
+
+def create_collection(name: str) -> Call[CollectionInfo]:
+    # PUT: a repeat finds it made and answers 200, so retrying is safe.
+    return Call("PUT", _collection_path(name), _collection)
+
+
+def delete_collection(name: str) -> Call[None]:
+    return Call("DELETE", _collection_path(name), lambda r: None)
 
 
 def info() -> Call[ServiceInfo]:
@@ -208,6 +267,7 @@ class Upload:
     """An upload in batches: the calls to make, one per batch, and the items they return.
     A batch is retried only when it names its ids: then a repeat replaces, never duplicates."""
 
+    collection: str
     images: list[ImageLike]
     ids: list[str] | None
     metadata: list[Mapping[str, Any]] | None
@@ -218,6 +278,7 @@ class Upload:
     @classmethod
     def plan(
         cls,
+        collection: str,
         images: ImageLike | Iterable[ImageLike],
         ids: Iterable[str] | None,
         metadata: Iterable[Mapping[str, Any]] | None,
@@ -233,7 +294,7 @@ class Upload:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, not {batch_size}")
         report = stderr_progress if progress is True else (progress or None)
-        return cls(listed, id_list, meta_list, batch_size, report)
+        return cls(collection, listed, id_list, meta_list, batch_size, report)
 
     def calls(self) -> Iterator[Call[list[Uploaded]]]:
         """One call per batch; its files are read only when its turn comes."""
@@ -245,9 +306,8 @@ class Upload:
             if self.metadata is not None:
                 data["metadata"] = [json.dumps(dict(m)) for m in self.metadata[start:stop]]
             files = file_fields("files", self.images[start:stop], start)
-            yield Call(
-                "POST", "/images", _uploaded, files=files, data=data, retry=self.ids is not None
-            )
+            path = _prefix(self.collection) + "/images"
+            yield Call("POST", path, _uploaded, files=files, data=data, retry=self.ids is not None)
 
     def done(self, items: list[Uploaded]) -> None:
         self.items.extend(items)

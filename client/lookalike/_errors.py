@@ -2,8 +2,10 @@
 
 LookalikeError                .status .code .message
 ├── ConnectionFailed          None    the service did not answer (refused, reset, timed out)
-├── Invalid                   422     undecodable image, bad parameter (and any other 400)
-├── NotFound                  404     unknown id, or unknown model
+├── Invalid                   422     undecodable image, bad parameter or collection name,
+│                                     malformed filter (code "invalid_filter"); any other 400
+├── NotFound                  404     unknown id, collection or model
+├── Conflict                  409     a change the service refuses (deleting "default")
 ├── Unauthorized              401     missing or wrong API key
 ├── TooLarge                  413     body, image or pixel count over a limit
 ├── Unsupported               415     image format or Content-Type not allowed
@@ -42,7 +44,11 @@ class Invalid(LookalikeError):
 
 
 class NotFound(LookalikeError):
-    """404: no image (or model) with that id."""
+    """404: no image (or collection, or model) with that id or name."""
+
+
+class Conflict(LookalikeError):
+    """409: a change the service refuses, such as deleting the collection "default"."""
 
 
 class Unauthorized(LookalikeError):
@@ -77,6 +83,7 @@ BY_STATUS: dict[int, type[LookalikeError]] = {
     400: Invalid,
     401: Unauthorized,
     404: NotFound,
+    409: Conflict,
     413: TooLarge,
     415: Unsupported,
     422: Invalid,

@@ -78,6 +78,16 @@ class ImageInfo:
     created_at: str
     updated_at: str
     model: str
+    collection: str = "default"  # the collection it is in (older services: always that)
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    """A collection: a named gallery with its own ids and index, over the service's model."""
+
+    name: str
+    count: int  # images in it
+    index_kind: str  # the answering worker's index of it: "flat" (exact) or "hnsw"
 
 
 @dataclass(frozen=True)
