@@ -191,16 +191,21 @@ def overfetched_search(index: VectorIndex, k: int, cut: int) -> Search:
 
 def unfiltered_rows(
     flat: VectorIndex, hnsw: VectorIndex, queries: np.ndarray, efs: list[int], built: dict
-) -> tuple[list[dict], list[list[int]]]:
+) -> list[dict]:
+    """Flat (the truth) and HNSW at each efSearch, on the same build; efSearch is then reset."""
+    mb = {
+        index.kind: len(snapshot_bytes({"bench": index}, seq=0, model_version="bench")) / 2**20
+        for index in (flat, hnsw)
+    }
+
     def row(index: VectorIndex, found: list[list[int]], latency: dict, **extra: int) -> dict:
-        mb = len(snapshot_bytes({"bench": index}, seq=0, model_version="bench")) / 2**20
         return {
             "vectors": index.count,
             "dim": index.dim,
             "kind": index.kind,
             **extra,
             "build_s": round(built[index.kind], 2),
-            "memory_mb": round(mb, 1),
+            "memory_mb": round(mb[index.kind], 1),
             **latency,
             "recall_at_10": recall(found, truth),
         }
@@ -212,12 +217,13 @@ def unfiltered_rows(
         rows.append(row(hnsw, *measure(lambda q: hnsw.search(q, K)[0], queries), ef_search=ef))
         print(json.dumps(rows[-1]), flush=True)
     hnsw.tune(ef_search=DEFAULTS["hnsw_ef_search"])
-    return rows, truth
+    return rows
 
 
 def filtered_rows(
     index: VectorIndex, vectors: np.ndarray, queries: np.ndarray, share: float, forced: int
 ) -> list[dict]:
+    """One selectivity: as the service searches, each plan forced, and the over-fetch baseline."""
     cut = round(share * BUCKETS)
     if not 0 < cut <= BUCKETS or abs(cut / BUCKETS - share) > 1e-9:
         raise SystemExit(f"selectivity {share} is not a multiple of 1/{BUCKETS}")
@@ -300,7 +306,7 @@ def main() -> None:
         if not args.skip_unfiltered:
             flat, flat_s = build("flat", vectors, buckets)
             built = {"flat": flat_s, "hnsw": hnsw_s}
-            unfiltered += unfiltered_rows(flat, hnsw, q, numbers(args.ef_search, int), built)[0]
+            unfiltered += unfiltered_rows(flat, hnsw, q, numbers(args.ef_search, int), built)
             del flat
         if not args.skip_filtered:
             for share in numbers(args.selectivities, float):
