@@ -286,7 +286,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", type=Path, default=ROOT / "bench" / "results" / "cache")
     parser.add_argument("--skip-unfiltered", action="store_true")
-    parser.add_argument("--skip-filtered", action="store_true")
+    parser.add_argument("--skip-filtered", action="store_true", help="both: only fill the cache")
     add_results_argument(parser)
     args = parser.parse_args()
     faiss.omp_set_num_threads(2)
@@ -295,7 +295,7 @@ def main() -> None:
     sizes = numbers(args.sizes, int)
     biggest = corpus(encoder, max(sizes), args.originals, args.seed, args.cache)
     unfiltered, filtered = [], []
-    for size in sizes:
+    for size in sizes if not (args.skip_unfiltered and args.skip_filtered) else ():
         vectors = biggest[:size]
         if args.dim:
             vectors, q = truncate(vectors, args.dim), truncate(queries, args.dim)
