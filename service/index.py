@@ -136,6 +136,25 @@ class VectorIndex:
         hnsw.hnsw.efSearch = ef_search
         return faiss.IndexIDMap2(hnsw)
 
+    def tune(
+        self,
+        *,
+        ef_search: int | None = None,
+        brute_force_max_matches: int | None = None,
+        oversample_min_share: float | None = None,
+    ) -> None:
+        """Change search-time settings of a built index, without rebuilding it (bench/search.py
+        measures several on one build). Callers hold lock.write()."""
+        if ef_search is not None:
+            m, ef_construction, _ = self._hnsw
+            self._hnsw = (m, ef_construction, ef_search)
+            if self.kind == "hnsw":
+                faiss.downcast_index(self._index.index).hnsw.efSearch = ef_search  # type: ignore[attr-defined]
+        if brute_force_max_matches is not None:
+            self._brute_force_max_matches = brute_force_max_matches
+        if oversample_min_share is not None:
+            self._oversample_min_share = oversample_min_share
+
     @property
     def count(self) -> int:
         """Live vectors (tombstones excluded)."""

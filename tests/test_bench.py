@@ -98,14 +98,29 @@ def test_serve(artifact: Path, tmp_path: Path) -> None:
 
 
 def test_search(artifact: Path, tmp_path: Path) -> None:
-    result = run_script(
-        "search",
-        *("--model", str(artifact), "--sizes", "3000", "--queries", "20", "--ef", "16,64"),
-        results=tmp_path,
-    )
-    kinds = [(row["kind"], row.get("ef_search")) for row in result["rows"]]
-    assert kinds == [("flat", None), ("hnsw", 16), ("hnsw", 64)]
-    assert result["rows"][0]["recall_at_10"] == 1.0
+    args = ("--model", str(artifact), "--sizes", "2000,3000", "--originals", "1500")
+    args += ("--queries", "20", "--forced-queries", "10", "--ef-search", "16,64")
+    args += ("--selectivities", "0.5,0.005", "--cache", str(tmp_path / "cache"))
+    result = run_script("search", *args, results=tmp_path)
+    kinds = [(row["vectors"], row["kind"], row.get("ef_search")) for row in result["unfiltered"]]
+    assert kinds == [(n, kind, ef) for n in (2000, 3000) for kind, ef in UNFILTERED]
+    assert all(row["recall_at_10"] == 1.0 for row in result["unfiltered"] if row["kind"] == "flat")
+    ways = [(row["vectors"], row["selectivity"], row["method"]) for row in result["filtered"]]
+    assert ways == [(n, s, way) for n in (2000, 3000) for s in (0.5, 0.005) for way in WAYS]
+    for row in result["filtered"]:
+        assert row["matches"] == round(row["vectors"] * row["selectivity"])
+        assert 0 <= row["recall_at_10"] <= 1 and 0 < row["p50_ms"] <= row["p99_ms"]
+    service = [row for row in result["filtered"] if row["method"] == "service"]
+    assert all(row["plan"] == "brute force" and row["recall_at_10"] == 1.0 for row in service)
+    cached = [path.name for path in (tmp_path / "cache").iterdir()]
+    assert len(cached) == 1 and cached[0].endswith("-1500-seed0-3000.npy")
+    again = run_script("search", *args, "--sizes", "2000", "--skip-filtered", results=tmp_path)
+    assert [row["vectors"] for row in again["unfiltered"]] == [2000] * 3 and not again["filtered"]
+    assert len(list((tmp_path / "cache").iterdir())) == 1  # served from the 3000 corpus
+
+
+UNFILTERED = [("flat", None), ("hnsw", 16), ("hnsw", 64)]
+WAYS = ["service", "forced", "forced", "forced", "over-fetch k=100", "over-fetch k=1000"]
 
 
 def test_encoder_speed(artifact: Path, tmp_path: Path) -> None:

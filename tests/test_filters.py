@@ -3,6 +3,7 @@ filtered search's exactness on real FAISS indexes (flat and HNSW, every search p
 
 from __future__ import annotations
 
+import faiss
 import numpy as np
 import pytest
 
@@ -241,3 +242,14 @@ def test_hnsw_keeps_its_recall_when_one_in_a_thousand_images_match() -> None:
         assert len(got) == 10
         recalls.append(len(set(got) & set(expected)) / 10)
     assert np.mean(recalls) >= 0.95
+
+
+def test_tune_changes_how_a_built_index_searches() -> None:
+    vectors, docs = gallery()
+    index = filled_index("hnsw", vectors, docs)
+    assert index.plan(100) == "brute force"
+    index.tune(ef_search=200, brute_force_max_matches=0, oversample_min_share=1.0)
+    assert faiss.downcast_index(index._index.index).hnsw.efSearch == 200
+    assert index.plan(100) == "selector" and index.plan(index.count) == "oversample"
+    index.tune(oversample_min_share=1e-9)
+    assert index.plan(100) == "oversample"
