@@ -34,7 +34,10 @@ TRAIN_FLAGS = {
         "triplet negatives: 'semi_hard' (stable) or 'batch_hard' "
         "(hardest; collapse is detected and falls back to semi-hard)",
     ),
-    "--image-size": ("image_size", "side in pixels for a folder (64–96 for colour photos)"),
+    "--image-size": (
+        "image_size",
+        "side in pixels for a folder (64; 32 trains about 4× faster and finds fewer copies)",
+    ),
     "--limit": ("limit", "use only the first N training (and held-out) images"),
     "--label-depth": (
         "label_depth",

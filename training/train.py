@@ -75,7 +75,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_epochs: float = 2.0
     # --- augmentation (None: AugmentConfig.for_images defaults) ---
-    crop_min_scale: float | None = None  # smallest crop area; 0.35 for 28 px, 0.2 for colour
+    crop_min_scale: float | None = None  # smallest crop area; 0.35 by default
     colour_jitter: float | None = None  # SimCLR's strength s (0.5 = 0.4/0.4/0.4/0.1); see augment
     erase_p: float | None = None
     blur_p: float | None = None
