@@ -109,7 +109,7 @@ class VectorIndex:
         *,
         hnsw_m: int = 32,
         ef_construction: int = 80,
-        ef_search: int = 96,
+        ef_search: int = 192,
         brute_force_max_matches: int = 20_000,
         oversample_min_share: float = 0.25,
     ) -> None:
