@@ -145,18 +145,19 @@ class Evaluation:
     query_h: np.ndarray  # (Q, D): the model's embeddings of the edited queries
 
 
-def _unit(features: np.ndarray | torch.Tensor) -> torch.Tensor:
+def unit(features: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """fp32 rows scaled to length 1, as a tensor."""
     return F.normalize(torch.as_tensor(features).float(), dim=1)
 
 
 def feature_set_metrics(
     bank_h: np.ndarray, query_h: np.ndarray, split: Split, cds: CopyDetectionSet
 ) -> dict[str, float]:
-    metrics = copy_detection_metrics(_unit(bank_h), _unit(query_h), cds)
+    metrics = copy_detection_metrics(unit(bank_h), unit(query_h), cds)
     if split.train.labels is not None:
         n = len(split.train)
         train_y, heldout_y = (torch.from_numpy(d.labels) for d in (split.train, split.heldout))
-        metrics.update(all_metrics(_unit(bank_h[:n]), train_y, _unit(bank_h[n:]), heldout_y))
+        metrics.update(all_metrics(unit(bank_h[:n]), train_y, unit(bank_h[n:]), heldout_y))
     return metrics
 
 

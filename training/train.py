@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
@@ -41,7 +40,7 @@ from training.copy_detection import (
 )
 from training.data import Dataset, Split, load_data
 from training.encoder import ContrastiveModel, EncoderConfig
-from training.evaluate import knn_top1, pixel_features
+from training.evaluate import knn_top1, pixel_features, unit
 from training.features import fit_whitening, to_pixels, unwhitened_features
 from training.losses import NTXentLoss, TripletLoss, triplet_collapsed
 
@@ -196,8 +195,8 @@ def monitor(
 
 def pixel_floor(split: Split, probe: CopyDetectionSet) -> float:
     """Copy-detection R@1 of raw pixels on the monitor's queries: the line to beat."""
-    unit = lambda images: F.normalize(pixel_features(images), dim=1)  # noqa: E731
-    return copy_detection_metrics(unit(bank_images(split)), unit(probe.queries), probe)["copy_r1"]
+    bank, queries = (unit(pixel_features(x)) for x in (bank_images(split), probe.queries))
+    return copy_detection_metrics(bank, queries, probe)["copy_r1"]
 
 
 def epoch_line(metrics: dict, epochs: int, floor: float) -> str:
