@@ -12,14 +12,27 @@ from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 
 from service.errors import Conflict, NotFound
-from service.routes.deps import COLLECTION_RULE, ERRORS, GalleryDep, WriteKey, collection_name
+from service.routes.deps import (
+    COLLECTION_PATTERN,
+    COLLECTION_RULE,
+    ERRORS,
+    GalleryDep,
+    WriteKey,
+    collection_name,
+)
 from service.schemas import CollectionInfo, CollectionList
 from service.store import DEFAULT_COLLECTION
 
 router = APIRouter(tags=["collections"])
 
+# The schema states the rule; collection_name() enforces it with a message that says it.
 Name = Annotated[
-    str, PathParam(description=f"the collection's name: {COLLECTION_RULE}", examples=["shoes"])
+    str,
+    PathParam(
+        description=f"the collection's name: {COLLECTION_RULE}",
+        examples=["shoes"],
+        json_schema_extra={"pattern": COLLECTION_PATTERN.pattern},
+    ),
 ]
 
 

@@ -64,7 +64,12 @@ CollectionDep = Annotated[str, Depends(get_collection)]
 
 async def document_collection(
     collection: Annotated[
-        str, PathParam(description=f"a collection's name: {COLLECTION_RULE}", examples=["shoes"])
+        str,
+        PathParam(
+            description=f"a collection's name: {COLLECTION_RULE}",
+            examples=["shoes"],
+            json_schema_extra={"pattern": COLLECTION_PATTERN.pattern},
+        ),
     ],
 ) -> None:
     """Puts `{collection}` into the OpenAPI of the routes under /collections/{collection}/."""
