@@ -23,10 +23,11 @@ The semantics are MongoDB's, over the top-level keys of an image's metadata:
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Any
+
+from service import strict_json
 
 Scalar = str | float | int | bool | None
 
@@ -110,9 +111,9 @@ def parse_filter(value: Any, path: str = "filter", depth: int = 0) -> Filter:
 def parse_filter_json(text: str, path: str = "filter") -> Filter:
     """A filter sent as JSON text (a multipart field, a query parameter)."""
     try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise FilterError(f"{path} is not valid JSON: {exc}") from exc
+        value = strict_json.loads(text, path)
+    except strict_json.InvalidJSON as exc:
+        raise FilterError(str(exc)) from exc
     return parse_filter(value, path)
 
 

@@ -418,6 +418,11 @@ class Gallery:
     def indexed(self) -> int:
         return sum(index.count for index in list(self._view.indexes.values()))
 
+    @property
+    def unreadable(self) -> int:
+        """Stored images left out of search because their metadata cannot be read."""
+        return sum(index.unreadable for index in list(self._view.indexes.values()))
+
     def status(self) -> dict:
         store_seq = self._fresh()
         indexes = list(self._view.indexes.values())
@@ -426,6 +431,7 @@ class Gallery:
             "indexed": sum(index.count for index in indexes),
             "index_kind": self._describe(DEFAULT_COLLECTION, 0)["index_kind"],
             "index_tombstones": sum(index.tombstones for index in indexes),
+            "index_unreadable": sum(index.unreadable for index in indexes),
             "index_seq": self._view.seq,
             "collections": len(indexes),
             "store": self._store.backend,

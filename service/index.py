@@ -28,6 +28,7 @@ reported, and the owner rebuilds from the store.
 from __future__ import annotations
 
 import hashlib
+import logging
 import math
 import struct
 import threading
@@ -40,9 +41,12 @@ import faiss
 import numpy as np
 import orjson
 
+from service import strict_json
 from service.filters import Filter
 from service.metadata_index import MetadataIndex
 from service.store.base import Change, IndexedRow, RowBatch
+
+log = logging.getLogger(__name__)
 
 MAGIC = b"LOOKALIKE-INDEX-3\n"  # 3: one snapshot holds every collection's index
 
@@ -124,6 +128,7 @@ class VectorIndex:
         self._rows: dict[int, tuple[str, str]] = {}  # label → (id, metadata JSON)
         self._labels: dict[str, int] = {}  # id → its live label
         self._metadata = MetadataIndex()
+        self._unreadable: dict[int, str] = {}  # label → id: rows left out, metadata unreadable
         self.lock = ReadWriteLock()
         self.seq = 0  # the last store change this index includes
 
@@ -161,6 +166,11 @@ class VectorIndex:
         return len(self._rows)
 
     @property
+    def unreadable(self) -> int:
+        """Current rows left out of this index because their stored metadata is unreadable."""
+        return len(self._unreadable)
+
+    @property
     def tombstones(self) -> int:
         return len(self._tombstones)
 
@@ -170,19 +180,36 @@ class VectorIndex:
 
     # --- writes (callers hold lock.write()) ------------------------------------------------
     def add(self, batch: RowBatch) -> None:
-        if not len(batch.seqs):
-            return
-        self._index.add_with_ids(
-            np.ascontiguousarray(batch.vectors, dtype=np.float32), batch.seqs.astype(np.int64)
-        )
-        for label, image_id, metadata in zip(
-            batch.seqs.tolist(), batch.ids, batch.metadata, strict=True
+        """Index a batch of rows. A row whose stored metadata the strict parser refuses (one
+        written before uploads were parsed strictly) is left out, logged and counted: one bad
+        row must never stop the index."""
+        keep, parsed = [], []
+        for i, (label, image_id, text) in enumerate(
+            zip(batch.seqs.tolist(), batch.ids, batch.metadata, strict=True)
         ):
-            self._rows[label] = (image_id, metadata)
+            try:
+                parsed.append(strict_json.loads(text, "metadata"))
+                keep.append(i)
+            except strict_json.InvalidJSON as exc:
+                self._unreadable[label] = image_id
+                log.error(
+                    "image %r is left out of search: %s (re-upload it with valid metadata)",
+                    image_id,
+                    exc,
+                )
+        if not keep:
+            return
+        seqs = batch.seqs[keep].astype(np.int64)
+        vectors = np.ascontiguousarray(batch.vectors[keep], dtype=np.float32)
+        self._index.add_with_ids(vectors, seqs)
+        for i, label, metadata in zip(keep, seqs.tolist(), parsed, strict=True):
+            image_id = batch.ids[i]
+            self._rows[label] = (image_id, batch.metadata[i])
             self._labels[image_id] = label
-            self._metadata.add(label, orjson.loads(metadata))
+            self._metadata.add(label, metadata)
 
     def _remove(self, label: int) -> None:
+        self._unreadable.pop(label, None)
         row = self._rows.pop(label, None)
         if row is None:
             return  # never added: its row had changed again before this index saw it
@@ -311,6 +338,7 @@ class VectorIndex:
             "dim": self.dim,
             "count": self.count,
             "tombstones": sorted(self._tombstones),
+            "unreadable": sorted(self._unreadable.items()),
             "vector_bytes": len(vectors),
             "row_bytes": len(rows),
         }
@@ -325,9 +353,14 @@ class VectorIndex:
             faiss.downcast_index(index._index.index).hnsw.efSearch = index._hnsw[2]  # type: ignore[attr-defined]
         batch = orjson.loads(payload[split:])
         for label, image_id, metadata in batch:
+            try:
+                parsed = strict_json.loads(metadata, "metadata")
+            except strict_json.InvalidJSON as exc:  # written by an older, lenient lookalike
+                raise SnapshotError(f"image {image_id!r} has unreadable metadata: {exc}") from exc
             index._rows[label] = (image_id, metadata)
             index._labels[image_id] = label
-            index._metadata.add(label, orjson.loads(metadata))
+            index._metadata.add(label, parsed)
+        index._unreadable = {label: image_id for label, image_id in header.get("unreadable", [])}
         index._tombstones = set(header["tombstones"])
         index.seq = header["seq"]
         return index

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
+from service import strict_json
 from service.errors import InvalidInput, UnsupportedMediaType, image_error
 from service.imaging import ImageError, InputSpec, decode_image
 
@@ -50,9 +50,9 @@ async def read_form(request: Request, *, max_files: int) -> FormData:
 async def read_json(request: Request) -> dict[str, Any]:
     body = await request.body()
     try:
-        value = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"body is not valid JSON: {exc}") from exc
+        value = strict_json.loads(body, "body")
+    except strict_json.InvalidJSON as exc:
+        raise InvalidInput(str(exc)) from exc
     if not isinstance(value, dict):
         raise InvalidInput("JSON body must be an object")
     return value

@@ -60,6 +60,18 @@ class Metrics:
             registry=self.registry,
             multiprocess_mode="livemax",
         )
+        self.unreadable_rows = Gauge(
+            "lookalike_unreadable_rows",
+            "stored images left out of search: their metadata cannot be read (see the log)",
+            registry=self.registry,
+            multiprocess_mode="livemax",
+        )
+        self.auth_failures = Counter(
+            "lookalike_auth_failures",
+            "requests refused for a missing, unknown, revoked or expired key, or its scope",
+            ["reason"],
+            registry=self.registry,
+        )
         self.store_size = Gauge(
             "lookalike_store_images",
             "images in the store",

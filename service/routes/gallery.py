@@ -6,7 +6,6 @@ the event loop (`asyncio.to_thread`)."""
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import uuid
 from typing import Annotated, Any
@@ -16,6 +15,7 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 
+from service import strict_json
 from service.errors import InvalidInput, NotFound
 from service.filters import Filter, parse_filter, parse_filter_json
 from service.imaging import sniff_format
@@ -149,9 +149,9 @@ def _parse_metadata(values: list, count: int, max_bytes: int) -> list[dict]:
         if not isinstance(text, str) or len(text.encode()) > max_bytes:
             raise InvalidInput(f"metadata[{i}] must be a JSON object of at most {max_bytes} bytes")
         try:
-            value = json.loads(text)
-        except ValueError as exc:
-            raise InvalidInput(f"metadata[{i}] is not valid JSON: {exc}") from exc
+            value = strict_json.loads(text, f"metadata[{i}]")
+        except strict_json.InvalidJSON as exc:
+            raise InvalidInput(str(exc), param="metadata") from exc
         if not isinstance(value, dict):
             raise InvalidInput(f"metadata[{i}] must be a JSON object")
         parsed.append(value)

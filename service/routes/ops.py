@@ -31,6 +31,7 @@ READY_EXAMPLE = {
     "indexed": 3000,
     "index_kind": "flat",
     "index_tombstones": 0,
+    "index_unreadable": 0,
     "index_seq": 3000,
     "store": "sqlite",
     "images": 3000,
@@ -98,6 +99,7 @@ async def service_info(runtime: RuntimeDep) -> dict:
 @router.get("/metrics", response_class=Response, responses=example(METRICS_EXAMPLE, "text/plain"))
 async def metrics(runtime: RuntimeDep) -> Response:
     runtime.metrics.index_size.set(runtime.gallery.indexed)
+    runtime.metrics.unreadable_rows.set(runtime.gallery.unreadable)
     with contextlib.suppress(StoreUnavailable):  # the rest of the metrics still answer
         runtime.metrics.store_size.set(await asyncio.to_thread(runtime.gallery.count))
     body = await asyncio.to_thread(runtime.metrics.render)

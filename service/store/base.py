@@ -22,12 +22,17 @@ Two implementations: `SQLiteStore` (one data dir, any number of processes on one
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+
+from service import strict_json
+
+log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 2
 DEFAULT_COLLECTION = "default"
@@ -140,6 +145,17 @@ class RowBatch:
 
 def now_iso() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
+def stored_metadata(text: str, image_id: str) -> dict:
+    """A record's metadata from its stored JSON text. Text that an older, lenient lookalike let in
+    (NaN, a lone surrogate) reads as {} and is logged: the row and its original stay, and
+    re-uploading the image with valid metadata repairs it."""
+    try:
+        return strict_json.loads(text, "metadata")
+    except strict_json.InvalidJSON as exc:
+        log.error("image %r is served without metadata: %s", image_id, exc)
+        return {}
 
 
 def vector_bytes(vector: np.ndarray) -> bytes:

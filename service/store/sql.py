@@ -14,7 +14,6 @@ being a writer, it cannot interleave with an upsert that is adding a row for the
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
@@ -22,6 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from service import strict_json
 from service.store.base import (
     DEFAULT_COLLECTION,
     SCHEMA_VERSION,
@@ -206,7 +206,7 @@ class SQLStore:
                 ).fetchall()
             }
             self._store_originals(db, images, shas)
-            now, metadata = now_iso(), [json.dumps(image.metadata) for image in images]
+            now, metadata = now_iso(), [strict_json.dumps(image.metadata) for image in images]
             seqs = range(first, first + len(images))
             old_seqs = [old[image.id][0] if image.id in old else None for image in images]
             db.executemany(

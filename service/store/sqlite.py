@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -26,6 +25,7 @@ from service.store.base import (
     NewImage,
     StorageFullError,
     StoreUnavailable,
+    stored_metadata,
 )
 from service.store.sql import Executor, SQLStore, run_script
 
@@ -160,7 +160,7 @@ class SQLiteStore(SQLStore):
         return self._db.execute(sql, params).fetchone()
 
     def _record(self, row: tuple) -> ImageRecord:
-        return ImageRecord(row[0], row[1], json.loads(row[2]), *row[3:])
+        return ImageRecord(row[0], row[1], stored_metadata(row[2], row[1]), *row[3:])
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
