@@ -57,14 +57,16 @@ def _first_problem(value: Any, path: str, depth: int) -> str | None:
     if isinstance(value, dict | list):
         if depth >= MAX_DEPTH:
             return f"{path} nests deeper than {MAX_DEPTH} levels"
-        items = value.items() if isinstance(value, dict) else enumerate(value)
-        for key, item in items:
-            if isinstance(value, dict):
+        if isinstance(value, list):
+            children = [(f"{path}[{i}]", item) for i, item in enumerate(value)]
+        else:
+            children = []
+            for key, item in value.items():
                 here = f"{path}.{key.encode('utf-8', 'backslashreplace').decode()}"
                 if problem := _string_problem(key, f"the key of {here}"):
                     return problem
-            else:
-                here = f"{path}[{key}]"
+                children.append((here, item))
+        for here, item in children:
             if problem := _first_problem(item, here, depth + 1):
                 return problem
     return None
