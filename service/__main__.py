@@ -6,6 +6,7 @@ python -m service --seed-demo-gallery                 # fill an empty gallery wi
 python -m service import DIR [--url URL]              # bulk-load a folder of images
 python -m service backup DEST                         # an online copy of the SQLite gallery
 python -m service reembed                             # move the store's vectors to this model
+python -m service keys create --name N --scope read   # API keys: create, list, revoke
 """
 
 from __future__ import annotations
@@ -168,6 +169,10 @@ def main(argv: list[str] | None = None) -> int:
         return backup(argv[1:])
     if argv[:1] == ["reembed"]:
         return reembed(argv[1:])
+    if argv[:1] == ["keys"]:
+        from service.keys_cli import main as keys_main
+
+        return keys_main(argv[1:], _settings)
     parser = argparse.ArgumentParser(
         prog="python -m service",
         description=__doc__,

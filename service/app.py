@@ -28,6 +28,7 @@ from service.encoder import load_encoder
 from service.errors import ApiError, PayloadTooLarge, api_error_for
 from service.filters import FilterError
 from service.gallery import Gallery
+from service.keys import Keyring
 from service.metrics import Metrics
 from service.routes import WEB_DIR, openai, router
 from service.runtime import Runtime
@@ -127,6 +128,11 @@ async def _open_gallery(runtime: Runtime) -> None:
         except StoreUnavailable as exc:
             log.warning("waiting for the database", extra={"why": str(exc)})
             await asyncio.sleep(STORE_RETRY_S)
+    await asyncio.to_thread(runtime.keys.start)
+    if not runtime.keys.required:
+        log.warning("no API keys: anyone who can reach this service can read and change it")
+    elif runtime.keys.public_reads:
+        log.warning("PUBLIC_READS: anyone who can reach this service can search and download")
     if settings.seed_demo_gallery:
         size = settings.demo_gallery_size
         await asyncio.to_thread(seed_demo_gallery, gallery, runtime.encoder, size)
@@ -150,13 +156,21 @@ def lifespan_for(settings: Settings, metrics: Metrics):
         )
         await batcher.start()
         store = open_store(settings)
-        runtime = Runtime(settings, metrics, encoder, batcher, Gallery(store, encoder, settings))
+        keys = Keyring(
+            store,
+            bootstrap_key=settings.api_key.get_secret_value() if settings.api_key else None,
+            public_reads=settings.public_reads,
+            refresh_interval_s=settings.follow_interval_s,
+        )
+        gallery = Gallery(store, encoder, settings)
+        runtime = Runtime(settings, metrics, encoder, batcher, gallery, keys)
         try:
             await _open_gallery(runtime)
             app.state.runtime = runtime
             yield
         finally:
             await batcher.stop()
+            await asyncio.to_thread(keys.stop)
             await asyncio.to_thread(runtime.gallery.close)
             store.close()
 

@@ -23,7 +23,11 @@ class Settings(BaseSettings):
     database_url: SecretStr | None = None
     database_pool_size: int = Field(8, ge=1)  # connections per worker process
     database_timeout_s: float = Field(5.0, gt=0)  # longest wait for a connection; then 503
-    api_key: SecretStr | None = None  # when set, writes need `Authorization: Bearer <key>`
+    # A bootstrap admin key (`Authorization: Bearer <key>`); more keys, with scopes, come from
+    # `python -m service keys create`. Once any key exists, every data or compute route needs one.
+    api_key: SecretStr | None = None
+    public_reads: bool = False  # true: reads and compute need no key, on purpose; writes still do
+    public_metrics: bool = False  # true: /metrics needs no key (a scraper without one)
 
     # Processes. "auto": one per core this process may use; each holds the whole index.
     workers: int | Literal["auto"] = "auto"

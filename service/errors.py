@@ -7,7 +7,8 @@ ApiError
 ├── InvalidInput           422 invalid_input         undecodable image, bad JSON, bad parameter
 ├── NotFound               404 not_found             unknown id or collection
 ├── Conflict               409 conflict              a change the gallery refuses (delete `default`)
-├── Unauthorized           401 unauthorized          missing or wrong API key
+├── Unauthorized           401 unauthorized          missing, unknown, revoked or expired API key
+├── Forbidden              403 forbidden             the key's scope does not allow this
 ├── Unavailable            503 not_ready             still starting (with Retry-After)
 └── InsufficientStorage    507 insufficient_storage  the data dir or database is full
 
@@ -78,6 +79,10 @@ class Unauthorized(ApiError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
+
+
+class Forbidden(ApiError):
+    status, code = 403, "forbidden"
 
 
 class Unavailable(ApiError):

@@ -13,6 +13,7 @@ from service.batcher import MicroBatcher
 from service.config import Settings
 from service.encoder import Encoder
 from service.gallery import Gallery
+from service.keys import Keyring
 from service.metrics import Metrics
 
 
@@ -23,3 +24,4 @@ class Runtime:
     encoder: Encoder
     batcher: MicroBatcher
     gallery: Gallery
+    keys: Keyring

@@ -16,14 +16,16 @@ from service.routes.deps import (
     COLLECTION_PATTERN,
     COLLECTION_RULE,
     ERRORS,
+    AdminAccess,
     GalleryDep,
-    WriteKey,
-    collection_name,
+    PrincipalDep,
+    ReadAccess,
+    visible,
 )
 from service.schemas import CollectionInfo, CollectionList
 from service.store import DEFAULT_COLLECTION
 
-router = APIRouter(tags=["collections"])
+router = APIRouter(tags=["collections"], dependencies=[ReadAccess])  # changes: AdminAccess
 
 # The schema states the rule; collection_name() enforces it with a message that says it.
 Name = Annotated[
@@ -37,14 +39,15 @@ Name = Annotated[
 
 
 @router.get("/collections", response_model=CollectionList, responses=ERRORS)
-async def list_collections(gallery: GalleryDep) -> Any:
-    """Every collection, by name, with its image count and index kind."""
-    return {"items": await asyncio.to_thread(gallery.collections)}
+async def list_collections(gallery: GalleryDep, principal: PrincipalDep) -> Any:
+    """Every collection the key may see, by name, with its image count and index kind."""
+    items = await asyncio.to_thread(gallery.collections)
+    return {"items": [item for item in items if principal.sees(item["name"])]}
 
 
 @router.get("/collections/{name}", response_model=CollectionInfo, responses=ERRORS)
-async def get_collection(name: Name, gallery: GalleryDep) -> Any:
-    return await asyncio.to_thread(gallery.collection, collection_name(name))
+async def get_collection(name: Name, gallery: GalleryDep, principal: PrincipalDep) -> Any:
+    return await asyncio.to_thread(gallery.collection, visible(name, principal))
 
 
 @router.put(
@@ -52,11 +55,11 @@ async def get_collection(name: Name, gallery: GalleryDep) -> Any:
     response_model=CollectionInfo,
     status_code=201,
     responses={**ERRORS, 200: {"model": CollectionInfo, "description": "it existed already"}},
-    dependencies=[WriteKey],
+    dependencies=[AdminAccess],
 )
-async def create_collection(name: Name, gallery: GalleryDep) -> Any:
+async def create_collection(name: Name, gallery: GalleryDep, principal: PrincipalDep) -> Any:
     """Create the collection (201), or leave it as it is when it exists (200)."""
-    created = await asyncio.to_thread(gallery.create_collection, collection_name(name))
+    created = await asyncio.to_thread(gallery.create_collection, visible(name, principal))
     info = await asyncio.to_thread(gallery.collection, name)
     return JSONResponse(info, status_code=201 if created else 200)
 
@@ -65,12 +68,12 @@ async def create_collection(name: Name, gallery: GalleryDep) -> Any:
     "/collections/{name}",
     status_code=204,
     responses=ERRORS,
-    dependencies=[WriteKey],
+    dependencies=[AdminAccess],
     response_class=Response,
 )
-async def delete_collection(name: Name, gallery: GalleryDep) -> Response:
+async def delete_collection(name: Name, gallery: GalleryDep, principal: PrincipalDep) -> Response:
     """Delete the collection with its images (every worker's index forgets them at once)."""
-    if collection_name(name) == DEFAULT_COLLECTION:
+    if visible(name, principal) == DEFAULT_COLLECTION:
         raise Conflict("the collection 'default' always exists; delete its images one by one")
     if not await asyncio.to_thread(gallery.drop_collection, name):
         raise NotFound(f"no collection named {name!r}")

@@ -1,9 +1,9 @@
-"""What routes depend on: the worker's runtime, the gallery once it is ready, the collection a
-route names, the write key, and the response helpers they share."""
+"""What routes depend on: the worker's runtime, the gallery once it is ready, the request's key
+and what it may do, the collection a route names, and the response helpers they share."""
 
 from __future__ import annotations
 
-import hmac
+import logging
 import re
 from typing import Annotated, Any
 
@@ -14,14 +14,17 @@ from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from service.errors import InvalidInput, Unauthorized, Unavailable
+from service.errors import Forbidden, InvalidInput, NotFound, Unauthorized, Unavailable
 from service.gallery import Gallery
+from service.keys import AuthError, Principal, Scope
 from service.runtime import Runtime
 from service.schemas import ErrorResponse
 from service.store import DEFAULT_COLLECTION
 
+log = logging.getLogger("service.auth")
+
 ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (401, 404, 409, 413, 415, 422, 503, 507)
+    status: {"model": ErrorResponse} for status in (401, 403, 404, 409, 413, 415, 422, 503, 507)
 }
 
 # Dependencies are `async def` on purpose: FastAPI runs a plain `def` dependency in a thread
@@ -54,14 +57,6 @@ def collection_name(name: str) -> str:
     return name
 
 
-async def get_collection(request: Request) -> str:
-    """The collection the path names (`/collections/{collection}/…`); `default` elsewhere."""
-    return collection_name(request.path_params.get("collection", DEFAULT_COLLECTION))
-
-
-CollectionDep = Annotated[str, Depends(get_collection)]
-
-
 async def document_collection(
     collection: Annotated[
         str,
@@ -75,23 +70,83 @@ async def document_collection(
     """Puts `{collection}` into the OpenAPI of the routes under /collections/{collection}/."""
 
 
-bearer = HTTPBearer(auto_error=False, description="the service's LOOKALIKE_API_KEY")
+bearer = HTTPBearer(auto_error=False, description="an API key (python -m service keys create)")
 
 
-async def require_write_key(
+async def get_principal(
+    request: Request,
     runtime: RuntimeDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-) -> None:
-    key = runtime.settings.api_key
-    if key is None:
-        return
-    if credentials is None or credentials.scheme.lower() != "bearer" or not credentials.credentials:
-        raise Unauthorized("this write needs Authorization: Bearer <key>")
-    if not hmac.compare_digest(credentials.credentials.encode(), key.get_secret_value().encode()):
-        raise Unauthorized("wrong API key")
+) -> Principal:
+    """Who the request acts as, from its bearer key (service/keys.py); 401 when refused."""
+    key = credentials.credentials if credentials is not None else None
+    try:
+        return runtime.keys.authenticate(key)
+    except AuthError as exc:
+        _refused(request, runtime, exc.reason)
+        raise Unauthorized(str(exc)) from None
 
 
-WriteKey = Depends(require_write_key)
+PrincipalDep = Annotated[Principal, Depends(get_principal)]
+
+
+def _refused(request: Request, runtime: Runtime, reason: str) -> None:
+    """Count and log a refused request, without any key material."""
+    runtime.metrics.auth_failures.labels(reason).inc()
+    client = request.client.host if request.client else None
+    log.warning(
+        "request refused",
+        extra={
+            "reason": reason,
+            "method": request.method,
+            "path": request.url.path,
+            "client": client,
+        },
+    )
+
+
+def _require(needed: Scope, request: Request, runtime: Runtime, principal: Principal) -> None:
+    if not principal.allows(needed):
+        _refused(request, runtime, "scope")
+        message = (
+            f"this needs a key with the {needed} scope; {principal.name!r} has {principal.scope}"
+        )
+        raise Forbidden(message)
+
+
+def access(needed: Scope) -> Any:
+    """A route dependency: the request's key must have the `needed` scope (401, else 403)."""
+
+    async def check(request: Request, runtime: RuntimeDep, principal: PrincipalDep) -> None:
+        _require(needed, request, runtime, principal)
+
+    return Depends(check)
+
+
+ReadAccess, WriteAccess, AdminAccess = access("read"), access("write"), access("admin")
+
+
+async def metrics_access(request: Request, runtime: RuntimeDep) -> None:
+    """/metrics: open with PUBLIC_METRICS (a scraper without a key), else a read key."""
+    if not runtime.settings.public_metrics:
+        principal = await get_principal(request, runtime, await bearer(request))
+        _require("read", request, runtime, principal)
+
+
+def visible(name: str, principal: Principal) -> str:
+    """A valid collection name the key may see; to a key scoped elsewhere, an unknown one."""
+    collection_name(name)
+    if not principal.sees(name):
+        raise NotFound(f"no collection named {name!r}")
+    return name
+
+
+async def get_collection(request: Request, principal: PrincipalDep) -> str:
+    """The collection the path names (`/collections/{collection}/…`); `default` elsewhere."""
+    return visible(request.path_params.get("collection", DEFAULT_COLLECTION), principal)
+
+
+CollectionDep = Annotated[str, Depends(get_collection)]
 
 
 class ArrayJSONResponse(JSONResponse):

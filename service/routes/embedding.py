@@ -9,11 +9,11 @@ from fastapi import APIRouter, Query, Request
 
 from service.encoder import truncate
 from service.inputs import decode_all, parse_dimensions, read_images
-from service.routes.deps import ERRORS, ArrayJSONResponse, RuntimeDep, rounded
+from service.routes.deps import ERRORS, ArrayJSONResponse, ReadAccess, RuntimeDep, rounded
 from service.runtime import Runtime
 from service.schemas import EmbedResponse, SimilarityResponse, images_body
 
-router = APIRouter()
+router = APIRouter(dependencies=[ReadAccess])
 
 
 async def embed_request(

@@ -30,7 +30,14 @@ from service.inputs import (
     read_form,
     read_json,
 )
-from service.routes.deps import ERRORS, CollectionDep, GalleryDep, RuntimeDep, WriteKey
+from service.routes.deps import (
+    ERRORS,
+    CollectionDep,
+    GalleryDep,
+    ReadAccess,
+    RuntimeDep,
+    WriteAccess,
+)
 from service.runtime import Runtime
 from service.schemas import (
     NEAREST_BODY,
@@ -44,7 +51,7 @@ from service.store import CONTENT_TYPES, NewImage
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
 
-router = APIRouter()
+router = APIRouter(dependencies=[ReadAccess])  # writes add WriteAccess
 
 ImageId = Annotated[str, PathParam(examples=["shirt-42"])]
 
@@ -163,7 +170,7 @@ def _parse_metadata(values: list, count: int, max_bytes: int) -> list[dict]:
     status_code=201,
     response_model=CreatedResponse,
     responses=ERRORS,
-    dependencies=[WriteKey],
+    dependencies=[WriteAccess],
     openapi_extra=UPLOAD_BODY,
 )
 async def upload_images(
@@ -253,7 +260,7 @@ async def get_image_content(
     "/images/{image_id}",
     status_code=204,
     responses=ERRORS,
-    dependencies=[WriteKey],
+    dependencies=[WriteAccess],
     response_class=Response,
 )
 async def delete_image(

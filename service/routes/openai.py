@@ -34,12 +34,12 @@ from service.inputs import (
     parse_dimensions,
     read_json,
 )
-from service.routes.deps import ArrayJSONResponse, RuntimeDep, rounded
+from service.routes.deps import ArrayJSONResponse, ReadAccess, RuntimeDep, rounded
 
 PREFIX = "/v1/"
 OWNER = "lookalike"
 
-router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"])
+router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"], dependencies=[ReadAccess])
 
 
 def error_body(status: int, code: str, message: str, param: str | None) -> dict[str, Any]:

@@ -7,10 +7,10 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Depends, Response
 from fastapi.responses import FileResponse
 
-from service.routes.deps import RuntimeDep
+from service.routes.deps import ReadAccess, RuntimeDep, metrics_access
 from service.schemas import VERSION, ErrorResponse
 from service.store import StoreUnavailable
 
@@ -51,6 +51,7 @@ INFO_EXAMPLE = {
         },
     },
     "auth_required": True,
+    "public_reads": False,
     "limits": {
         "max_k": 1000,
         "max_upload_bytes": 33554432,
@@ -75,7 +76,7 @@ async def readyz(runtime: RuntimeDep) -> Any:
     return {"status": "ready", "model": runtime.encoder.info.version, **status}
 
 
-@router.get("/info", responses=example(INFO_EXAMPLE))
+@router.get("/info", responses=example(INFO_EXAMPLE), dependencies=[ReadAccess])
 async def service_info(runtime: RuntimeDep) -> dict:
     """What the web page and clients need to know: the model, auth and limits."""
     model, settings = runtime.encoder.info, runtime.settings
@@ -86,7 +87,8 @@ async def service_info(runtime: RuntimeDep) -> dict:
             "dim": model.dim,
             "input": model.spec.to_dict(),
         },
-        "auth_required": settings.api_key is not None,
+        "auth_required": runtime.keys.required,
+        "public_reads": runtime.keys.required and runtime.keys.public_reads,
         "limits": {
             "max_k": settings.max_k,
             "max_upload_bytes": settings.max_upload_bytes,
@@ -96,7 +98,12 @@ async def service_info(runtime: RuntimeDep) -> dict:
     }
 
 
-@router.get("/metrics", response_class=Response, responses=example(METRICS_EXAMPLE, "text/plain"))
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses=example(METRICS_EXAMPLE, "text/plain"),
+    dependencies=[Depends(metrics_access)],
+)
 async def metrics(runtime: RuntimeDep) -> Response:
     runtime.metrics.index_size.set(runtime.gallery.indexed)
     runtime.metrics.unreadable_rows.set(runtime.gallery.unreadable)

@@ -6,8 +6,10 @@ from service.config import Settings
 from service.store.base import (
     CONTENT_TYPES,
     DEFAULT_COLLECTION,
+    ApiKeyRecord,
     Change,
     ImageRecord,
+    KeyNameTaken,
     LogTruncated,
     ModelMismatch,
     NewImage,
@@ -20,8 +22,10 @@ from service.store.base import (
 __all__ = [
     "CONTENT_TYPES",
     "DEFAULT_COLLECTION",
+    "ApiKeyRecord",
     "Change",
     "ImageRecord",
+    "KeyNameTaken",
     "LogTruncated",
     "ModelMismatch",
     "NewImage",

@@ -34,7 +34,7 @@ from service import strict_json
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DEFAULT_COLLECTION = "default"
 
 CONTENT_TYPES = {
@@ -67,6 +67,10 @@ class LogTruncated(StoreError):
 
 class UnknownCollection(StoreError):
     """The collection named does not exist (404)."""
+
+
+class KeyNameTaken(StoreError):
+    """An API key of that name exists already (revoked ones keep their names)."""
 
 
 class ModelMismatch(StoreError):
@@ -107,6 +111,20 @@ class ImageRecord:
             "updated_at": self.updated_at,
             "model": self.model_version,
         }
+
+
+@dataclass(frozen=True)
+class ApiKeyRecord:
+    """A stored API key: never the key itself, only its SHA-256 (keys are random, 256 bits)."""
+
+    id: str  # the public part of the key, shown by `keys list`
+    name: str
+    secret_sha256: str
+    scope: str  # read, write or admin
+    collections: tuple[str, ...] | None  # None: every collection
+    created_at: float  # epoch seconds
+    expires_at: float | None = None
+    revoked_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -260,6 +278,19 @@ class Store(Protocol):
         """Records whose vectors another model made, in chunks (re-embedding)."""
 
     def count_stale(self, model_version: str) -> int: ...
+
+    # --- API keys (service/keys.py) ---------------------------------------------------------
+    def add_key(self, key: ApiKeyRecord) -> None:
+        """Store a new key; KeyNameTaken when its name is in use."""
+
+    def revoke_key(self, id_or_name: str) -> ApiKeyRecord | None:
+        """Revoke the key with this id or name (at once, for every process); None if unknown."""
+
+    def api_keys(self) -> list[ApiKeyRecord]:
+        """Every key, revoked and expired ones too, oldest first."""
+
+    def keys_version(self) -> int:
+        """Grows with every key change: processes reload their keys when it moves (0: none)."""
 
     # --- the log's consumers --------------------------------------------------------------
     def ack(self, consumer: str, seq: int) -> None:

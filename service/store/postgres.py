@@ -84,6 +84,19 @@ ALTER TABLE changes ALTER COLUMN collection DROP DEFAULT;
 ALTER TABLE changes DROP CONSTRAINT changes_kind_check;
 ALTER TABLE changes ADD CONSTRAINT changes_kind_check CHECK (kind IN ('upsert', 'delete', 'drop'));
 """,
+    3: """
+CREATE TABLE api_keys (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    secret_sha256 TEXT NOT NULL,
+    scope TEXT NOT NULL CHECK (scope IN ('read', 'write', 'admin')),
+    collections TEXT,
+    created_at DOUBLE PRECISION NOT NULL,
+    expires_at DOUBLE PRECISION,
+    revoked_at DOUBLE PRECISION,
+    version BIGINT NOT NULL
+);
+""",
 }
 
 # Bounded failure when the server or the network goes away; the user's URL may override each.

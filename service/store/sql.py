@@ -25,8 +25,10 @@ from service import strict_json
 from service.store.base import (
     DEFAULT_COLLECTION,
     SCHEMA_VERSION,
+    ApiKeyRecord,
     Change,
     ImageRecord,
+    KeyNameTaken,
     LogTruncated,
     NewImage,
     RowBatch,
@@ -55,6 +57,20 @@ def run_script(db: Executor, script: str) -> None:
     for statement in script.split(";"):
         if statement.strip():
             db.execute(statement)
+
+
+def _key_record(row: tuple) -> ApiKeyRecord:
+    key_id, name, secret_sha256, scope, collections, created_at, expires_at, revoked_at = row
+    return ApiKeyRecord(
+        key_id,
+        name,
+        secret_sha256,
+        scope,
+        None if collections is None else tuple(strict_json.loads(collections, "collections")),
+        created_at,
+        expires_at,
+        revoked_at,
+    )
 
 
 class _NothingToDelete(Exception):
@@ -379,6 +395,47 @@ class SQLStore:
         return self._one("SELECT COUNT(*) FROM images WHERE model_version != ?", (model_version,))[
             0
         ]
+
+    # --- API keys -----------------------------------------------------------------------------
+    KEY_COLUMNS = "id, name, secret_sha256, scope, collections, created_at, expires_at, revoked_at"
+
+    def add_key(self, key: ApiKeyRecord) -> None:
+        collections = None if key.collections is None else strict_json.dumps(key.collections)
+        with self._write() as db:
+            self._lock_writers(db)
+            if db.execute("SELECT 1 FROM api_keys WHERE name = ?", (key.name,)).fetchone():
+                raise KeyNameTaken(f"a key named {key.name!r} exists already")
+            db.execute(
+                f"INSERT INTO api_keys ({self.KEY_COLUMNS}, version) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, NULL, (SELECT COALESCE(MAX(version), 0) + 1 FROM api_keys))",
+                (
+                    key.id,
+                    key.name,
+                    key.secret_sha256,
+                    key.scope,
+                    collections,
+                    key.created_at,
+                    key.expires_at,
+                ),
+            )
+
+    def revoke_key(self, id_or_name: str) -> ApiKeyRecord | None:
+        with self._write() as db:
+            self._lock_writers(db)
+            row = db.execute(
+                f"UPDATE api_keys SET revoked_at = COALESCE(revoked_at, ?), "
+                "version = (SELECT MAX(version) + 1 FROM api_keys) "
+                f"WHERE id = ? OR name = ? RETURNING {self.KEY_COLUMNS}",
+                (time.time(), id_or_name, id_or_name),
+            ).fetchone()
+        return None if row is None else _key_record(row)
+
+    def api_keys(self) -> list[ApiKeyRecord]:
+        rows = self._all(f"SELECT {self.KEY_COLUMNS} FROM api_keys ORDER BY created_at, id")
+        return [_key_record(row) for row in rows]
+
+    def keys_version(self) -> int:
+        return self._one("SELECT COALESCE(MAX(version), 0) FROM api_keys")[0]
 
     # --- the log's consumers --------------------------------------------------------------------
     def ack(self, consumer: str, seq: int) -> None:

@@ -32,7 +32,8 @@ from service.store.sql import Executor, SQLStore, run_script
 DATABASE_FILE = "gallery.sqlite3"
 
 # Version 0 is the layout before the change log had a head row; `migrate` upgrades it in place:
-# version 1 adds the head row, version 2 collections (every image before it is in `default`).
+# version 1 adds the head row, version 2 collections (every image before it is in `default`),
+# version 3 API keys.
 TABLES = """
 CREATE TABLE IF NOT EXISTS images (
     key INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -99,6 +100,20 @@ CREATE TABLE changes_2 (
 INSERT INTO changes_2 SELECT seq, old_seq, kind, 'default' FROM changes;
 DROP TABLE changes;
 ALTER TABLE changes_2 RENAME TO changes;
+"""
+
+VERSION_3 = """
+CREATE TABLE api_keys (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    secret_sha256 TEXT NOT NULL,
+    scope TEXT NOT NULL CHECK (scope IN ('read', 'write', 'admin')),
+    collections TEXT,    -- a JSON list of names, or NULL for every collection
+    created_at REAL NOT NULL,
+    expires_at REAL,
+    revoked_at REAL,
+    version INTEGER NOT NULL  -- the keys' version when this row last changed
+);
 """
 
 
@@ -196,6 +211,8 @@ class SQLiteStore(SQLStore):
                 db.execute("INSERT INTO log_state VALUES (1, ?, ?)", (head, floor))
             if self._schema_version(db, str(self.path)) < 2:
                 run_script(db, VERSION_2)
+            if self._schema_version(db, str(self.path)) < 3:
+                run_script(db, VERSION_3)
             self._set_schema_version(db)
 
     # --- store-wide chores -------------------------------------------------------------------
