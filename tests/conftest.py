@@ -74,7 +74,7 @@ def make_settings(artifact: Path, data_dir: Path, **overrides: object) -> Settin
 @pytest.fixture
 def client(artifact: Path, tmp_path: Path) -> Iterator[TestClient]:
     app = create_app(make_settings(artifact, tmp_path / "data", api_key=API_KEY))
-    with TestClient(app) as test_client:
+    with TestClient(app, headers=AUTH) as test_client:  # NO_KEY takes it off a request
         wait_ready(test_client)
         yield test_client
 
@@ -90,6 +90,7 @@ def wait_ready(client: TestClient, timeout_s: float = 30) -> None:
 
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
+NO_KEY = {"Authorization": ""}  # a request without a key, from a client that has one
 
 
 @pytest.fixture(scope="module")

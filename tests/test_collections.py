@@ -12,7 +12,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from tests.conftest import AUTH, make_settings, png_bytes, wait_ready
+from tests.conftest import AUTH, NO_KEY, make_settings, png_bytes, wait_ready
 from tests.support import API_KEY
 from tests.test_filters import LABELS, matches, random_filter
 
@@ -42,7 +42,7 @@ def test_collections_are_listed_created_read_and_refused_clearly(client: TestCli
         "index_kind": "flat",
     }
     assert client.put("/collections/shoes", headers=AUTH).status_code == 200
-    assert client.put("/collections/hats").status_code == 401  # writes need the key
+    assert client.put("/collections/hats", headers=NO_KEY).status_code == 401  # needs a key
     assert [c["name"] for c in client.get("/collections").json()["items"]] == ["default", "shoes"]
     bad = client.put("/collections/no%20spaces", headers=AUTH)
     assert bad.status_code == 422 and "A–Z a–z 0–9 _ -" in bad.json()["error"]["message"]
@@ -112,7 +112,7 @@ def big(request, artifact: Path, tmp_path_factory) -> Iterator[tuple[TestClient,
     docs = [{"label": LABELS[i % 5], "price": int(rng.integers(0, 1000))} for i in range(N)]
     for i in (7, 1234, 1999):
         docs[i]["label"] = "rare"
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=AUTH) as client:
         wait_ready(client)
         client.put("/collections/big", headers=AUTH)
         vectors = []

@@ -45,7 +45,7 @@ def test_a_full_data_dir_gives_507_keeps_the_gallery_and_recovers(
     artifact: Path, tiny_disk: Path
 ) -> None:
     settings = make_settings(artifact, tiny_disk / "data", api_key=API_KEY)
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=AUTH) as client:
         wait_ready(client)
         kept = [png_bytes(800 + i) for i in range(3)]
         assert (

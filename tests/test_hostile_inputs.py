@@ -40,7 +40,7 @@ def _calls(specimen: Specimen) -> dict[str, dict]:
 def test_every_endpoint_answers_the_specified_status(
     module_server: Server, specimen: Specimen
 ) -> None:
-    with httpx.Client(base_url=module_server.url, timeout=30) as client:
+    with httpx.Client(base_url=module_server.url, timeout=30, headers=AUTH) as client:
         for call, kwargs in _calls(specimen).items():
             response = client.post(**kwargs)
             expected = specimen.status
@@ -53,7 +53,7 @@ def test_every_endpoint_answers_the_specified_status(
 
 
 def test_server_memory_stays_bounded_after_the_corpus(module_server: Server) -> None:
-    with httpx.Client(base_url=module_server.url, timeout=30) as client:
+    with httpx.Client(base_url=module_server.url, timeout=30, headers=AUTH) as client:
         for specimen in specimens():
             client.post("/embed", files=[("files", (specimen.name, specimen.data))])
         assert client.get("/healthz").status_code == 200

@@ -19,9 +19,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from tests.conftest import png_bytes
+from tests.conftest import AUTH, png_bytes
 from tests.hostile_corpus import encode
-from tests.support import Server
+from tests.support import API_KEY, Server
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "fashion-mnist"
@@ -37,8 +37,8 @@ def artifact() -> Path:
 
 @pytest.fixture(scope="module")
 def sdk(module_server: Server) -> Iterator[openai.OpenAI]:
-    # Any key: embeddings are reads, open like /embed; the SDK's bearer header is not refused.
-    with openai.OpenAI(base_url=module_server.url + "/v1", api_key="sk-any", max_retries=0) as c:
+    # The SDK sends its api_key as a bearer key, as the service expects.
+    with openai.OpenAI(base_url=module_server.url + "/v1", api_key=API_KEY, max_retries=0) as c:
         yield c
 
 
@@ -46,7 +46,7 @@ def sdk(module_server: Server) -> Iterator[openai.OpenAI]:
 def embedded(module_server: Server) -> np.ndarray:
     """What /embed says for IMAGES (multipart), the reference for every comparison."""
     files = [("files", (f"{i}.png", b, "image/png")) for i, b in enumerate(IMAGES)]
-    response = httpx.post(module_server.url + "/embed", files=files, timeout=30)
+    response = httpx.post(module_server.url + "/embed", files=files, timeout=30, headers=AUTH)
     return np.array(response.json()["embeddings"])
 
 
@@ -72,7 +72,9 @@ def test_base64_embeddings_are_little_endian_float32(
 ) -> None:
     bare = base64.b64encode(IMAGES[0]).decode()  # bare base64 works as well as a data URI
     body = {"model": MODEL, "input": bare, "encoding_format": "base64"}
-    response = httpx.post(module_server.url + "/v1/embeddings", json=body, timeout=30).json()
+    response = httpx.post(
+        module_server.url + "/v1/embeddings", json=body, timeout=30, headers=AUTH
+    ).json()
     vector = np.frombuffer(base64.b64decode(response["data"][0]["embedding"]), dtype="<f4")
     np.testing.assert_allclose(vector, embedded[0], atol=1e-6)
 
@@ -97,7 +99,9 @@ def test_sdk_takes_avif_and_heic_data_uris(sdk: openai.OpenAI, module_server: Se
     uris = [f"data:{mime};base64,{base64.b64encode(b).decode()}" for mime, b in blobs.items()]
     response = sdk.embeddings.create(model=MODEL, input=uris)
     files = [("files", (f"photo-{i}", b)) for i, b in enumerate(blobs.values())]
-    embedded = httpx.post(module_server.url + "/embed", files=files, timeout=30).json()
+    embedded = httpx.post(
+        module_server.url + "/embed", files=files, timeout=30, headers=AUTH
+    ).json()
     np.testing.assert_allclose(
         [d.embedding for d in response.data], embedded["embeddings"], atol=1e-4
     )
@@ -150,7 +154,9 @@ def test_sdk_bad_input_gets_a_4xx_in_openai_error_shape(
         with pytest.raises(openai.APIStatusError) as raised:
             sdk.embeddings.create(model=MODEL, input=[DATA_URIS[0], value])
         raw = httpx.post(
-            module_server.url + "/v1/embeddings", json={"model": MODEL, "input": value}
+            module_server.url + "/v1/embeddings",
+            json={"model": MODEL, "input": value},
+            headers=AUTH,
         )
     finally:
         listener.close()
@@ -190,7 +196,7 @@ def test_sdk_models_list_names_the_served_model(sdk: openai.OpenAI) -> None:
 def test_the_model_version_is_accepted_as_the_model_name(
     sdk: openai.OpenAI, module_server: Server
 ) -> None:
-    version = httpx.get(module_server.url + "/info").json()["model"]["version"]
+    version = httpx.get(module_server.url + "/info", headers=AUTH).json()["model"]["version"]
     response = sdk.embeddings.create(model=version, input=DATA_URIS[0])
     assert len(response.data) == 1 and len(response.data[0].embedding) == 256
 

@@ -24,7 +24,7 @@ from service.batcher import Overloaded
 from service.fashion_mnist import load_split
 from service.imaging import InputSpec, decode_image
 from service.routes.deps import get_runtime
-from tests.conftest import API_KEY, AUTH, make_settings, png_bytes, wait_ready
+from tests.conftest import API_KEY, AUTH, NO_KEY, make_settings, png_bytes, wait_ready
 from tests.hostile_corpus import encode
 
 SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "models" / "fashion-mnist"
@@ -110,7 +110,7 @@ def test_avif_and_heic_embed_like_the_same_png_and_upload(tmp_path: Path) -> Non
     ]
     blobs = {fmt: [encode(p, fmt) for p in pictures] for fmt in ("PNG", "AVIF", "HEIF")}
     settings = make_settings(SHIPPED_MODEL, tmp_path / "data", api_key=API_KEY)
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=AUTH) as client:
         wait_ready(client)
         vectors = {
             fmt: np.array(client.post("/embed", files=_files(*b)).json()["embeddings"])
@@ -138,7 +138,7 @@ def test_list_is_paginated_with_a_cursor(client: TestClient) -> None:
 
 
 def test_writes_without_the_key_get_401(client: TestClient) -> None:
-    upload = client.post("/images", files=_files(png_bytes(0)))
+    upload = client.post("/images", files=_files(png_bytes(0)), headers=NO_KEY)
     assert upload.status_code == 401
     assert upload.json()["error"]["code"] == "unauthorized"
     wrong = client.delete("/images/x", headers={"Authorization": "Bearer nope"})
@@ -288,7 +288,7 @@ def test_oversized_body_without_content_length_gets_413(artifact: Path, tmp_path
         for _ in range(64):
             yield b"x" * 1024
 
-    with TestClient(app) as client:
+    with TestClient(app, headers=AUTH) as client:
         wait_ready(client)
         response = client.post("/embed", content=chunks(), headers={"Content-Type": "image/png"})
         assert response.status_code == 413
@@ -377,13 +377,15 @@ def test_a_changed_model_reembeds_the_gallery(artifact: Path, tmp_path: Path) ->
 
     data = tmp_path / "data"
     blobs = [png_bytes(i) for i in range(5)]
-    with TestClient(create_app(make_settings(artifact, data, api_key=API_KEY))) as client:
+    with TestClient(
+        create_app(make_settings(artifact, data, api_key=API_KEY)), headers=AUTH
+    ) as client:
         wait_ready(client)
         client.post(
             "/images", files=_files(*blobs), data={"ids": [f"i{i}" for i in range(5)]}, headers=AUTH
         )
     other = export_random_artifact(tmp_path / "other", seed=7)
-    with TestClient(create_app(make_settings(other, data))) as client:
+    with TestClient(create_app(make_settings(other, data)), headers=AUTH) as client:
         wait_ready(client)
         ready = client.get("/readyz").json()
         assert ready["images"] == ready["indexed"] == 5
@@ -400,7 +402,7 @@ def test_an_empty_gallery_is_seeded_with_labelled_fashion_mnist(
     settings = make_settings(
         artifact, tmp_path / "data", seed_demo_gallery=True, demo_gallery_size=300
     )
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=AUTH) as client:
         wait_ready(client)
         assert client.get("/readyz").json()["images"] == 300
         results = client.post("/nearest", json={"id": "fmnist-test-00000", "k": 5}).json()[
@@ -412,10 +414,10 @@ def test_an_empty_gallery_is_seeded_with_labelled_fashion_mnist(
 
 def test_cors_is_off_by_default_and_configurable(artifact: Path, tmp_path: Path) -> None:
     origin = {"Origin": "https://app.example.com"}
-    with TestClient(create_app(make_settings(artifact, tmp_path / "a"))) as client:
+    with TestClient(create_app(make_settings(artifact, tmp_path / "a")), headers=AUTH) as client:
         assert "access-control-allow-origin" not in client.get("/healthz", headers=origin).headers
     settings = make_settings(artifact, tmp_path / "b", cors_origins=["https://app.example.com"])
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=AUTH) as client:
         allowed = client.get("/healthz", headers=origin).headers
         assert allowed["access-control-allow-origin"] == "https://app.example.com"
 
@@ -436,7 +438,7 @@ def test_hnsw_index_filters_tombstones_and_rebuilds_past_their_share(
         artifact, tmp_path / "data", api_key=API_KEY, index_kind="hnsw", tombstone_rebuild_ratio=0.5
     )
     blobs = [png_bytes(300 + i) for i in range(10)]
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=AUTH) as client:
         wait_ready(client)
         client.post(
             "/images",
@@ -470,7 +472,7 @@ def test_auto_index_switches_to_hnsw_past_the_configured_size(
     artifact: Path, tmp_path: Path
 ) -> None:
     settings = make_settings(artifact, tmp_path / "data", approximate_index_min_vectors=6)
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=AUTH) as client:
         wait_ready(client)
         client.post("/images", files=_files(*(png_bytes(400 + i) for i in range(4))))
         ready = client.get("/readyz").json()
@@ -488,7 +490,7 @@ def test_a_size_crossed_during_a_snapshot_still_switches_the_index_without_anoth
         artifact, tmp_path / "data", approximate_index_min_vectors=8, snapshot_every_writes=4
     )
     release = threading.Event()
-    with TestClient(create_app(settings)) as client:
+    with TestClient(create_app(settings), headers=AUTH) as client:
         wait_ready(client)
         gallery = client.app.state.runtime.gallery
         snapshot = gallery.snapshot
@@ -513,7 +515,9 @@ def test_a_damaged_index_snapshot_is_rebuilt_from_the_store(
 ) -> None:
     data = tmp_path / "data"
     blobs = [png_bytes(600 + i) for i in range(5)]
-    with TestClient(create_app(make_settings(artifact, data, api_key=API_KEY))) as client:
+    with TestClient(
+        create_app(make_settings(artifact, data, api_key=API_KEY)), headers=AUTH
+    ) as client:
         wait_ready(client)
         client.post(
             "/images", files=_files(*blobs), data={"ids": [f"s{i}" for i in range(5)]}, headers=AUTH
@@ -528,7 +532,9 @@ def test_a_damaged_index_snapshot_is_rebuilt_from_the_store(
         )
     else:
         snapshot.unlink()
-    with TestClient(create_app(make_settings(artifact, data, api_key=API_KEY))) as client:
+    with TestClient(
+        create_app(make_settings(artifact, data, api_key=API_KEY)), headers=AUTH
+    ) as client:
         wait_ready(client)
         ready = client.get("/readyz").json()
         assert ready["indexed"] == ready["images"] == 5
