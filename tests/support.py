@@ -31,7 +31,11 @@ def _group_alive(pgid: int) -> bool:
 
 
 class Server:
-    """`python -m service` as a user runs it, with a temporary data dir and an API key."""
+    """`python -m service` as a user runs it, with a temporary data dir and an API key.
+
+    Reads are public (`PUBLIC_READS`) unless `env` says otherwise, so that read-path tests,
+    benchmarks and wrk need no key; writes need API_KEY. tests/test_keys.py checks keys on
+    servers with private reads."""
 
     def __init__(self, artifact: Path, data_dir: Path, **env: str) -> None:
         self.port = free_port()
@@ -41,6 +45,7 @@ class Server:
             "LOOKALIKE_MODEL_DIR": str(artifact),
             "LOOKALIKE_DATA_DIR": str(data_dir),
             "LOOKALIKE_API_KEY": API_KEY,
+            "LOOKALIKE_PUBLIC_READS": "true",
             **env,
         }
         self.process: subprocess.Popen | None = None

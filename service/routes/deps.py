@@ -16,7 +16,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.errors import Forbidden, InvalidInput, NotFound, Unauthorized, Unavailable
 from service.gallery import Gallery
-from service.keys import AuthError, Principal, Scope
+from service.keys import PUBLIC_READER, AuthError, Principal, Scope
 from service.runtime import Runtime
 from service.schemas import ErrorResponse
 from service.store import DEFAULT_COLLECTION
@@ -106,6 +106,9 @@ def _refused(request: Request, runtime: Runtime, reason: str) -> None:
 
 
 def _require(needed: Scope, request: Request, runtime: Runtime, principal: Principal) -> None:
+    if principal is PUBLIC_READER and not principal.allows(needed):  # no key was sent
+        _refused(request, runtime, "missing")
+        raise Unauthorized(f"this needs an API key with the {needed} scope (Bearer <key>)")
     if not principal.allows(needed):
         _refused(request, runtime, "scope")
         message = (
