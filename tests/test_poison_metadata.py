@@ -228,3 +228,22 @@ def _check_served(client: TestClient, kept: dict[str, dict]) -> None:
             answer = client.get("/images", params={"filter": where}, headers=AUTH)
             assert answer.status_code == 200, answer.text
             assert image_id in {item["id"] for item in answer.json()["items"]}
+
+
+@pytest.mark.parametrize("levels", [20, 500, 5000])
+def test_a_deeply_nested_filter_is_a_422_on_every_route_that_takes_one(
+    client: TestClient, levels: int
+) -> None:
+    text = '{"$and": [' * levels + '{"p": 1}' + "]}" * levels
+    body = '{"vector": ' + str([1.0] * 256) + ', "filter": ' + text + "}"
+    answers = [
+        _nearest(client, seed=0, filter=text),
+        client.post("/nearest", content=body, headers={"content-type": "application/json"}),
+        client.get("/images", params={"filter": text}),
+    ]
+    for answer in answers:
+        assert answer.status_code == 422, answer.text
+        assert (
+            "nest" in answer.json()["error"]["message"]
+            or "JSON" in answer.json()["error"]["message"]
+        )
