@@ -235,15 +235,14 @@ def test_a_deeply_nested_filter_is_a_422_on_every_route_that_takes_one(
     client: TestClient, levels: int
 ) -> None:
     text = '{"$and": [' * levels + '{"p": 1}' + "]}" * levels
-    body = '{"vector": ' + str([1.0] * 256) + ', "filter": ' + text + "}"
+    body = '{"id": "x", "filter": ' + text + "}"
     answers = [
         _nearest(client, seed=0, filter=text),
         client.post("/nearest", content=body, headers={"content-type": "application/json"}),
-        client.get("/images", params={"filter": text}),
     ]
+    if levels <= 20:  # longer does not fit in a URL
+        answers.append(client.get("/images", params={"filter": text}))
     for answer in answers:
         assert answer.status_code == 422, answer.text
-        assert (
-            "nest" in answer.json()["error"]["message"]
-            or "JSON" in answer.json()["error"]["message"]
-        )
+        message = answer.json()["error"]["message"]
+        assert "nest" in message or "not valid JSON" in message, message
