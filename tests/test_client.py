@@ -147,9 +147,10 @@ def _ico() -> bytes:
 
 def test_errors_mirror_the_http_errors(module_server: Server, image_dir: Path) -> None:
     path = image_dir / "img0.png"
-    with Client(module_server.url, api_key="wrong-key") as client:
-        with pytest.raises(Unauthorized) as unauthorized:
-            client.upload([path], ids=["nope"])
+    wrong = Client(module_server.url, api_key="wrong-key")
+    with wrong, pytest.raises(Unauthorized) as unauthorized:
+        wrong.upload([path], ids=["nope"])
+    with Client(module_server.url, api_key=API_KEY) as client:
         with pytest.raises(Invalid) as invalid:
             client.embed([path, b"not an image"])
         with pytest.raises(Unsupported) as unsupported:

@@ -6,7 +6,8 @@ string that is not a filter gets its 422. The POST operations skip two checks th
 multipart image bodies cannot satisfy: positive_data_acceptance (a schema-valid `format: binary`
 string is random bytes, not an image, so 422 is right) and negative_data_rejection (a multipart
 text field carries no JSON type, so "5" and 5 are the same field). Every pass includes
-ignored_auth: writes without the key must get 401.
+ignored_auth: with keys, every data or compute route without one must get 401. The server
+keeps reads private (the default), unlike the other modules' `module_server`.
 """
 
 from __future__ import annotations
@@ -14,12 +15,25 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import API_KEY
 from tests.support import Server
+
+
+@pytest.fixture(scope="module")
+def module_server(artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A real server whose reads need the key too."""
+    running = Server(
+        artifact, tmp_path_factory.mktemp("server") / "data", LOOKALIKE_PUBLIC_READS="false"
+    )
+    running.start()
+    yield running
+    running.stop()
+
 
 LISTINGS = "/images$"  # GET /images and GET /collections/{collection}/images
 PASSES = {

@@ -27,6 +27,10 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse} for status in (401, 403, 404, 409, 413, 415, 422, 503, 507)
 }
 
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (401, 403)
+}
+
 # Dependencies are `async def` on purpose: FastAPI runs a plain `def` dependency in a thread
 # pool, one thread hop per dependency per request (a fifth of single-image /embed's CPU).
 
@@ -108,7 +112,7 @@ def _refused(request: Request, runtime: Runtime, reason: str) -> None:
 def _require(needed: Scope, request: Request, runtime: Runtime, principal: Principal) -> None:
     if principal is PUBLIC_READER and not principal.allows(needed):  # no key was sent
         _refused(request, runtime, "missing")
-        raise Unauthorized(f"this needs an API key with the {needed} scope (Bearer <key>)")
+        raise Unauthorized(f"this needs a key with the {needed} scope: Authorization: Bearer <key>")
     if not principal.allows(needed):
         _refused(request, runtime, "scope")
         message = (

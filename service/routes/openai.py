@@ -76,7 +76,7 @@ class OpenAIErrorResponse(BaseModel):
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": OpenAIErrorResponse} for status in (404, 413, 415, 422, 503)
+    status: {"model": OpenAIErrorResponse} for status in (401, 403, 404, 413, 415, 422, 503)
 }
 
 EXAMPLE_PNG = (  # one black pixel
@@ -229,7 +229,7 @@ async def create_embeddings(request: Request, runtime: RuntimeDep) -> Any:
     return ArrayJSONResponse({"object": "list", "data": data, "model": model.name, "usage": usage})
 
 
-@router.get("/models", response_model=ModelList)
+@router.get("/models", response_model=ModelList, responses=ERRORS)
 async def list_models(runtime: RuntimeDep) -> dict[str, Any]:
     """The served model, in OpenAI's shape."""
     return {"object": "list", "data": [_card(runtime.encoder.info)]}

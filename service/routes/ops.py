@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Response
 from fastapi.responses import FileResponse
 
-from service.routes.deps import ReadAccess, RuntimeDep, metrics_access
+from service.routes.deps import AUTH_ERRORS, ReadAccess, RuntimeDep, metrics_access
 from service.schemas import VERSION, ErrorResponse
 from service.store import StoreUnavailable
 
@@ -76,7 +76,7 @@ async def readyz(runtime: RuntimeDep) -> Any:
     return {"status": "ready", "model": runtime.encoder.info.version, **status}
 
 
-@router.get("/info", responses=example(INFO_EXAMPLE), dependencies=[ReadAccess])
+@router.get("/info", responses={**AUTH_ERRORS, **example(INFO_EXAMPLE)}, dependencies=[ReadAccess])
 async def service_info(runtime: RuntimeDep) -> dict:
     """What the web page and clients need to know: the model, auth and limits."""
     model, settings = runtime.encoder.info, runtime.settings
@@ -101,7 +101,7 @@ async def service_info(runtime: RuntimeDep) -> dict:
 @router.get(
     "/metrics",
     response_class=Response,
-    responses=example(METRICS_EXAMPLE, "text/plain"),
+    responses={**AUTH_ERRORS, **example(METRICS_EXAMPLE, "text/plain")},
     dependencies=[Depends(metrics_access)],
 )
 async def metrics(runtime: RuntimeDep) -> Response:
