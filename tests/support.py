@@ -9,6 +9,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -73,6 +75,19 @@ class Server:
             time.sleep(0.05)
         raise TimeoutError("server did not become ready")
 
+    def run_command(self, *args: str) -> str:
+        """`python -m service ARGS` (keys, backup, …) on this server's settings; its stdout."""
+        done = subprocess.run(
+            [sys.executable, "-m", "service", *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if done.returncode:
+            raise RuntimeError(f"python -m service {' '.join(args)} failed: {done.stderr}")
+        return done.stdout.strip()
+
     def command(self) -> list[str]:
         return [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(self.port)]
 
@@ -105,3 +120,14 @@ class Server:
                 self.process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+@contextmanager
+def running(artifact: Path, data_dir: Path, **env: str) -> Iterator[Server]:
+    """A started Server, stopped afterwards."""
+    server = Server(artifact, data_dir, **env)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -21,18 +21,15 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import API_KEY
-from tests.support import Server
+from tests.support import Server, running
 
 
 @pytest.fixture(scope="module")
 def module_server(artifact: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """A real server whose reads need the key too."""
-    running = Server(
-        artifact, tmp_path_factory.mktemp("server") / "data", LOOKALIKE_PUBLIC_READS="false"
-    )
-    running.start()
-    yield running
-    running.stop()
+    data_dir = tmp_path_factory.mktemp("server") / "data"
+    with running(artifact, data_dir, LOOKALIKE_PUBLIC_READS="false") as server:
+        yield server
 
 
 LISTINGS = "/images$"  # GET /images and GET /collections/{collection}/images

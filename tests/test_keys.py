@@ -4,8 +4,6 @@ revocation across workers, PUBLIC_READS, /metrics, and refusals counted without 
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -20,7 +18,7 @@ from service.app import create_app
 from service.keys import new_key
 from service.store import open_store
 from tests.conftest import AUTH, NO_KEY, make_settings, png_bytes, wait_ready
-from tests.support import API_KEY, Server
+from tests.support import API_KEY, running
 
 OPEN_PATHS = {"/healthz", "/readyz"}
 PATH_VALUES = {"collection": "default", "name": "default", "image_id": "x", "model_id": "m"}
@@ -198,18 +196,6 @@ def test_public_reads_open_reads_only_and_metrics_have_their_own_setting(
         assert client.get("/images").status_code == 401
 
 
-def _keys_command(server: Server, *args: str) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "service", "keys", *args],
-        env=server.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip()
-
-
 def _answers(url: str, key: str, count: int = 24) -> set[int]:
     """Statuses over fresh connections, so that both workers answer some."""
     return {
@@ -221,19 +207,16 @@ def _answers(url: str, key: str, count: int = 24) -> set[int]:
 def test_keys_made_and_revoked_by_the_command_reach_every_worker_within_2_s(
     artifact: Path, tmp_path: Path
 ) -> None:
-    server = Server(
-        artifact, tmp_path / "data", LOOKALIKE_WORKERS="2", LOOKALIKE_PUBLIC_READS="false"
-    )
-    server.start()
-    try:
+    private = {"LOOKALIKE_WORKERS": "2", "LOOKALIKE_PUBLIC_READS": "false"}
+    with running(artifact, tmp_path / "data", **private) as server:
         assert len(server.worker_pids()) == 2
-        key = _keys_command(server, "create", "--name", "app", "--scope", "read")
+        key = server.run_command("keys", "create", "--name", "app", "--scope", "read")
         assert re.fullmatch(r"lk_[0-9a-f]{12}_[A-Za-z0-9_-]{43}", key)
         time.sleep(2)
         assert _answers(server.url, key) == {200}
-        listed = _keys_command(server, "list")
+        listed = server.run_command("keys", "list")
         assert "app" in listed and key[16:] not in listed
-        _keys_command(server, "revoke", "app")
+        server.run_command("keys", "revoke", "app")
         revoked_at = time.monotonic()
         while _answers(server.url, key, count=8) != {401}:
             assert time.monotonic() - revoked_at < 2.0, "a worker still takes the revoked key"
@@ -243,5 +226,3 @@ def test_keys_made_and_revoked_by_the_command_reach_every_worker_within_2_s(
         revoked_sdk = openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0)
         with revoked_sdk, pytest.raises(openai.AuthenticationError):
             revoked_sdk.models.list()
-    finally:
-        server.stop()
