@@ -34,7 +34,10 @@ class Settings(BaseSettings):
 
     # Limits on what one request may ask for.
     max_upload_bytes: int = Field(32 * 1024 * 1024, ge=1024)
-    max_pixels: int = Field(40_000_000, ge=1)  # per image, judged from the header
+    max_pixels: int = Field(40_000_000, ge=1)  # per image, judged from the headers
+    # Per request, over all its images, from the headers before any decoding: 256 images of
+    # 1 MP, or 21 phone photos of 12 MP; more would hold a worker for seconds.
+    max_pixels_per_request: int = Field(256_000_000, ge=1)
     max_images_per_request: int = Field(256, ge=1)
     max_k: int = Field(1000, ge=1)
     default_k: int = Field(10, ge=1)

@@ -22,6 +22,8 @@ import numpy as np
 import pillow_heif
 from PIL import Image, ImageFile, ImageOps
 
+from service.avif_size import MalformedAVIF, coded_sizes
+
 # Pillow reads AVIF itself; HEIC/HEIF comes through libheif as Pillow's "HEIF" format. Only the
 # primary image is decoded, so thumbnails, depth and auxiliary images are not even listed. Both
 # give their size from the header (the ispe box), and libheif refuses a picture that decodes to
@@ -96,7 +98,8 @@ def decode_image(
 ) -> np.ndarray:
     """Decode image bytes into a uint8 array of shape (H, W, C) ready for the model.
 
-    Steps, in order: format allow-list, pixel limit (from the header, before decoding),
+    Steps, in order: format allow-list, pixel limit (from the headers, before decoding: an
+    AVIF's AV1 sequence headers too),
     EXIF orientation, alpha flattened onto white, colour mode, resize rule.
     """
     if not data:
@@ -121,6 +124,8 @@ def decode_image(
             raise ImageTooLargeError(
                 f"image is {width}×{height} = {width * height} pixels; the limit is {max_pixels}"
             )
+        if image.format == "AVIF":
+            _check_coded_size(data, max_pixels)
         try:
             if image.format == "JPEG":
                 # Let libjpeg decode at a reduced scale when the target is much smaller.
@@ -135,6 +140,36 @@ def decode_image(
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
     return pixels
+
+
+def _check_coded_size(data: bytes, max_pixels: int) -> None:
+    """An AVIF's AV1 pictures decode at the size their sequence headers give, whatever its
+    header (which Pillow reports) says; libavif would allocate all of it (avif_size.py)."""
+    try:
+        sizes = coded_sizes(data)
+    except MalformedAVIF as exc:
+        raise UndecodableImageError(f"the AVIF container is malformed: {exc}") from exc
+    for width, height in sizes:
+        if width * height > max_pixels:
+            raise ImageTooLargeError(
+                f"its AV1 picture is coded at {width}×{height} = {width * height} pixels, "
+                f"whatever its header says; the limit is {max_pixels}"
+            )
+    if sum(width * height for width, height in sizes) > 2 * max_pixels:  # colour + alpha
+        raise ImageTooLargeError(f"its AV1 pictures hold more than 2 × {max_pixels} pixels")
+
+
+def decoded_pixels(data: bytes) -> int:
+    """How many pixels decoding `data` would produce, from its headers alone (0 when they cannot
+    be read: decode_image then refuses the file)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            if image.format == "AVIF":
+                return max([width * height, *(w * h for w, h in coded_sizes(data))])
+            return width * height
+    except Exception:
+        return 0
 
 
 def _draft_size(size: tuple[int, int], spec: InputSpec) -> tuple[int, int]:

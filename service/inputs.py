@@ -20,8 +20,9 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
 from service import strict_json
-from service.errors import InvalidInput, UnsupportedMediaType, image_error
-from service.imaging import ImageError, InputSpec, decode_image
+from service.config import Settings
+from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType, image_error
+from service.imaging import ImageError, InputSpec, decode_image, decoded_pixels
 
 INLINE_DECODE_BYTES = 64 * 1024  # smaller files decode on the event loop; larger in a thread
 
@@ -118,13 +119,20 @@ async def read_images(
 
 
 async def decode_all(
-    images: list[NamedImage], spec: InputSpec, *, max_pixels: int
+    images: list[NamedImage], spec: InputSpec, limits: Settings
 ) -> list[np.ndarray]:
-    """Decode every image or raise the 4xx of the first bad one (named)."""
+    """Decode every image or raise the 4xx of the first bad one (named). The pixels the whole
+    request would decode are judged from the headers first (`max_pixels_per_request`)."""
+    total = sum(decoded_pixels(image.data) for image in images)
+    if total > limits.max_pixels_per_request:
+        raise PayloadTooLarge(
+            f"the images would decode to {total} pixels; the limit per request is "
+            f"{limits.max_pixels_per_request}: send fewer or smaller images per request"
+        )
 
     def decode(image: NamedImage) -> np.ndarray:
         try:
-            return decode_image(image.data, spec, max_pixels=max_pixels)
+            return decode_image(image.data, spec, max_pixels=limits.max_pixels)
         except ImageError as exc:
             raise image_error(exc, image.name) from exc
 

@@ -8,6 +8,7 @@ odd-but-valid images, the specified 4xx otherwise. Never a 5xx, never a hang.
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 import sys
@@ -94,6 +95,107 @@ def header_size(data: bytes, width: int, height: int) -> bytes:
     return data[:at] + struct.pack(">II", width, height) + data[at + 8 :]
 
 
+# --- headers that lie about the size: each must be refused before the decoder allocates --------
+
+
+def _lying_avif() -> bytes:
+    """`ispe` says 64×64 over an AV1 picture coded at 7000×7000 (49 MP, over the 40 MP limit):
+    698 bytes that libavif would decode in full."""
+    flat = encode(Image.new("L", (7000, 7000), 128), "AVIF", quality=10, speed=10)
+    return header_size(flat, 64, 64)
+
+
+def _lying_heic() -> bytes:
+    return header_size(encode(Image.new("RGB", (2048, 2048), (200, 30, 30)), "HEIF"), 64, 64)
+
+
+def _lying_webp() -> bytes:
+    """A VP8X canvas of 64×64 over a lossless 2048×2048 picture."""
+    picture = encode(Image.new("RGB", (2048, 2048), (200, 30, 30)), "WEBP", lossless=True)
+    canvas = b"VP8X" + struct.pack("<I", 10) + bytes(4) + (63).to_bytes(3, "little") * 2
+    body = b"WEBP" + canvas + picture[12:]
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def _lying_gif() -> bytes:
+    """A logical screen of 64×64 whose first frame says 8000×8000."""
+    gif = bytearray(_gif_header_only(8000, 8000))
+    gif[6:10] = struct.pack("<HH", 64, 64)
+    return bytes(gif)
+
+
+def _lying_apng() -> bytes:
+    """A 64×64 canvas whose first animation frame (fcTL) is 8000×8000."""
+    ihdr = struct.pack(">IIBBBBB", 64, 64, 8, 0, 0, 0, 0)
+    frame = struct.pack(">IIIIIHHBB", 0, 8000, 8000, 0, 0, 1, 1, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"acTL", struct.pack(">II", 1, 0))
+        + _png_chunk(b"fcTL", frame)
+        + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 65 * 64))
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+def _png_inflating(kind: bytes, megabytes: int) -> bytes:
+    """A 64×64 PNG with a `kind` chunk (zTXt, or IDAT) that inflates to `megabytes` MB."""
+    ihdr = struct.pack(">IIBBBBB", 64, 64, 8, 0, 0, 0, 0)
+    bomb = zlib.compress(b"\x00" * (megabytes << 20), 9)
+    chunks = [_png_chunk(b"IHDR", ihdr)]
+    if kind == b"IDAT":
+        chunks.append(_png_chunk(b"IDAT", bomb))
+    else:
+        chunks += [
+            _png_chunk(kind, b"k\x00\x00" + bomb),
+            _png_chunk(b"IDAT", zlib.compress(b"\x00" * 65 * 64)),
+        ]
+    return b"\x89PNG\r\n\x1a\n" + b"".join(chunks) + _png_chunk(b"IEND", b"")
+
+
+def _tiff(width: int, height: int, layout: list[tuple[int, int]], data: bytes) -> bytes:
+    """A grey uncompressed-header, deflate-coded TIFF: `layout` holds the tags (strip or tile
+    tags) beside the size; tag 273/324 (where the data is) is filled in."""
+    tags = [(256, width), (257, height), (258, 8), (259, 8), (262, 1), (277, 1), *layout]
+    data_at = 8 + 2 + 12 * len(tags) + 4
+    entries = b"".join(
+        struct.pack("<HHII", tag, 4, 1, data_at if tag in (273, 324) else value)
+        for tag, value in tags
+    )
+    return b"II*\x00" + struct.pack("<IH", 8, len(tags)) + entries + bytes(4) + data
+
+
+def _lying_tiff_tiles() -> bytes:
+    """A 64×64 TIFF in one tile of 65536×65536: a decoder sizing its buffer by the tile would
+    allocate 4 GB."""
+    data = zlib.compress(bytes(1 << 16))
+    return _tiff(64, 64, [(322, 65536), (323, 65536), (324, 0), (325, len(data))], data)
+
+
+def _lying_tiff_strip() -> bytes:
+    """A 64×64 TIFF whose one strip claims 2^30 rows and inflates to 16 MB."""
+    data = zlib.compress(bytes(16 << 20), 9)
+    return _tiff(64, 64, [(273, 0), (278, 1 << 30), (279, len(data))], data)
+
+
+@functools.cache
+def header_lies() -> tuple[Specimen, ...]:
+    """One file per lie a header can tell; 413 when the real size is over the limit, 422 when
+    the decoder refuses the inconsistency, 200 when it decodes only what the header allows."""
+    return (
+        Specimen("lie-ispe-av1.avif", _lying_avif(), 413),
+        Specimen("lie-ispe.heic", _lying_heic(), 422),
+        Specimen("lie-canvas.webp", _lying_webp(), 422),
+        Specimen("lie-screen.gif", _lying_gif(), 413),
+        Specimen("lie-frame.apng", _lying_apng(), 422),
+        Specimen("lie-tile.tiff", _lying_tiff_tiles(), 422),
+        Specimen("lie-strip.tiff", _lying_tiff_strip(), 200),
+        Specimen("inflate-idat.png", _png_inflating(b"IDAT", 16), 200),
+        Specimen("inflate-ztxt.png", _png_inflating(b"zTXt", 16), 422),
+        Specimen("inflate-iccp.png", _png_inflating(b"iCCP", 16), 422),
+    )
+
+
 def specimens() -> list[Specimen]:
     png, jpeg = encode(_photo(), "PNG"), encode(_photo(), "JPEG")
     gif, webp = encode(_photo(mode="P"), "GIF"), encode(_photo(), "WEBP")
@@ -145,6 +247,7 @@ def specimens() -> list[Specimen]:
         Specimen("bmp.bmp", encode(_photo(), "BMP"), 200),
         Specimen("photo.heic", heic, 200),
         Specimen("photo.avif", avif, 200),
+        *header_lies(),
     ]
 
 

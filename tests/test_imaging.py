@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import io
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from service.avif_size import coded_sizes
+from service.config import Settings
+from service.errors import PayloadTooLarge
 from service.imaging import (
     ImageTooLargeError,
     InputSpec,
     UndecodableImageError,
     UnsupportedFormatError,
     decode_image,
+    decoded_pixels,
 )
 from service.inputs import NamedImage, decode_all
 from tests.hostile_corpus import corrupt_coded_data, encode, header_size
@@ -135,8 +140,40 @@ def test_training_and_serving_decode_a_file_identically(tmp_path: Path) -> None:
         and p.name != "corrupt.png"
     )
     serving = asyncio.run(
-        decode_all([NamedImage(p.name, p.read_bytes()) for p in files], RGB, max_pixels=10**6)
+        decode_all(
+            [NamedImage(p.name, p.read_bytes()) for p in files], RGB, Settings(max_pixels=10**6)
+        )
     )
     assert len(serving) == len(training) == 6
     for served, trained in zip(serving, training, strict=True):
         np.testing.assert_array_equal(served, trained)
+
+
+@pytest.mark.parametrize("size", [(1, 1), (64, 48), (300, 200)])
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L"])
+def test_avif_coded_sizes_are_read_from_the_av1_sequence_headers(
+    size: tuple[int, int], mode: str
+) -> None:
+    data = encode(Image.new(mode, size, 100), "AVIF")
+    assert set(coded_sizes(data)) == {size}  # colour, and alpha when there is one
+    assert decoded_pixels(data) == size[0] * size[1]
+    assert coded_sizes(header_size(data, 8, 8)) == coded_sizes(data)  # ispe does not count
+
+
+def test_an_avif_whose_coded_picture_outgrows_its_header_is_refused_before_decoding() -> None:
+    lie = header_size(encode(Image.new("L", (1200, 1000), 100), "AVIF", speed=10), 64, 64)
+    assert Image.open(io.BytesIO(lie)).size == (64, 64)  # what Pillow believes
+    with pytest.raises(ImageTooLargeError, match="coded at 1200×1000"):
+        decode_image(lie, RGB, max_pixels=1_000_000)
+    assert decode_image(lie, RGB, max_pixels=1_200_000).shape == (32, 32, 3)
+    cut = lie[: lie.index(b"mdat") + 6]  # the sequence header is cut short
+    with pytest.raises(UndecodableImageError):
+        decode_image(cut, RGB)
+
+
+def test_a_request_past_its_pixel_budget_is_refused_before_any_decoding() -> None:
+    images = [NamedImage(f"i{i}", encode(Image.new("RGB", (100, 100)), "PNG")) for i in range(3)]
+    limits = Settings(max_pixels_per_request=29_999)
+    with pytest.raises(PayloadTooLarge, match="30000 pixels; the limit per request is 29999"):
+        asyncio.run(decode_all(images, RGB, limits))
+    assert len(asyncio.run(decode_all(images, RGB, Settings(max_pixels_per_request=30_000)))) == 3
