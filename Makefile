@@ -6,10 +6,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
-APT_PACKAGES := dataset-fashion-mnist chromium chromium-driver wrk nginx
+# `make run` needs only the demo gallery's images; the tests add a browser, wrk and nginx.
+RUN_APT_PACKAGES := dataset-fashion-mnist
+APT_PACKAGES := $(RUN_APT_PACKAGES) chromium chromium-driver wrk nginx
 BENCH_VENV ?= .venv-bench
 
-.PHONY: setup apt run test test-fast lint train bench-venv gpu-prepare gpu-dry-run gpu-run clean
+.PHONY: setup apt apt-run run test test-fast lint train bench-venv gpu-prepare gpu-dry-run gpu-run clean
 
 $(VENV)/.installed: pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,17 +21,30 @@ $(VENV)/.installed: pyproject.toml client/pyproject.toml
 	$(PY) -m pip install -q -e ".[train,serve,dev]" -e ./client
 	touch $@
 
-apt:
+# Serving alone: no torch, no test tools (`make test` adds them to the same venv).
+$(VENV)/.serve-installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -e ".[serve]"
+	touch $@
+
+define apt_install
 	@if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+		missing=$$(for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 		if [ -n "$$missing" ]; then \
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 		fi; \
-	else echo "not root or no apt-get: install $(APT_PACKAGES) yourself if tests need them"; fi
+	else echo "not root or no apt-get: install $(1) yourself"; fi
+endef
+
+apt:
+	$(call apt_install,$(APT_PACKAGES))
+
+apt-run:
+	$(call apt_install,$(RUN_APT_PACKAGES))
 
 setup: apt $(VENV)/.installed
 
-run: setup
+run: apt-run $(VENV)/.serve-installed
 	$(PY) -m service --host $(HOST) --port $(PORT) --seed-demo-gallery
 
 lint: setup
