@@ -30,6 +30,7 @@ from lookalike._errors import (
 from lookalike._images import ImageLike
 from lookalike._types import (
     CollectionInfo,
+    CreatedCollection,
     Embeddings,
     Hit,
     ImageInfo,
@@ -48,6 +49,7 @@ __all__ = [
     "CollectionInfo",
     "Conflict",
     "ConnectionFailed",
+    "CreatedCollection",
     "Embeddings",
     "Hit",
     "ImageInfo",

@@ -91,6 +91,13 @@ class CollectionInfo:
 
 
 @dataclass(frozen=True)
+class CreatedCollection(CollectionInfo):
+    """create_collection's answer: the collection, and whether this call created it."""
+
+    created: bool  # False: it existed already, and was left as it was
+
+
+@dataclass(frozen=True)
 class Page:
     items: list[ImageInfo]
     next_cursor: str | None
