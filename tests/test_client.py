@@ -33,6 +33,7 @@ from lookalike import (
     Conflict,
     ConnectionFailed,
     CreatedCollection,
+    Forbidden,
     Invalid,
     NotFound,
     Overloaded,
@@ -44,7 +45,7 @@ from lookalike import (
 from PIL import Image
 
 from tests import client_scenarios
-from tests.conftest import API_KEY, png_bytes
+from tests.conftest import API_KEY, AUTH, png_bytes
 from tests.proxy import LOSE, Action, Proxy, Script
 from tests.support import Server, free_port
 
@@ -425,7 +426,7 @@ def test_a_retry_after_a_lost_answer_reads_already_done_as_done(module_server: S
     assert not through("PUT", BUSY, lambda c: c.create_collection(made)).created
     through("DELETE", LOSE, lambda c: c.delete_collection(made))
 
-    with Client(module_server.url) as client:
+    with Client(module_server.url, api_key=API_KEY) as client:
         assert [image.id for image in client.collection(name).images()] == ["b"]
         assert made not in {c.name for c in client.collections()}
 
@@ -463,6 +464,70 @@ def test_only_an_attempt_that_may_have_reached_the_service_counts_as_lost() -> N
     assert call.result(not_found, lost=True) is None
     with pytest.raises(NotFound):
         call.result(not_found)
+
+
+def _every_call(client: Client, image: bytes) -> int:
+    """Each method of Client once (each one request); returns how many."""
+    name = _name("keyed")
+    shelf = client.collection(name)
+    calls: list[Callable[[], object]] = [
+        client.ready,
+        client.info,
+        lambda: client.embed(image),
+        lambda: client.similarity([image, image]),
+        lambda: client.create_collection(name),
+        client.collections,
+        lambda: client.get_collection(name),
+        lambda: shelf.upload([image], ids=["a"]),
+        lambda: shelf.nearest(id="a"),
+        lambda: shelf.get("a"),
+        lambda: shelf.content("a"),
+        lambda: list(shelf.images()),
+        lambda: shelf.delete("a"),
+        lambda: client.delete_collection(name),
+    ]
+    for call in calls:
+        call()
+    return len(calls)
+
+
+def test_the_api_key_goes_with_every_request(
+    module_server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Proxy(module_server.url) as proxy:
+        with Client(proxy.url, api_key=API_KEY) as client:
+            made = _every_call(client, png_bytes(5))
+        monkeypatch.setenv("LOOKALIKE_API_KEY", "from-the-environment")
+        with Client(proxy.url) as client:
+            client.info()
+    assert len(proxy.seen) == made + 1
+    assert {seen.method for seen in proxy.seen} == {"GET", "POST", "PUT", "DELETE"}
+    assert [seen.authorization for seen in proxy.seen] == [f"Bearer {API_KEY}"] * made + [
+        "Bearer from-the-environment"
+    ]
+
+
+def test_what_a_key_may_not_do_is_forbidden_and_info_says_whether_reads_are_public(
+    module_server: Server,
+) -> None:
+    served = httpx.get(module_server.url + "/info", headers=AUTH).json()
+
+    def read_only(method: str, path: str, headers: object) -> Action:
+        if path == "/info":
+            return 200, {**served, "public_reads": False}
+        if method != "GET":
+            return 403, {"error": {"code": "forbidden", "message": "this key may only read"}}
+        return None
+
+    with Proxy(module_server.url, read_only) as proxy, Client(proxy.url, api_key="r") as client:
+        info = client.info()
+        with pytest.raises(Forbidden) as forbidden:
+            client.upload([png_bytes(6)], ids=["a"])
+    assert info.auth_required and not info.public_reads
+    served.pop("public_reads", None)  # a service older than read keys: its reads are open
+    assert _calls.info().parse(httpx.Response(200, json=served)).public_reads
+    assert (forbidden.value.status, forbidden.value.code) == (403, "forbidden")
+    assert forbidden.value.message == "this key may only read"
 
 
 @pytest.mark.slow

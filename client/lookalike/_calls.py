@@ -265,6 +265,7 @@ def info() -> Call[ServiceInfo]:
         return ServiceInfo(
             model=from_json(ModelInfo, body["model"]),
             auth_required=bool(body["auth_required"]),
+            public_reads=bool(body.get("public_reads", True)),  # older services: reads open
             limits=from_json(Limits, body["limits"]),
         )
 

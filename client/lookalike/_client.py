@@ -140,9 +140,10 @@ class Client(_Gallery):
             shoes = client.collection("shoes")  # the same methods, in another collection
 
     The gallery methods act on the collection `default`. `api_key` (default:
-    $LOOKALIKE_API_KEY) is needed for writes only. A 503 or a failed connection is retried up
-    to `max_retries` times with jittered exponential backoff that honours Retry-After; an upload
-    only when it names its ids. Errors raise a LookalikeError. A Client may be shared by threads.
+    $LOOKALIKE_API_KEY) is sent with every request, as `Authorization: Bearer`. A 503 or a
+    failed connection is retried up to `max_retries` times with jittered exponential backoff
+    that honours Retry-After; an upload only when it names its ids. Errors raise a
+    LookalikeError. A Client may be shared by threads.
     """
 
     def __init__(
@@ -203,7 +204,7 @@ class Client(_Gallery):
         self._send(_calls.delete_collection(name))
 
     def info(self) -> ServiceInfo:
-        """The served model, whether writes need a key, and the limits."""
+        """The served model, whether it needs a key, whether reads need none, the limits."""
         return self._send(_calls.info())
 
     def ready(self) -> bool:

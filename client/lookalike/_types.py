@@ -121,5 +121,6 @@ class Limits:
 @dataclass(frozen=True)
 class ServiceInfo:
     model: ModelInfo
-    auth_required: bool
+    auth_required: bool  # True: the service has API keys
     limits: Limits
+    public_reads: bool  # True: reads need no key (always, from services older than read keys)
