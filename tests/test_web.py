@@ -1,5 +1,6 @@
 """The web page in a real headless Chromium (Debian's chromium + chromedriver, via selenium)
-against a real server with a small gallery: search, heat map, upload, errors, screenshot."""
+against a real server with a small gallery: search, heat map, upload, errors, screenshot; and
+the security headers that it runs under."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 
 from service.fashion_mnist import FASHION_MNIST_CLASSES, load_split
 from service.imaging import encode_png
@@ -20,10 +22,28 @@ from tests.support import Server
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
-pytestmark = pytest.mark.skipif(
-    not (CHROMIUM and CHROMEDRIVER) and not os.environ.get("CI"),
-    reason="needs Debian's chromium and chromium-driver (CI installs them)",
-)
+
+def test_every_response_says_nosniff_and_pages_may_run_only_the_services_own_script(
+    client: TestClient,
+) -> None:
+    page = client.get("/")
+    answers = {
+        "page": page,
+        "static file": client.get("/web/app.js"),
+        "JSON": client.get("/info"),
+        "404": client.get("/images/nobody"),
+        "401": client.post("/images"),
+        "invalid": client.post("/nearest", json={}),
+        "image": client.get("/images/nobody/content"),
+        "docs": client.get("/docs"),
+    }
+    for name, answer in answers.items():
+        assert answer.headers["x-content-type-options"] == "nosniff", name
+    policy = page.headers["content-security-policy"]
+    assert "script-src 'self';" in policy and "style-src 'self';" in policy
+    assert "unsafe-inline" not in policy and "img-src 'self' blob: data:;" in policy
+    assert answers["404"].headers["content-security-policy"] == policy
+    assert "content-security-policy" not in answers["docs"].headers  # Swagger UI: a CDN, inline
 
 
 @pytest.fixture
@@ -50,11 +70,15 @@ def gallery_server(artifact: Path, tmp_path: Path) -> Iterator[Server]:
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator:
+    """Headless Chromium; afterwards, its console must show no Content-Security-Policy refusal."""
+    if not (CHROMIUM and CHROMEDRIVER) and not os.environ.get("CI"):
+        pytest.skip("needs Debian's chromium and chromium-driver (CI installs them)")
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     for flag in (
         "--headless=new",
         "--no-sandbox",
@@ -72,7 +96,11 @@ def browser(tmp_path: Path) -> Iterator:
     driver = webdriver.Chrome(service=Service(executable_path=CHROMEDRIVER), options=options)
     driver.implicitly_wait(0)
     yield driver
-    driver.quit()
+    try:
+        console = [entry["message"] for entry in driver.get_log("browser")]
+        assert not [line for line in console if "Content Security Policy" in line], console
+    finally:
+        driver.quit()
 
 
 def _query_files(tmp_path: Path, count: int) -> list[str]:
