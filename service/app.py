@@ -32,6 +32,7 @@ from service.keys import Keyring
 from service.metrics import Metrics
 from service.routes import WEB_DIR, openai, router
 from service.runtime import Runtime
+from service.security_headers import SecurityHeadersMiddleware
 from service.store import StoreUnavailable, open_store
 from service.store.base import StoreError
 
@@ -249,4 +250,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(SecurityHeadersMiddleware)
     return app

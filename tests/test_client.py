@@ -17,9 +17,10 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import lookalike
@@ -31,20 +32,25 @@ from lookalike import (
     CollectionInfo,
     Conflict,
     ConnectionFailed,
+    CreatedCollection,
+    Forbidden,
     Invalid,
     NotFound,
     Overloaded,
     TooLarge,
     Unauthorized,
     Unsupported,
+    _calls,
 )
 from PIL import Image
 
 from tests import client_scenarios
-from tests.conftest import API_KEY, png_bytes
+from tests.conftest import API_KEY, AUTH, png_bytes
+from tests.proxy import LOSE, Action, Proxy, Script
 from tests.support import Server, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+T = TypeVar("T")
 HEAVY = {"numpy", "onnxruntime", "faiss-cpu", "fastapi", "torch", "starlette", "pillow"}
 
 
@@ -197,14 +203,15 @@ def test_collections_keep_the_same_ids_apart_and_are_managed(module_server: Serv
     red, blue = _name("red"), _name("blue")
     with Client(module_server.url, api_key=API_KEY) as client:
         made = client.create_collection(red)
-        assert made == CollectionInfo(name=red, count=0, index_kind="flat")
+        assert made == CreatedCollection(name=red, count=0, index_kind="flat", created=True)
         client.create_collection(blue)
         reds, blues = client.collection(red), client.collection(blue)
         assert reds.name == red and repr(blues) == f"Collection({blue!r})"
         reds.upload([png_bytes(1), png_bytes(2)], ids=["a", "b"], metadata=[{"c": "red"}, {}])
         uploaded = blues.upload([png_bytes(3)], ids=["a"], metadata=[{"c": "blue"}])
         assert [(u.id, u.created) for u in uploaded] == [("a", True)]  # not a replacement
-        assert client.create_collection(red).count == 2  # exists: left as it is
+        again = client.create_collection(red)
+        assert (again.count, again.created) == (2, False)  # exists: left as it is
         red_a, blue_a = reds.get("a"), blues.get("a")
         assert (red_a.collection, red_a.metadata) == (red, {"c": "red"})
         assert (blue_a.collection, blue_a.metadata) == (blue, {"c": "blue"})
@@ -291,7 +298,7 @@ async def _async_collections_and_filters(url: str) -> None:
         made = await asyncio.gather(
             client.create_collection(first), client.create_collection(second)
         )
-        assert [m.name for m in made] == [first, second]
+        assert [(m.name, m.created) for m in made] == [(first, True), (second, True)]
         one, two = client.collection(first), client.collection(second)
         assert repr(one) == f"AsyncCollection({first!r})"
         await one.upload(images, ids=ids, metadata=metadata)
@@ -381,6 +388,147 @@ def test_connection_failures_are_retried_then_raised() -> None:
         client.info()
     assert time.monotonic() - start >= 0.5 + 1.0  # backoff 0.5 s, then 1 s
     assert raised.value.status is None and raised.value.code == "connection_error"
+
+
+BUSY = (503, {"error": {"code": "unavailable", "message": "the database is away"}})
+
+
+def _first(method: str, action: Action) -> Script:
+    """A proxy script: the first `method` request gets `action`; the others are forwarded."""
+    left = [action]
+    return lambda m, path, headers: left.pop() if m == method and left else None
+
+
+def test_a_retry_after_a_lost_answer_reads_already_done_as_done(module_server: Server) -> None:
+    name = _name("lost")
+    with Client(module_server.url, api_key=API_KEY) as client:
+        assert client.create_collection(name).created
+        client.collection(name).upload([png_bytes(1), png_bytes(2)], ids=["a", "b"])
+        with pytest.raises(NotFound):
+            client.collection(name).delete("nobody")  # answered at once: it was never there
+
+    def through(method: str, action: Action, call: Callable[[Client], T]) -> T:
+        with (
+            Proxy(module_server.url, _first(method, action)) as proxy,
+            Client(proxy.url, api_key=API_KEY) as client,
+        ):
+            result = call(client)
+        assert [seen.method for seen in proxy.seen] == [method, method]  # one retry
+        return result
+
+    # The lost DELETE deleted "a": its retry's 404 says so, and is no error.
+    through("DELETE", LOSE, lambda c: c.collection(name).delete("a"))
+    # A 503 is an answer (not done): a 404 after it is the image's own.
+    with pytest.raises(NotFound):
+        through("DELETE", BUSY, lambda c: c.collection(name).delete("nobody"))
+    # The lost PUT created the collection: its retry's 200 is read as the 201 it had.
+    made = _name("made")
+    assert through("PUT", LOSE, lambda c: c.create_collection(made)).created
+    assert not through("PUT", BUSY, lambda c: c.create_collection(made)).created
+    through("DELETE", LOSE, lambda c: c.delete_collection(made))
+
+    with Client(module_server.url, api_key=API_KEY) as client:
+        assert [image.id for image in client.collection(name).images()] == ["b"]
+        assert made not in {c.name for c in client.collections()}
+
+
+async def _async_lost_answers(url: str) -> tuple[CreatedCollection, list[str]]:
+    name = _name("lost")
+    with Proxy(url, _first("PUT", LOSE)) as proxy:
+        async with AsyncClient(proxy.url, api_key=API_KEY) as client:
+            made = await client.create_collection(name)
+            await client.collection(name).upload([png_bytes(3)], ids=["a"])
+            proxy.script = _first("DELETE", LOSE)
+            await client.collection(name).delete("a")
+            proxy.script = _first("DELETE", LOSE)
+            await client.delete_collection(name)
+    return made, [f"{seen.method} {seen.path}" for seen in proxy.seen]
+
+
+def test_async_retries_after_a_lost_answer_read_already_done_as_done(
+    module_server: Server,
+) -> None:
+    made, seen = asyncio.run(_async_lost_answers(module_server.url))
+    assert made.created and made.count == 0
+    at = f"/collections/{made.name}"
+    put, post, delete = f"PUT {at}", f"POST {at}/images", f"DELETE {at}"
+    # Each lost answer: the attempt, then its retry.
+    assert seen == [put, put, post, f"{delete}/images/a", f"{delete}/images/a", delete, delete]
+
+
+def test_only_an_attempt_that_may_have_reached_the_service_counts_as_lost() -> None:
+    call = _calls.delete("default", "a")
+    for failure, lost in ((httpx.ConnectError("refused"), False), (httpx.ReadError("reset"), True)):
+        retries = _calls.Retries(1, call)
+        assert retries.delay(failure) is not None and retries.lost is lost
+    not_found = httpx.Response(404, request=httpx.Request("DELETE", "http://x/images/a"))
+    assert call.result(not_found, lost=True) is None
+    with pytest.raises(NotFound):
+        call.result(not_found)
+
+
+def _every_call(client: Client, image: bytes) -> int:
+    """Each method of Client once (each one request); returns how many."""
+    name = _name("keyed")
+    shelf = client.collection(name)
+    calls: list[Callable[[], object]] = [
+        client.ready,
+        client.info,
+        lambda: client.embed(image),
+        lambda: client.similarity([image, image]),
+        lambda: client.create_collection(name),
+        client.collections,
+        lambda: client.get_collection(name),
+        lambda: shelf.upload([image], ids=["a"]),
+        lambda: shelf.nearest(id="a"),
+        lambda: shelf.get("a"),
+        lambda: shelf.content("a"),
+        lambda: list(shelf.images()),
+        lambda: shelf.delete("a"),
+        lambda: client.delete_collection(name),
+    ]
+    for call in calls:
+        call()
+    return len(calls)
+
+
+def test_the_api_key_goes_with_every_request(
+    module_server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with Proxy(module_server.url) as proxy:
+        with Client(proxy.url, api_key=API_KEY) as client:
+            made = _every_call(client, png_bytes(5))
+        monkeypatch.setenv("LOOKALIKE_API_KEY", "from-the-environment")
+        with Client(proxy.url) as client:
+            client.info()
+    assert len(proxy.seen) == made + 1
+    assert {seen.method for seen in proxy.seen} == {"GET", "POST", "PUT", "DELETE"}
+    assert [seen.authorization for seen in proxy.seen] == [f"Bearer {API_KEY}"] * made + [
+        "Bearer from-the-environment"
+    ]
+
+
+def test_what_a_key_may_not_do_is_forbidden_and_info_says_whether_reads_are_public(
+    module_server: Server,
+) -> None:
+    served = httpx.get(module_server.url + "/info", headers=AUTH).json()
+
+    def read_only(method: str, path: str, headers: object) -> Action:
+        if path == "/info":
+            return 200, {**served, "public_reads": False}
+        if method != "GET":
+            return 403, {"error": {"code": "forbidden", "message": "this key may only read"}}
+        return None
+
+    with Proxy(module_server.url, read_only) as proxy, Client(proxy.url, api_key="r") as client:
+        info = client.info()
+        with pytest.raises(Forbidden) as forbidden:
+            client.upload([png_bytes(6)], ids=["a"])
+    assert info.auth_required and not info.public_reads
+    served.pop("public_reads", None)  # a service older than read keys: its reads are open
+    assert _calls.info().parse(httpx.Response(200, json=served)).public_reads
+    assert (forbidden.value.status, forbidden.value.code) == (403, "forbidden")
+    assert forbidden.value.message == "this key may only read"
 
 
 @pytest.mark.slow

@@ -16,6 +16,7 @@ from lookalike._client import AsyncClient, AsyncCollection, Client, Collection, 
 from lookalike._errors import (
     Conflict,
     ConnectionFailed,
+    Forbidden,
     Invalid,
     LookalikeError,
     NotFound,
@@ -30,6 +31,7 @@ from lookalike._errors import (
 from lookalike._images import ImageLike
 from lookalike._types import (
     CollectionInfo,
+    CreatedCollection,
     Embeddings,
     Hit,
     ImageInfo,
@@ -48,7 +50,9 @@ __all__ = [
     "CollectionInfo",
     "Conflict",
     "ConnectionFailed",
+    "CreatedCollection",
     "Embeddings",
+    "Forbidden",
     "Hit",
     "ImageInfo",
     "ImageLike",

@@ -20,6 +20,7 @@ from lookalike._errors import ConnectionFailed, error_for
 from lookalike._images import ImageLike, as_list, file_fields
 from lookalike._types import (
     CollectionInfo,
+    CreatedCollection,
     Embeddings,
     Hit,
     ImageInfo,
@@ -60,6 +61,9 @@ class Call(Generic[T]):
     data: dict[str, Any] | None = None
     retry: bool = True  # False: an upload without ids (a repeat would add it twice), a probe
     accept: frozenset[int] = frozenset()  # error statuses that `parse` reads instead
+    # After an attempt whose answer was lost, a repeat finds done what that attempt did: the
+    # statuses that say so, each read as the answer the lost attempt had (DELETE: 404 as 204).
+    redone: Mapping[int, int] = field(default_factory=dict)
 
     def request_args(self) -> dict[str, Any]:
         args: dict[str, Any] = {"params": self.params, "files": self.files, "data": self.data}
@@ -67,23 +71,34 @@ class Call(Generic[T]):
             args["json"] = self.json
         return args
 
-    def result(self, outcome: httpx.Response | httpx.TransportError) -> T:
-        """The parsed answer, or the exception for an error answer or for no answer."""
+    def result(self, outcome: httpx.Response | httpx.TransportError, *, lost: bool = False) -> T:
+        """The parsed answer, or the exception for an error answer or for no answer. `lost`:
+        an earlier attempt may have done the call, but its answer never came."""
         if isinstance(outcome, httpx.TransportError):
             message = f"{type(outcome).__name__}: {outcome}" if str(outcome) else repr(outcome)
             raise ConnectionFailed(message, code="connection_error") from outcome
+        if lost and outcome.status_code in self.redone:
+            status = self.redone[outcome.status_code]
+            outcome = httpx.Response(status, content=outcome.content, request=outcome.request)
         if outcome.is_error and outcome.status_code not in self.accept:
             raise error_for(outcome)
         return self.parse(outcome)
 
 
+# Failures before the request left: the service cannot have acted on it.
+NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
 class Retries:
     """When to try a call again, and after how long: 503s and failed connections, up to
-    `max_retries` times, with jittered exponential backoff that waits at least Retry-After."""
+    `max_retries` times, with jittered exponential backoff that waits at least Retry-After.
+    `lost`: an attempt that was retried may have reached the service, its answer lost (a 503
+    is an answer: the service did not do it)."""
 
     def __init__(self, max_retries: int, call: Call[Any]) -> None:
         self.left = max_retries if call.retry else 0
         self.attempt = 0
+        self.lost = False
 
     def delay(self, outcome: httpx.Response | httpx.TransportError) -> float | None:
         """Seconds to wait before the next try; None: this outcome is final."""
@@ -95,6 +110,7 @@ class Retries:
             wait = retry_after(outcome.headers) or backoff(self.attempt)
         else:
             wait = backoff(self.attempt)
+            self.lost |= not isinstance(outcome, NOT_SENT)
         self.left -= 1
         self.attempt += 1
         return wait * (1 + JITTER * random.random())
@@ -196,7 +212,7 @@ def content(collection: str, image_id: str) -> Call[bytes]:
 
 
 def delete(collection: str, image_id: str) -> Call[None]:
-    return Call("DELETE", _id_path(collection, image_id), lambda r: None)
+    return Call("DELETE", _id_path(collection, image_id), lambda r: None, redone={404: 204})
 
 
 def page(collection: str, cursor: str | None, page_size: int, where: Filter | None) -> Call[Page]:
@@ -230,13 +246,17 @@ def get_collection(name: str) -> Call[CollectionInfo]:
     return Call("GET", _collection_path(name), _collection)
 
 
-def create_collection(name: str) -> Call[CollectionInfo]:
+def create_collection(name: str) -> Call[CreatedCollection]:
     # PUT: a repeat finds it made and answers 200, so retrying is safe.
-    return Call("PUT", _collection_path(name), _collection)
+    def parse(response: httpx.Response) -> CreatedCollection:
+        created = response.status_code == 201
+        return from_json(CreatedCollection, {**response.json(), "created": created})
+
+    return Call("PUT", _collection_path(name), parse, redone={200: 201})
 
 
 def delete_collection(name: str) -> Call[None]:
-    return Call("DELETE", _collection_path(name), lambda r: None)
+    return Call("DELETE", _collection_path(name), lambda r: None, redone={404: 204})
 
 
 def info() -> Call[ServiceInfo]:
@@ -245,6 +265,7 @@ def info() -> Call[ServiceInfo]:
         return ServiceInfo(
             model=from_json(ModelInfo, body["model"]),
             auth_required=bool(body["auth_required"]),
+            public_reads=bool(body.get("public_reads", True)),  # older services: reads open
             limits=from_json(Limits, body["limits"]),
         )
 

@@ -31,6 +31,7 @@ from lookalike._calls import (
 from lookalike._images import ImageLike
 from lookalike._types import (
     CollectionInfo,
+    CreatedCollection,
     Embeddings,
     Hit,
     ImageInfo,
@@ -114,6 +115,8 @@ class _Gallery:
         return self._send(_calls.content(self._collection, id))
 
     def delete(self, id: str) -> None:
+        """Delete the image; NotFound when there is none with this id. A retry that finds it
+        gone after a lost answer is a success: the lost attempt deleted it."""
         self._send(_calls.delete(self._collection, id))
 
     def images(self, *, page_size: int = 100, filter: Filter | None = None) -> Iterator[ImageInfo]:
@@ -137,9 +140,10 @@ class Client(_Gallery):
             shoes = client.collection("shoes")  # the same methods, in another collection
 
     The gallery methods act on the collection `default`. `api_key` (default:
-    $LOOKALIKE_API_KEY) is needed for writes only. A 503 or a failed connection is retried up
-    to `max_retries` times with jittered exponential backoff that honours Retry-After; an upload
-    only when it names its ids. Errors raise a LookalikeError. A Client may be shared by threads.
+    $LOOKALIKE_API_KEY) is sent with every request, as `Authorization: Bearer`. A 503 or a
+    failed connection is retried up to `max_retries` times with jittered exponential backoff
+    that honours Retry-After; an upload only when it names its ids. Errors raise a
+    LookalikeError. A Client may be shared by threads.
     """
 
     def __init__(
@@ -164,7 +168,7 @@ class Client(_Gallery):
                 outcome = exc
             delay = retries.delay(outcome)
             if delay is None:
-                return call.result(outcome)
+                return call.result(outcome, lost=retries.lost)
             time.sleep(delay)
 
     def embed(
@@ -189,17 +193,18 @@ class Client(_Gallery):
     def get_collection(self, name: str) -> CollectionInfo:
         return self._send(_calls.get_collection(name))
 
-    def create_collection(self, name: str) -> CollectionInfo:
-        """Create the collection, or leave it as it is when it exists (a name is 1–64 of
-        A–Z a–z 0–9 _ -, starting with a letter or digit)."""
+    def create_collection(self, name: str) -> CreatedCollection:
+        """Create the collection, or leave it as it is when it exists: `.created` says which
+        (a name is 1–64 of A–Z a–z 0–9 _ -, starting with a letter or digit)."""
         return self._send(_calls.create_collection(name))
 
     def delete_collection(self, name: str) -> None:
-        """Delete the collection with all its images; `default` cannot be (Conflict)."""
+        """Delete the collection with all its images; `default` cannot be (Conflict). Like
+        `delete`: NotFound when there is none, but not on a retry after a lost answer."""
         self._send(_calls.delete_collection(name))
 
     def info(self) -> ServiceInfo:
-        """The served model, whether writes need a key, and the limits."""
+        """The served model, whether it needs a key, whether reads need none, the limits."""
         return self._send(_calls.info())
 
     def ready(self) -> bool:
@@ -322,7 +327,7 @@ class AsyncClient(_AsyncGallery):
                 outcome = exc
             delay = retries.delay(outcome)
             if delay is None:
-                return call.result(outcome)
+                return call.result(outcome, lost=retries.lost)
             await asyncio.sleep(delay)
 
     async def embed(
@@ -342,7 +347,7 @@ class AsyncClient(_AsyncGallery):
     async def get_collection(self, name: str) -> CollectionInfo:
         return await self._send(_calls.get_collection(name))
 
-    async def create_collection(self, name: str) -> CollectionInfo:
+    async def create_collection(self, name: str) -> CreatedCollection:
         return await self._send(_calls.create_collection(name))
 
     async def delete_collection(self, name: str) -> None:

@@ -7,6 +7,7 @@ LookalikeError                .status .code .message
 ├── NotFound                  404     unknown id, collection or model
 ├── Conflict                  409     a change the service refuses (deleting "default")
 ├── Unauthorized              401     missing or wrong API key
+├── Forbidden                 403     the key may not do this (a read-only key writing)
 ├── TooLarge                  413     body, image or pixel count over a limit
 ├── Unsupported               415     image format or Content-Type not allowed
 ├── Unavailable               503     not ready yet, or the database is away
@@ -52,7 +53,11 @@ class Conflict(LookalikeError):
 
 
 class Unauthorized(LookalikeError):
-    """401: writes need the service's API key (Client(api_key=...))."""
+    """401: the call needs an API key (Client(api_key=...)), or the one given is wrong."""
+
+
+class Forbidden(LookalikeError):
+    """403: the API key is right but may not do this, such as a read-only key writing."""
 
 
 class TooLarge(LookalikeError):
@@ -82,6 +87,7 @@ class ServerError(LookalikeError):
 BY_STATUS: dict[int, type[LookalikeError]] = {
     400: Invalid,
     401: Unauthorized,
+    403: Forbidden,
     404: NotFound,
     409: Conflict,
     413: TooLarge,

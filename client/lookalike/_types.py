@@ -91,6 +91,13 @@ class CollectionInfo:
 
 
 @dataclass(frozen=True)
+class CreatedCollection(CollectionInfo):
+    """create_collection's answer: the collection, and whether this call created it."""
+
+    created: bool  # False: it existed already, and was left as it was
+
+
+@dataclass(frozen=True)
 class Page:
     items: list[ImageInfo]
     next_cursor: str | None
@@ -114,5 +121,6 @@ class Limits:
 @dataclass(frozen=True)
 class ServiceInfo:
     model: ModelInfo
-    auth_required: bool
+    auth_required: bool  # True: the service has API keys
     limits: Limits
+    public_reads: bool  # True: reads need no key (always, from services older than read keys)

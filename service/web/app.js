@@ -1,8 +1,10 @@
 // lookalike web page: search by image, compare as a heat map, add to the gallery.
-// Plain JS against the service's own HTTP API; no build step.
+// Plain JS against the service's own HTTP API; no build step. Every request carries the API
+// key, when one is given; the DOM is built node by node, never from HTML text.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
+const KEY_STORAGE = "lookalike-api-key";
 let info = null;
 let galleryCursor = null;
 
@@ -18,28 +20,59 @@ function showError(message) {
   box.hidden = !message;
 }
 
-async function errorMessage(response) {
-  try {
-    const body = await response.json();
-    if (body && body.error) return `${body.error.message} (${response.status} ${body.error.code})`;
-  } catch (_) { /* not JSON */ }
-  return `the server answered ${response.status}`;
-}
-
-async function api(path, options = {}) {
-  let response;
-  try {
-    response = await fetch(path, options);
-  } catch (err) {
-    throw new Error(`cannot reach the service: ${err.message}`);
-  }
-  if (!response.ok) throw new Error(await errorMessage(response));
-  return response.status === 204 ? null : response.json();
-}
-
 function authHeaders() {
   const key = $("api-key").value.trim();
   return key ? { Authorization: `Bearer ${key}` } : {};
+}
+
+// The message for an error answer (`body`: its JSON, or null). A 401 also asks for a key and
+// puts the cursor in its field; a 403 (a key that may not do this) keeps the server's words.
+function failure(status, body) {
+  const error = body && body.error;
+  const said = error ? `${error.message} (${status} ${error.code})` : `the server answered ${status}`;
+  if (status !== 401) return said;
+  $("api-key-field").hidden = false;
+  $("api-key").focus();
+  return `This needs an API key: enter it in the "API key" field. The server said: ${said}`;
+}
+
+// Every request of the page but uploads (XMLHttpRequest, for its progress), with the key.
+async function request(path, options = {}) {
+  try {
+    return await fetch(path, { ...options, headers: { ...authHeaders(), ...options.headers } });
+  } catch (err) {
+    throw new Error(`cannot reach the service: ${err.message}`);
+  }
+}
+
+async function api(path, options) {
+  const response = await request(path, options);
+  if (!response.ok) throw new Error(failure(response.status, await response.json().catch(() => null)));
+  return response.status === 204 ? null : response.json();
+}
+
+// An <img src> cannot send the key: fetch the image with it and show it from an object URL.
+// A failure leaves the alt text in its place.
+async function loadImage(img, path) {
+  try {
+    const response = await request(path);
+    if (!response.ok) return;
+    const blob = await response.blob();
+    if (img.isConnected) img.src = URL.createObjectURL(blob);  // else its tile is gone already
+  } catch (_) { /* the alt text stands in */ }
+}
+
+// Replace what a container shows, and free the object URLs of the images it showed.
+function replaceContent(container, ...nodes) {
+  container.querySelectorAll("img[src^='blob:']").forEach((img) => URL.revokeObjectURL(img.src));
+  container.replaceChildren(...nodes);
+}
+
+function image(src, alt) {
+  const img = document.createElement("img");
+  img.src = src;
+  img.alt = alt;
+  return img;
 }
 
 function metadataText(metadata) {
@@ -53,9 +86,8 @@ function tile({ id, score, metadata }) {
   button.title = `Search for images like ${id}`;
   button.setAttribute("aria-label", `${id}${score === undefined ? "" : `, score ${score.toFixed(3)}`}: search by it`);
   const img = document.createElement("img");
-  img.src = `${base()}/images/${encodeURIComponent(id)}/content`;
   img.alt = metadataText(metadata) || id;
-  img.loading = "lazy";
+  loadImage(img, `${base()}/images/${encodeURIComponent(id)}/content`);
   button.append(img);
   if (score !== undefined) {
     const s = document.createElement("span");
@@ -73,7 +105,7 @@ function tile({ id, score, metadata }) {
 
 function showResults(results) {
   const grid = $("results");
-  grid.replaceChildren(...results.map(tile));
+  replaceContent(grid, ...results.map(tile));
   if (!results.length) grid.textContent = "The gallery is empty: add images below.";
 }
 
@@ -84,11 +116,7 @@ function k() {
 async function searchByFile(file) {
   if (!file) return;
   showError("");
-  const preview = $("query-preview");
-  const img = document.createElement("img");
-  img.src = URL.createObjectURL(file);
-  img.alt = "your query image";
-  preview.replaceChildren("Query: ", img);
+  replaceContent($("query-preview"), "Query: ", image(URL.createObjectURL(file), "your query image"));
   const form = new FormData();
   form.append("file", file);
   form.append("k", String(k()));
@@ -101,7 +129,7 @@ async function searchByFile(file) {
 
 async function searchById(id) {
   showError("");
-  $("query-preview").textContent = `Query: ${id}`;
+  replaceContent($("query-preview"), `Query: ${id}`);
   try {
     const body = JSON.stringify({ id, k: k() });
     showResults((await api(`${base()}/nearest`, { method: "POST", body, headers: { "Content-Type": "application/json" } })).results);
@@ -127,21 +155,18 @@ async function compare(files) {
   try {
     const { scores } = await api("/similarity", { method: "POST", body: form });
     const urls = files.map((f) => URL.createObjectURL(f));
+    const thumbnail = (i) => {
+      const th = document.createElement("th");
+      th.append(image(urls[i], files[i].name));
+      return th;
+    };
     const table = document.createElement("table");
     table.className = "heatmap";
     table.setAttribute("aria-label", "cosine score of every pair of images");
-    const head = table.insertRow();
-    head.append(document.createElement("th"));
-    urls.forEach((url, i) => {
-      const th = document.createElement("th");
-      th.innerHTML = `<img src="${url}" alt="${files[i].name.replace(/"/g, "")}">`;
-      head.append(th);
-    });
+    table.insertRow().append(document.createElement("th"), ...files.map((_, i) => thumbnail(i)));
     scores.forEach((row, i) => {
       const tr = table.insertRow();
-      const th = document.createElement("th");
-      th.innerHTML = `<img src="${urls[i]}" alt="${files[i].name.replace(/"/g, "")}">`;
-      tr.append(th);
+      tr.append(thumbnail(i));
       row.forEach((score) => {
         const td = tr.insertCell();
         td.textContent = score.toFixed(2);
@@ -149,7 +174,7 @@ async function compare(files) {
         td.title = `score ${score.toFixed(4)}`;
       });
     });
-    $("heatmap").replaceChildren(table);
+    replaceContent($("heatmap"), table);
   } catch (err) {
     showError(err.message);
   }
@@ -182,8 +207,7 @@ function upload(files) {
       loadCollections().catch((err) => showError(err.message));
     } else {
       $("upload-status").textContent = "";
-      if (xhr.status === 401) $("api-key-field").hidden = false;
-      showError(body && body.error ? `${body.error.message} (${xhr.status} ${body.error.code})` : `upload failed: ${xhr.status}`);
+      showError(failure(xhr.status, body));
     }
   };
   xhr.send(form);
@@ -192,7 +216,7 @@ function upload(files) {
 async function loadGallery(reset) {
   if (reset) {
     galleryCursor = null;
-    $("gallery").replaceChildren();
+    replaceContent($("gallery"));
   }
   const params = new URLSearchParams({ limit: "48" });
   if (galleryCursor) params.set("cursor", galleryCursor);
@@ -217,14 +241,46 @@ async function loadCollections() {
   }));
 }
 
-async function start() {
+// Who may use this service, as /info tells: anyone (no keys), anyone for reads, or key holders.
+function showAccess() {
+  let notice = "";
+  if (!info.auth_required) {
+    notice = "This service is open: it has no API keys configured, so anyone who can reach it can search, add and delete images.";
+  } else if (info.public_reads) {
+    notice = "Reads on this service are public: anyone who can reach it can search and download its images without a key. Adding and deleting images need one.";
+  }
+  $("access").textContent = notice;
+  $("access").hidden = !notice;
+  $("api-key-field").hidden = !info.auth_required;
+}
+
+// What the page shows from the service: at start, and again with a new key.
+async function load() {
+  showError("");
   try {
     info = await api("/info");
     $("model-info").textContent = `model ${info.model.name} · ${info.model.dim}-d · version ${info.model.version.slice(0, 12)}`;
-    $("api-key-field").hidden = !info.auth_required;
+    showAccess();
+    await loadCollections();
   } catch (err) {
     showError(err.message);
+    return;
   }
+  loadGallery(true);
+}
+
+function start() {
+  const key = $("api-key");
+  key.value = sessionStorage.getItem(KEY_STORAGE) || "";
+  key.addEventListener("input", () => {
+    const value = key.value.trim();
+    if (value) sessionStorage.setItem(KEY_STORAGE, value);
+    else sessionStorage.removeItem(KEY_STORAGE);
+  });
+  $("api-key-field").addEventListener("submit", (e) => {
+    e.preventDefault();
+    load();
+  });
   const drop = $("dropzone");
   // Each handler empties its input afterwards, so choosing the same file again still fires.
   const onFiles = (id, handle) => $(id).addEventListener("change", (e) => {
@@ -247,15 +303,10 @@ async function start() {
   });
   $("more").addEventListener("click", () => loadGallery(false));
   $("collection").addEventListener("change", () => {
-    $("results").replaceChildren();
+    replaceContent($("results"));
     loadGallery(true);
   });
-  try {
-    await loadCollections();
-  } catch (err) {
-    showError(err.message);
-  }
-  loadGallery(true);
+  load();
 }
 
 start();
