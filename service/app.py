@@ -32,7 +32,7 @@ from service.keys import Keyring
 from service.metrics import Metrics
 from service.routes import WEB_DIR, openai, router
 from service.runtime import Runtime
-from service.security_headers import SecurityHeadersMiddleware
+from service.security_headers import SecurityHeadersMiddleware, headers_for
 from service.store import StoreUnavailable, open_store
 from service.store.base import StoreError
 
@@ -239,7 +239,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error", extra={"path": request.url.path})
-        return error_response(request.scope, 500, "internal", "internal error; see the server log")
+        response = error_response(
+            request.scope, 500, "internal", "internal error; see the server log"
+        )
+        response.headers.update(dict(headers_for(request.url.path)))  # sent past the middleware
+        return response
 
     if settings.cors_origins:
         app.add_middleware(

@@ -24,7 +24,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 try:
-    from lookalike import Client, LookalikeError, Unauthorized
+    from lookalike import Client, Forbidden, LookalikeError, Unauthorized
 except ImportError:  # only this command needs the client; the Docker image and `make` install it
     raise SystemExit(
         "error: python -m service import needs the client: pip install ./client"
@@ -77,7 +77,7 @@ class Importer:
                 batch_size=len(batch),
             )
         except LookalikeError as exc:
-            if exc.status is None or exc.status >= 500 or isinstance(exc, Unauthorized):
+            if exc.status is None or exc.status >= 500 or isinstance(exc, Unauthorized | Forbidden):
                 raise SystemExit(f"error: the service answered: {exc}") from None
             if len(batch) == 1:
                 self.failures.append(f"{batch[0][0]}: {exc.message}")

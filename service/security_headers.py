@@ -4,8 +4,9 @@ Content-Security-Policy that lets a page run only the service's own script and s
 inline script, style or event handlers) and show blob: images, as the web page does.
 
 FastAPI's /docs and /redoc pages load Swagger UI and ReDoc from a CDN with an inline script, so
-they go without the policy. Not covered: the 500 of an unhandled exception, which Starlette's
-outermost ServerErrorMiddleware writes past every added middleware (a fixed JSON body)."""
+they go without the policy. The 500 of an unhandled exception, which Starlette's outermost
+ServerErrorMiddleware writes past every added middleware, gets them from `headers_for` in the
+app's handler."""
 
 from __future__ import annotations
 
@@ -18,6 +19,14 @@ CONTENT_SECURITY_POLICY = (
 WITHOUT_POLICY = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc"})
 
 
+def headers_for(path: str) -> list[tuple[str, str]]:
+    """The security headers of a response to `path`."""
+    headers = [("X-Content-Type-Options", "nosniff")]
+    if path not in WITHOUT_POLICY:
+        headers.append(("Content-Security-Policy", CONTENT_SECURITY_POLICY))
+    return headers
+
+
 class SecurityHeadersMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -25,13 +34,14 @@ class SecurityHeadersMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        added = [(b"x-content-type-options", b"nosniff")]
-        if scope["path"] not in WITHOUT_POLICY:
-            added.append((b"content-security-policy", CONTENT_SECURITY_POLICY.encode()))
+        added = [(name.encode(), value.encode()) for name, value in headers_for(scope["path"])]
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message = {**message, "headers": [*message.get("headers", ()), *added]}
+                headers = list(message.get("headers", ()))
+                present = {name.lower() for name, _ in headers}
+                headers += [(name, value) for name, value in added if name.lower() not in present]
+                message = {**message, "headers": headers}
             await send(message)
 
         await self.app(scope, receive, send_with_headers)

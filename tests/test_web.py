@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -15,16 +16,16 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from service.app import create_app
 from service.fashion_mnist import FASHION_MNIST_CLASSES, load_split
 from service.imaging import encode_png
 from service.routes import WEB_DIR
-from tests.conftest import API_KEY, AUTH
+from tests.conftest import API_KEY, AUTH, make_settings, wait_ready
 from tests.proxy import Action, Proxy, Script
 from tests.support import Server
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-READ_KEY = "read-only-key"
 PAGE_FILES = ("/", "/web/app.js", "/web/style.css", "/favicon.ico")
 
 
@@ -238,21 +239,21 @@ def test_page_switches_collections_for_the_gallery_search_and_uploads(
     wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#gallery .tile")) == 12)
 
 
-def _with_keys(upstream: str) -> Script:
-    """A proxy script for the service as it will be once API keys guard reads too: every
-    request but the page's own files needs a key, and READ_KEY may only read (a 403 for
-    writes). /info says so."""
+def _with_keys(upstream: str, read_key: str) -> Script:
+    """A proxy script that keeps reads private in front of a server with public reads: every
+    request but the page's own files needs a key, and `read_key` (a real read key of the
+    server) may only read (a 403 for writes). /info says so."""
     served = {**httpx.get(upstream + "/info", headers=AUTH).json(), "public_reads": False}
 
     def script(method: str, path: str, headers: Mapping[str, str]) -> Action:
         if path in PAGE_FILES or path.startswith("/web/"):
             return None
         key = headers.get("authorization")
-        if key not in (f"Bearer {API_KEY}", f"Bearer {READ_KEY}"):
+        if key not in (f"Bearer {API_KEY}", f"Bearer {read_key}"):
             message = "this needs Authorization: Bearer <key>"
             return 401, {"error": {"code": "unauthorized", "message": message}}
         writes = method in ("PUT", "DELETE") or (method == "POST" and path.endswith("/images"))
-        if writes and key == f"Bearer {READ_KEY}":
+        if writes and key == f"Bearer {read_key}":
             return 403, {"error": {"code": "forbidden", "message": "this key may only read"}}
         return (200, served) if path == "/info" else None
 
@@ -271,14 +272,16 @@ def test_page_takes_a_key_sends_it_with_every_request_and_shows_images_from_blob
     shown = """return arguments[0].every(
         (img) => img.src.startsWith("blob:") && img.complete && img.naturalWidth === 28)"""
     query = _query_files(tmp_path, 2)
-    with Proxy(gallery_server.url, _with_keys(gallery_server.url)) as proxy:
+    read_key = gallery_server.run_command("keys", "create", "--name", "page", "--scope", "read")
+    time.sleep(1.5)  # every worker loads the new key within a second
+    with Proxy(gallery_server.url, _with_keys(gallery_server.url, read_key)) as proxy:
         browser.get(proxy.url + "/")
         wait.until(lambda d: "needs an API key" in error(d))  # /info answered 401
         assert browser.switch_to.active_element.get_attribute("id") == "api-key"
         assert not tiles(browser)
 
         key = browser.find_element(By.ID, "api-key")
-        key.send_keys(READ_KEY + "\n")  # Enter: the page loads again, with the key
+        key.send_keys(read_key + "\n")  # Enter: the page loads again, with the key
         wait.until(lambda d: len(tiles(d)) == 12 and d.execute_script(shown, tiles(d)))
         assert not error(browser)
         first_image = tiles(browser)[0].get_attribute("src")
@@ -368,3 +371,21 @@ def test_page_says_when_the_service_is_open_or_its_reads_public(
         wait.until(lambda d: "Reads on this service are public" in notice(d))
         assert "search and download its images without a key" in notice(browser)
         assert browser.find_element(By.ID, "api-key-field").is_displayed()
+
+
+def test_a_500_carries_the_security_headers_once(artifact: Path, tmp_path: Path) -> None:
+    """Starlette writes an unhandled exception's 500 past every added middleware."""
+    app = create_app(make_settings(artifact, tmp_path / "data"))
+
+    @app.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("a bug")
+
+    with TestClient(app, raise_server_exceptions=False) as client:
+        wait_ready(client)
+        answer = client.get("/boom")
+        assert answer.status_code == 500
+        assert answer.headers.get_list("x-content-type-options") == ["nosniff"]
+        assert len(answer.headers.get_list("content-security-policy")) == 1
+        inside = client.post("/nearest", json={"id": "nobody"})  # an error the app maps
+        assert inside.headers.get_list("x-content-type-options") == ["nosniff"]
