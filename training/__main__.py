@@ -2,6 +2,7 @@
 
 python -m training train --data fashion-mnist --loss ntxent --epochs 30 --out models/fashion-mnist
 python -m training train --data ./my_images --loss triplet --image-size 64 --out models/mine
+python -m training train --data ./icons --group-by name --out models/icons  # stems: positives
 python -m training train ... --limit 2048 --epochs 1      # smoke run on a subset
 python -m training evaluate --model models/mine                  # again, on its own data
 python -m training evaluate --model models/mine --data ./photos --out eval/mine
@@ -24,6 +25,12 @@ TRAIN_FLAGS = {
         "recursively); about 5%% of it is held out to measure the model",
     ),
     "--loss": ("loss", "'ntxent' (SimCLR; try this first) or 'triplet' (with in-batch mining)"),
+    "--group-by": (
+        "group_by",
+        "images that show one thing are positives of each other too (NT-Xent only): 'name' "
+        "groups files with the same name (stem) in different subfolders; or a CSV of "
+        "path,group rows, paths relative to --data",
+    ),
     "--epochs": ("epochs", "passes over the data; 30 on Fashion-MNIST, 1 for a smoke run"),
     "--batch-size": ("batch_size", "global batch; 256 on a CPU, 512–1024 on a GPU"),
     "--lr": ("lr", "AdamW peak learning rate; 2e-3 at batch 256, scale with the batch"),

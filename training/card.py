@@ -8,6 +8,7 @@ from pathlib import Path
 
 from training.checkpoint import WEIGHTS_FILE, read_meta
 from training.evaluate import EMBEDDING_MAP, NEIGHBOUR_GRID, format_table, headline
+from training.groups import describe
 from training.pictures import plot_history
 
 RECIPE_NOTES = Path(__file__).with_name("RECIPE.md")
@@ -70,6 +71,7 @@ def write_card(out: Path, info: dict, history: list[dict], metrics: dict) -> Non
         *[f"  - `{command}`" for command in training["commands"]],
         f"- Data: {training['data']['source']}, {training['data']['images']} images "
         "(labels unused by the loss)",
+        *lineage(info),
         f"- Loss: {info['loss']}",
         f"- Encoder: widths {arch['widths']}, depths {arch['depths']}, "
         f"`h` = last map pooled to {arch['pool_grid']}×{arch['pool_grid']} cells",
@@ -101,6 +103,15 @@ def write_card(out: Path, info: dict, history: list[dict], metrics: dict) -> Non
     if RECIPE_NOTES.exists() and info["name"] == "fashion-mnist":
         lines += [RECIPE_NOTES.read_text().strip(), ""]
     (out / "README.md").write_text("\n".join(lines))
+
+
+def lineage(info: dict) -> list[str]:
+    """The card's lines on which images were grouped."""
+    lines = []
+    grouping = info["training"].get("grouping")
+    if grouping:
+        lines.append(f"- Grouped positives: {describe(grouping)}")
+    return lines
 
 
 def refresh_card(model_dir: Path, metrics: dict) -> None:
