@@ -31,6 +31,8 @@ def write_card(out: Path, info: dict, history: list[dict], metrics: dict) -> Non
     """README.md for the artifact in `out`, beside metrics.json and its pictures."""
     r1 = metrics["metrics"]["copy_r1"]
     floors = {"raw pixels": r1["raw_pixels"], "random init": r1["random_init"]}
+    if "parent" in r1:
+        floors["parent"] = r1["parent"]
     curves = (
         ("loss", f"{info['loss']['name']} loss", "loss.png", None),
         ("copy_r1", "copy detection R@1 (monitor)", "copy_r1.png", floors),
@@ -92,6 +94,14 @@ def write_card(out: Path, info: dict, history: list[dict], metrics: dict) -> Non
         f"- Edits: {metrics['edits']}.",
         "- Floors, measured the same way: raw pixels (cosine of the flattened pixels) and a "
         "random-init encoder of this architecture (seed 0, whitening fitted like this one's).",
+        *(
+            [
+                f"- Parent: `{metrics['parent']['name']}`, the model this one was fine-tuned "
+                "from, as it is (its own graph and whitening), measured the same way."
+            ]
+            if metrics.get("parent")
+            else []
+        ),
         "",
         "```",
         format_table(metrics),
@@ -106,8 +116,15 @@ def write_card(out: Path, info: dict, history: list[dict], metrics: dict) -> Non
 
 
 def lineage(info: dict) -> list[str]:
-    """The card's lines on which images were grouped."""
+    """The card's lines on where the weights started and which images were grouped."""
     lines = []
+    parent = info.get("parent")
+    if parent:
+        lines.append(
+            f"- Fine-tuned from `{parent['name']}` (version `{parent['version'][:12]}`, at "
+            f"`{parent['path']}` then; trained on {parent['data']}): `--init` started from its "
+            "encoder and projection head, with a new optimiser and schedule"
+        )
     grouping = info["training"].get("grouping")
     if grouping:
         lines.append(f"- Grouped positives: {describe(grouping)}")

@@ -119,6 +119,7 @@ def model_json(out: Path, model: ContrastiveModel, meta: dict) -> dict:
         "output": {"name": "embeddings", "l2_normalised": True},
         "embedding_dim": model.cfg.embedding_dim,
         "architecture": model.cfg.to_dict(),
+        "parent": meta.get("parent"),  # the model it was fine-tuned from (--init), or None
         "loss": loss_summary(train_cfg, grouped=bool(meta.get("grouping"))),
         "training": {
             "commands": meta.get("commands", [train_cfg.get("command", "")]),

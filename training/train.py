@@ -2,6 +2,7 @@
 
     python -m training train --data fashion-mnist --loss ntxent --epochs 30 --out models/fm
     python -m training train --data ./icons --group-by name     # same stem: positives too
+    python -m training train --data ./photos --init models/icons  # fine-tune from a model
     torchrun --nproc-per-node 4 -m training train ...   # DDP; NT-Xent negatives from all ranks
 
 Every default lives in `TrainConfig`. Each epoch prints one JSON line (also appended to
@@ -45,6 +46,7 @@ from training.evaluate import knn_top1, pixel_features, unit
 from training.features import fit_whitening, to_pixels, unwhitened_features
 from training.groups import describe, epoch_order, summary
 from training.losses import NTXentLoss, TripletLoss, koleo_loss, triplet_collapsed
+from training.parent import Parent
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +91,9 @@ class TrainConfig:
     seed: int = 0
     out: str = "models/run"
     resume: bool = False  # continue from OUT/weights.safetensors at the next epoch
+    # Start a new run from this artifact's weights (training/parent.py). The command line
+    # takes its architecture and input unless flags set them (config_from_args).
+    init: str | None = None
     max_steps_per_epoch: int | None = None  # cut epochs short (smoke tests)
     eval_every: int = 1  # monitor after epoch 1, every N epochs and the last
     # Fit the epoch count to this many seconds of training (monitor included); `epochs` is then
@@ -117,6 +122,11 @@ class TrainConfig:
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"invalid value for {', '.join(bad)}: {self}")
+        if self.init and self.resume:
+            raise ValueError(
+                "--init starts a new run from a model; --resume continues the run in --out: "
+                "give one of them"
+            )
         if self.group_by and self.loss == "triplet":
             raise ValueError(
                 "--group-by needs --loss ntxent: group-mates become extra positives of NT-Xent "
@@ -259,7 +269,8 @@ def build_input_spec(cfg: TrainConfig) -> InputSpec:
     mode = cfg.colour_mode or ("L" if fmnist else "RGB")
     size = cfg.image_size or (28 if fmnist else 64)
     if fmnist and (size != 28 or mode != "L"):
-        raise ValueError("fashion-mnist is 28×28 grayscale: drop --image-size / colour_mode")
+        fix = f" (--init {cfg.init}'s input)" if cfg.init else ": drop --image-size / colour_mode"
+        raise ValueError(f"fashion-mnist is 28×28 grayscale, not {size} px {mode}{fix}")
     return InputSpec(channels=1 if mode == "L" else 3, height=size, width=size, colour_mode=mode)
 
 
@@ -408,15 +419,18 @@ def train(cfg: TrainConfig) -> Path:
     weights = out / WEIGHTS_FILE
     if cfg.resume and not weights.exists():
         raise FileNotFoundError(f"--resume: no checkpoint at {weights}")
-    model = new_model(cfg, spec, data, weights if cfg.resume else None).to(device)
+    parent = Parent.open(cfg.init) if cfg.init else None
+    model = new_model(cfg, spec, data, parent, weights if cfg.resume else None).to(device)
     encoder_cfg = model.cfg
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start_epoch, step, history, wall_before, commands = 1, 0, [], 0.0, [cfg.command]
+    lineage = parent.record() if parent else None
     if cfg.resume:
         meta = load_checkpoint(weights, model, optimizer)
         start_epoch, step = meta["epoch"] + 1, meta["step"]
         history, wall_before = meta["history"], meta["wall_time_s"]
         commands = [*meta.get("commands", [meta["train"]["command"]]), cfg.command]
+        lineage = meta.get("parent")
         if env.main:
             print(f"resuming from {weights} at epoch {start_epoch}", file=sys.stderr)
     if device.type == "cuda":
@@ -455,8 +469,9 @@ def train(cfg: TrainConfig) -> Path:
             f"(copy-detection R@1; raw pixels score {floor:.1%})",
             file=sys.stderr,
         )
-        if grouping:
-            print(describe(grouping), file=sys.stderr)
+        for line in (parent and parent.describe(), grouping and describe(grouping)):
+            if line:
+                print(line, file=sys.stderr)
     run_start = time.perf_counter()
     monitor_s, epoch = 0.0, start_epoch - 1
     while epoch < cfg.epochs:  # cfg.epochs may shrink to fit cfg.time_budget_s
@@ -501,6 +516,7 @@ def train(cfg: TrainConfig) -> Path:
                 "input": spec.to_dict(),
                 "data": data.summary(),
                 "grouping": grouping,
+                "parent": lineage,
                 "epoch": epoch,
                 "step": step,
                 "history": history,
@@ -522,12 +538,18 @@ def new_model(
     cfg: TrainConfig,
     spec: InputSpec,
     data: Dataset,
+    parent: Parent | None,
     resume_from: Path | None,
 ) -> ContrastiveModel:
     """The run's model before its first step: --resume's architecture (its weights come with
-    the optimiser state), or a fresh one whose input normalisation is fitted on the data."""
+    the optimiser state), the parent's weights (--init), or a fresh one whose input
+    normalisation is fitted on the data."""
     if resume_from:
         return ContrastiveModel(EncoderConfig.from_dict(read_meta(resume_from)["encoder"]))
+    if parent:
+        model = ContrastiveModel(parent.encoder_for(cfg, spec))
+        parent.load_into(model)
+        return model
     mean, std = channel_stats(data.images)
     return ContrastiveModel(
         EncoderConfig(
