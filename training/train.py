@@ -400,9 +400,11 @@ def train(cfg: TrainConfig) -> Path:
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed + env.rank)
     spec = build_input_spec(cfg)
-    split = load_data(cfg.data, spec, label_depth=cfg.label_depth, group_by=cfg.group_by).limited(
-        cfg.limit
-    )
+    parent = Parent.open(cfg.init) if cfg.init else None
+    if parent:
+        parent.encoder_for(cfg, spec)  # refuse settings its weights don't fit before reading data
+    loaded = load_data(cfg.data, spec, label_depth=cfg.label_depth, group_by=cfg.group_by)
+    split = loaded.limited(cfg.limit)
     data = split.train
     grouping = summary(data.groups, cfg.group_by) if cfg.group_by else None
     if cfg.batch_size > len(data):
@@ -419,7 +421,6 @@ def train(cfg: TrainConfig) -> Path:
     weights = out / WEIGHTS_FILE
     if cfg.resume and not weights.exists():
         raise FileNotFoundError(f"--resume: no checkpoint at {weights}")
-    parent = Parent.open(cfg.init) if cfg.init else None
     model = new_model(cfg, spec, data, parent, weights if cfg.resume else None).to(device)
     encoder_cfg = model.cfg
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -469,9 +470,10 @@ def train(cfg: TrainConfig) -> Path:
             f"(copy-detection R@1; raw pixels score {floor:.1%})",
             file=sys.stderr,
         )
-        for line in (parent and parent.describe(), grouping and describe(grouping)):
-            if line:
-                print(line, file=sys.stderr)
+        if parent:
+            print(parent.describe(), file=sys.stderr)
+        if grouping:
+            print(describe(grouping), file=sys.stderr)
     run_start = time.perf_counter()
     monitor_s, epoch = 0.0, start_epoch - 1
     while epoch < cfg.epochs:  # cfg.epochs may shrink to fit cfg.time_budget_s
