@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from service.imaging import InputSpec
+from tests.folders import clip_art, clip_art_folder
 from training.__main__ import main
 from training.copy_detection import CopyDetectionSet, copy_detection_metrics, strong_edit
 from training.data import holdout_count, load_data, load_image_folder
@@ -23,29 +24,8 @@ from training.data import holdout_count, load_data, load_image_folder
 RGB32 = InputSpec(channels=3, height=32, width=32, colour_mode="RGB")
 
 
-def _clip_art(seed: int, size: int = 48) -> Image.Image:
-    """A colour drawing with transparency: a few random shapes on a clear background."""
-    rng = np.random.default_rng(seed)
-    image = Image.new("RGBA", (size, size), (0, 0, 0, 0))
-    draw = ImageDraw.Draw(image)
-    for _ in range(3):
-        box = sorted(rng.integers(0, size, 2)), sorted(rng.integers(0, size, 2))
-        xy = [box[0][0], box[1][0], box[0][1] + 4, box[1][1] + 4]
-        fill = (*(int(v) for v in rng.integers(0, 256, 3)), 255)
-        (draw.ellipse if rng.random() < 0.5 else draw.rectangle)(xy, fill=fill)
-    return image
-
-
-def _folder(root: Path, count: int, *, classes: tuple[str, ...] = ()) -> Path:
-    for i in range(count):
-        folder = root / classes[i % len(classes)] / "deeper" if classes else root
-        folder.mkdir(parents=True, exist_ok=True)
-        _clip_art(i).save(folder / f"art{i:03d}.png")
-    return root
-
-
 def test_an_edit_is_strong_seeded_and_keeps_the_shape() -> None:
-    image = np.asarray(_clip_art(0).convert("RGB").resize((32, 32)))
+    image = np.asarray(clip_art(0).convert("RGB").resize((32, 32)))
     edited, how = strong_edit(image, np.random.default_rng([0, 7]))
     again, _ = strong_edit(image, np.random.default_rng([0, 7]))
     assert edited.shape == image.shape and edited.dtype == np.uint8
@@ -74,7 +54,7 @@ def test_metrics_rank_the_original_and_count_identical_copies_as_it() -> None:
 
 
 def test_the_held_out_share_is_fixed_by_path_and_never_trained_on(tmp_path: Path) -> None:
-    _folder(tmp_path, 40)
+    clip_art_folder(tmp_path, 40)
     split = load_data(str(tmp_path), RGB32)
     again = load_data(str(tmp_path), RGB32)
     assert len(split.heldout) == holdout_count(40) == 8
@@ -85,7 +65,7 @@ def test_the_held_out_share_is_fixed_by_path_and_never_trained_on(tmp_path: Path
 
 
 def test_label_depth_picks_the_folder_level_that_names_a_label(tmp_path: Path) -> None:
-    _folder(tmp_path, 8, classes=("cats", "dogs"))
+    clip_art_folder(tmp_path, 8, classes=("cats", "dogs"))
     assert load_image_folder(tmp_path, RGB32).class_names == ("cats", "dogs")
     two = load_image_folder(tmp_path, RGB32, label_depth=2)
     assert two.class_names == ("cats/deeper", "dogs/deeper")
@@ -106,7 +86,7 @@ class FolderRun:
 @pytest.fixture(scope="module")
 def folder_run(tmp_path_factory: pytest.TempPathFactory) -> FolderRun:
     """A run on an unlabeled folder of colour PNGs with transparency, no subfolders."""
-    root = _folder(tmp_path_factory.mktemp("art"), 60)
+    root = clip_art_folder(tmp_path_factory.mktemp("art"), 60)
     out = tmp_path_factory.mktemp("models") / "art"
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
@@ -147,7 +127,7 @@ def test_evaluate_measures_any_model_on_any_folder(
     folder_run: FolderRun, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     model = folder_run.out
-    other = _folder(tmp_path / "other", 30, classes=("a", "b", "c"))
+    other = clip_art_folder(tmp_path / "other", 30, classes=("a", "b", "c"))
     assert main(["evaluate", "--model", str(model), "--data", str(other)]) == 0
     printed = capsys.readouterr().out
     assert "copy_r1" in printed and "knn_top1_k200_t0.1" in printed and "--out" in printed

@@ -1,5 +1,6 @@
 """Two gloo ranks on the CPU give the same NT-Xent loss and gradients as one process on the
-concatenated batch: the all_gather carries gradient, and DDP averages it."""
+concatenated batch: the all_gather carries gradient, and DDP averages it. The same with groups
+(SupCon), whose ids are gathered too: group-mates on the other rank are positives."""
 
 import os
 from pathlib import Path
@@ -14,6 +15,8 @@ from torch import nn
 from training.losses import NTXentLoss
 
 BATCH, DIM_IN, DIM_OUT, WORLD = 6, 10, 8, 2
+# Rank 0 holds images 0-5, rank 1 images 6-11; groups 0, 1 and 2 span both ranks.
+GROUPS = torch.tensor([0, 1, -1, 2, 0, -1, 1, 2, -1, 3, 3, 0])
 
 
 def _inputs() -> tuple[torch.Tensor, torch.Tensor, nn.Linear]:
@@ -24,12 +27,13 @@ def _inputs() -> tuple[torch.Tensor, torch.Tensor, nn.Linear]:
     return x0, x1, nn.Linear(DIM_IN, DIM_OUT)
 
 
-def _rank(rank: int, init_file: str, out_dir: str) -> None:
+def _rank(rank: int, init_file: str, out_dir: str, grouped: bool) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     x0, x1, layer = _inputs()
     model = nn.parallel.DistributedDataParallel(layer)
     mine = slice(rank * BATCH, (rank + 1) * BATCH)
-    loss = NTXentLoss(0.2, gather_distributed=True)(model(x0[mine]), model(x1[mine]))
+    groups = GROUPS[mine] if grouped else None
+    loss = NTXentLoss(0.2, gather_distributed=True)(model(x0[mine]), model(x1[mine]), groups)
     loss.backward()
     losses = [torch.zeros(()) for _ in range(WORLD)]
     dist.all_gather(losses, loss.detach())
@@ -42,19 +46,20 @@ def _rank(rank: int, init_file: str, out_dir: str) -> None:
     os._exit(0)
 
 
-def test_two_gloo_ranks_match_one_process_on_the_whole_batch(tmp_path: Path) -> None:
+@pytest.mark.parametrize("grouped", [False, True])
+def test_two_gloo_ranks_match_one_process_on_the_whole_batch(tmp_path: Path, grouped: bool) -> None:
     if not dist.is_available():
         pytest.skip("torch.distributed is not available")
     mp.start_processes(
         _rank,
-        args=(str(tmp_path / "init"), str(tmp_path)),
+        args=(str(tmp_path / "init"), str(tmp_path), grouped),
         nprocs=WORLD,
         join=True,
         start_method="spawn",
     )
 
     x0, x1, layer = _inputs()
-    loss = NTXentLoss(0.2)(layer(x0), layer(x1))
+    loss = NTXentLoss(0.2)(layer(x0), layer(x1), GROUPS if grouped else None)
     loss.backward()
 
     for rank in range(WORLD):

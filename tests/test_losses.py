@@ -1,4 +1,6 @@
-"""NT-Xent against a slow reference from SimCLR's Algorithm 1; triplet loss by hand."""
+"""NT-Xent against a slow reference from SimCLR's Algorithm 1, its grouped (SupCon) form
+against a slow reference of Khosla et al.'s L_out and against plain NT-Xent, KoLeo; triplet loss
+by hand."""
 
 import math
 
@@ -6,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.losses import NTXentLoss, TripletLoss, triplet_collapsed
+from training.losses import NTXentLoss, TripletLoss, koleo_loss, triplet_collapsed
 
 
 def reference_ntxent(z0: torch.Tensor, z1: torch.Tensor, tau: float) -> float:
@@ -82,6 +84,111 @@ def test_ntxent_rejects_bad_arguments() -> None:
         NTXentLoss(0.0)
     with pytest.raises(ValueError, match="B, D"):
         NTXentLoss()(torch.randn(4, 3), torch.randn(5, 3))
+
+
+def reference_supcon(z0: torch.Tensor, z1: torch.Tensor, groups: list[int], tau: float) -> float:
+    """SupCon's L_out with loops: rows 0..B-1 are view 0, B..2B-1 view 1; the positives of a
+    row are the other view and both views of its group-mates (group -1: none)."""
+    z = F.normalize(torch.cat([z0, z1]).double(), dim=1).tolist()
+    n, batch = len(z), len(z0)
+
+    def sim(i: int, j: int) -> float:
+        return sum(x * y for x, y in zip(z[i], z[j], strict=True))
+
+    total = 0.0
+    for i in range(n):
+        image = i % batch
+        positives = [
+            j
+            for j in range(n)
+            if j != i
+            and (j % batch == image or (groups[image] >= 0 and groups[j % batch] == groups[image]))
+        ]
+        denominator = sum(math.exp(sim(i, k) / tau) for k in range(n) if k != i)
+        total += -sum(math.log(math.exp(sim(i, p) / tau) / denominator) for p in positives) / len(
+            positives
+        )
+    return total / n
+
+
+def _pair(batch: int, dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, dim, generator=gen), torch.randn(batch, dim, generator=gen)
+
+
+@pytest.mark.parametrize("batch", [2, 7, 16])
+@pytest.mark.parametrize("tau", [0.1, 0.5])
+def test_grouped_ntxent_without_group_mates_is_ntxent(batch: int, tau: float) -> None:
+    # The grouped path (a positives mask) against cross-entropy: equal to fp32 rounding.
+    z0, z1 = _pair(batch, 12, batch)
+    plain = NTXentLoss(tau)(z0, z1).item()
+    nobody = torch.full((batch,), -1, dtype=torch.int64)
+    everyone_alone = torch.arange(batch) * 3 + 5  # groups, but no two images share one
+    assert NTXentLoss(tau)(z0, z1, nobody).item() == pytest.approx(plain, rel=1e-6)
+    assert NTXentLoss(tau)(z0, z1, everyone_alone).item() == pytest.approx(plain, rel=1e-6)
+
+
+@pytest.mark.parametrize("groups", [[0, 0, -1, 1, 1, 1], [2, -1, 2, -1, -1, 2], [0] * 6])
+def test_grouped_ntxent_matches_supcon_l_out(groups: list[int]) -> None:
+    z0, z1 = _pair(len(groups), 5, 1)
+    got = NTXentLoss(0.3)(z0, z1, torch.tensor(groups)).item()
+    assert got == pytest.approx(reference_supcon(z0, z1, groups, 0.3), rel=1e-6)
+
+
+def test_an_ungrouped_image_keeps_its_ntxent_term_beside_a_group() -> None:
+    # Rows of an ungrouped image have one positive, so with groups [0, 0, -1] the loss is the
+    # mean of the four grouped rows' L_out and the two ungrouped rows' NT-Xent terms.
+    z0, z1 = _pair(3, 4, 2)
+    grouped = reference_supcon(z0, z1, [0, 0, -1], 0.2)
+    alone = reference_supcon(z0, z1, [-1, -1, -1], 0.2)  # plain NT-Xent, per image equal rows
+    got = NTXentLoss(0.2)(z0, z1, torch.tensor([0, 0, -1])).item()
+    assert got == pytest.approx(grouped, rel=1e-6)
+    assert got != pytest.approx(alone, rel=1e-3)  # the group changed the grouped rows' terms
+
+
+def test_group_mates_pull_together() -> None:
+    z0, z1 = _pair(6, 8, 3)
+    z0.requires_grad_(True)
+    NTXentLoss(0.2)(z0, z1, torch.tensor([0, 0, -1, -1, -1, -1])).backward()
+    step = F.normalize(z0 - 0.5 * z0.grad, dim=1)
+    before = F.cosine_similarity(z0[0], z0[1], dim=0)
+    assert F.cosine_similarity(step[0], step[1], dim=0) > before
+
+
+def test_grouped_ntxent_runs_in_fp32_under_autocast_and_checks_shapes() -> None:
+    z = torch.randn(16, 32, generator=torch.Generator().manual_seed(0)).bfloat16()
+    groups = torch.tensor([0, 0, 1, 1, -1, -1, -1, -1])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = NTXentLoss(0.1)(*z.chunk(2), groups)
+    assert under.dtype == torch.float32
+    assert under.item() == pytest.approx(NTXentLoss(0.1)(*z.float().chunk(2), groups).item())
+    with pytest.raises(ValueError, match="groups"):
+        NTXentLoss()(*z.float().chunk(2), groups[:3])
+
+
+def test_koleo_is_finite_and_pushes_points_apart() -> None:
+    gen = torch.Generator().manual_seed(0)
+    centre = torch.randn(1, 16, generator=gen)
+    z = (centre + 0.05 * torch.randn(12, 16, generator=gen)).requires_grad_(True)  # a clump
+    loss = koleo_loss(z)
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(z.grad).all()
+
+    def nearest(x: torch.Tensor) -> torch.Tensor:
+        d = torch.cdist(F.normalize(x, dim=1), F.normalize(x, dim=1)).fill_diagonal_(9)
+        return d.amin(1).mean()
+
+    moved = z.detach() - 0.01 * z.grad
+    assert koleo_loss(moved) < loss
+    assert nearest(moved) > nearest(z.detach())
+
+
+def test_koleo_leaves_group_mates_alone() -> None:
+    z = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # rows 0 and 1 coincide
+    assert koleo_loss(z) > 5  # rows 0 and 1 are each other's neighbour at distance ~0
+    groups = torch.tensor([4, 4, -1])
+    assert koleo_loss(z, groups).item() == pytest.approx(-math.log(math.sqrt(2)))
+    assert koleo_loss(z[:2], groups[:2]).item() == 0.0  # nobody has a neighbour
 
 
 def _unit(*rows: list[float]) -> torch.Tensor:

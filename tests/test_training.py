@@ -70,7 +70,12 @@ def test_smoke_run_of_two_steps_writes_a_complete_artifact(smoke_artifact: Path)
     }
     assert info["embedding_dim"] == EncoderConfig().embedding_dim
     assert len(info["version"]) == 64
-    assert info["loss"] == {"name": "ntxent", "temperature": TrainConfig().temperature}
+    assert info["loss"] == {
+        "name": "ntxent",
+        "temperature": TrainConfig().temperature,
+        "koleo_weight": 0.0,
+    }
+    assert info["training"]["grouping"] is None
     assert info["training"]["commands"][0].startswith(
         "python -m training train --data fashion-mnist"
     )
@@ -116,11 +121,17 @@ def test_epochs_within_budget_projects_from_the_last_epoch() -> None:
     assert epochs_within_budget(roomy, epoch=1, elapsed_s=10, epoch_s=6, monitor_s=4) == 100
 
 
-def test_triplet_smoke_run_writes_an_artifact(tmp_path: Path) -> None:
+def test_triplet_smoke_run_with_koleo_writes_an_artifact(tmp_path: Path) -> None:
     out = tmp_path / "triplet"
-    assert main(_smoke_args(out, "--loss", "triplet", "--mining", "batch_hard")) == 0
+    koleo = ("--set", "koleo_weight=0.05")
+    assert main(_smoke_args(out, "--loss", "triplet", "--mining", "batch_hard", *koleo)) == 0
     info = json.loads((out / "model.json").read_text())
-    assert info["loss"] == {"name": "triplet", "margin": 0.2, "mining": "batch_hard"}
+    assert info["loss"] == {
+        "name": "triplet",
+        "margin": 0.2,
+        "mining": "batch_hard",
+        "koleo_weight": 0.05,
+    }
     assert (out / "encoder.onnx").stat().st_size > 0
 
 
@@ -270,7 +281,7 @@ def test_a_non_finite_loss_aborts_naming_the_step() -> None:
     from training.train import Distributed, train_one_epoch
 
     class NaNLoss(torch.nn.Module):
-        def forward(self, z0: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
+        def forward(self, z0: torch.Tensor, z1: torch.Tensor, groups: None) -> torch.Tensor:
             return (z0 * float("nan")).sum()
 
     model = ContrastiveModel(EncoderConfig(widths=(4, 8, 16), depths=(1, 1, 1), whiten_dim=0))

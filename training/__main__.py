@@ -2,6 +2,8 @@
 
 python -m training train --data fashion-mnist --loss ntxent --epochs 30 --out models/fashion-mnist
 python -m training train --data ./my_images --loss triplet --image-size 64 --out models/mine
+python -m training train --data ./icons --group-by name --out models/icons  # stems: positives
+python -m training train --data ./photos --init models/icons --out models/mine  # fine-tune
 python -m training train ... --limit 2048 --epochs 1      # smoke run on a subset
 python -m training evaluate --model models/mine                  # again, on its own data
 python -m training evaluate --model models/mine --data ./photos --out eval/mine
@@ -10,6 +12,7 @@ python -m training evaluate --model models/mine --data ./photos --out eval/mine
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import sys
 from pathlib import Path
@@ -24,6 +27,17 @@ TRAIN_FLAGS = {
         "recursively); about 5%% of it is held out to measure the model",
     ),
     "--loss": ("loss", "'ntxent' (SimCLR; try this first) or 'triplet' (with in-batch mining)"),
+    "--group-by": (
+        "group_by",
+        "images that show one thing are positives of each other too (NT-Xent only): 'name' "
+        "groups files with the same name (stem) in different subfolders; or a CSV of "
+        "path,group rows, paths relative to --data",
+    ),
+    "--init": (
+        "init",
+        "start from this model's weights (models/NAME), a new run: its architecture, image "
+        "size and colour mode unless you set them; the card compares the two",
+    ),
     "--epochs": ("epochs", "passes over the data; 30 on Fashion-MNIST, 1 for a smoke run"),
     "--batch-size": ("batch_size", "global batch; 256 on a CPU, 512–1024 on a GPU"),
     "--lr": ("lr", "AdamW peak learning rate; 2e-3 at batch 256, scale with the batch"),
@@ -102,16 +116,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def config_from_args(args: argparse.Namespace, argv: list[str]) -> TrainConfig:
-    cfg = TrainConfig(command=command_line(argv), resume=args.resume)
-    for key, _ in TRAIN_FLAGS.values():
-        value = getattr(args, key)
-        if value is not None:
-            cfg = override(cfg, key, value)
+    """Defaults, then with --init the parent's architecture and input, then every flag and
+    --set on top: what the user sets explicitly wins (and is refused if the weights don't fit)."""
+    settings = [(key, getattr(args, key)) for key, _ in TRAIN_FLAGS.values()]
     for item in args.set:
         key, sep, value = item.partition("=")
         if not sep:
             raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
-        cfg = override(cfg, key.strip(), value.strip())
+        settings.append((key.strip(), value.strip()))
+    settings = [(key, value) for key, value in settings if value is not None]
+    cfg = TrainConfig(command=command_line(argv), resume=args.resume)
+    init = dict(settings).get("init")
+    if init:
+        from training.parent import Parent
+
+        cfg = dataclasses.replace(cfg, **Parent.open(init).settings())
+    for key, value in settings:
+        cfg = override(cfg, key, value)
     return cfg
 
 

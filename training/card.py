@@ -8,6 +8,7 @@ from pathlib import Path
 
 from training.checkpoint import WEIGHTS_FILE, read_meta
 from training.evaluate import EMBEDDING_MAP, NEIGHBOUR_GRID, format_table, headline
+from training.groups import describe
 from training.pictures import plot_history
 
 RECIPE_NOTES = Path(__file__).with_name("RECIPE.md")
@@ -30,6 +31,8 @@ def write_card(out: Path, info: dict, history: list[dict], metrics: dict) -> Non
     """README.md for the artifact in `out`, beside metrics.json and its pictures."""
     r1 = metrics["metrics"]["copy_r1"]
     floors = {"raw pixels": r1["raw_pixels"], "random init": r1["random_init"]}
+    if "parent" in r1:
+        floors["parent"] = r1["parent"]
     curves = (
         ("loss", f"{info['loss']['name']} loss", "loss.png", None),
         ("copy_r1", "copy detection R@1 (monitor)", "copy_r1.png", floors),
@@ -70,6 +73,7 @@ def write_card(out: Path, info: dict, history: list[dict], metrics: dict) -> Non
         *[f"  - `{command}`" for command in training["commands"]],
         f"- Data: {training['data']['source']}, {training['data']['images']} images "
         "(labels unused by the loss)",
+        *lineage(info),
         f"- Loss: {info['loss']}",
         f"- Encoder: widths {arch['widths']}, depths {arch['depths']}, "
         f"`h` = last map pooled to {arch['pool_grid']}×{arch['pool_grid']} cells",
@@ -90,6 +94,14 @@ def write_card(out: Path, info: dict, history: list[dict], metrics: dict) -> Non
         f"- Edits: {metrics['edits']}.",
         "- Floors, measured the same way: raw pixels (cosine of the flattened pixels) and a "
         "random-init encoder of this architecture (seed 0, whitening fitted like this one's).",
+        *(
+            [
+                f"- Parent: `{metrics['parent']['name']}`, the model this one was fine-tuned "
+                "from, as it is (its own graph and whitening), measured the same way."
+            ]
+            if metrics.get("parent")
+            else []
+        ),
         "",
         "```",
         format_table(metrics),
@@ -101,6 +113,22 @@ def write_card(out: Path, info: dict, history: list[dict], metrics: dict) -> Non
     if RECIPE_NOTES.exists() and info["name"] == "fashion-mnist":
         lines += [RECIPE_NOTES.read_text().strip(), ""]
     (out / "README.md").write_text("\n".join(lines))
+
+
+def lineage(info: dict) -> list[str]:
+    """The card's lines on where the weights started and which images were grouped."""
+    lines = []
+    parent = info.get("parent")
+    if parent:
+        lines.append(
+            f"- Fine-tuned from `{parent['name']}` (version `{parent['version'][:12]}`, at "
+            f"`{parent['path']}` then; trained on {parent['data']}): `--init` started from its "
+            "encoder and projection head, with a new optimiser and schedule"
+        )
+    grouping = info["training"].get("grouping")
+    if grouping:
+        lines.append(f"- Grouped positives: {describe(grouping)}")
+    return lines
 
 
 def refresh_card(model_dir: Path, metrics: dict) -> None:

@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from service.fashion_mnist import FASHION_MNIST_CLASSES, find_fashion_mnist, load_split
 from service.imaging import ImageError, InputSpec, decode_image
+from training.groups import check_source, group_ids
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ class Dataset:
     source: str = ""
     skipped: int = 0  # files that failed to decode (image folders)
     names: tuple[str, ...] = ()  # file paths relative to the folder (image folders)
+    groups: np.ndarray | None = None  # (N,) int64 group ids, -1 for none (--group-by)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -45,6 +47,7 @@ class Dataset:
             images=self.images[index],
             labels=None if self.labels is None else self.labels[index],
             names=tuple(self.names[i] for i in index) if self.names else (),
+            groups=None if self.groups is None else self.groups[index],
         )
 
     def subset(self, limit: int | None) -> Dataset:
@@ -181,9 +184,22 @@ def split_folder(data: Dataset) -> Split:
     )
 
 
-def load_data(name: str, spec: InputSpec, *, label_depth: int = 1) -> Split:
-    """Fashion-MNIST (its test split is the held-out part) or a folder of images."""
+def load_data(
+    name: str, spec: InputSpec, *, label_depth: int = 1, group_by: str | None = None
+) -> Split:
+    """Fashion-MNIST (its test split is the held-out part) or a folder of images, its images
+    grouped by `group_by` (training/groups.py) when given."""
     if name == "fashion-mnist":
+        if group_by:
+            raise ValueError(
+                "--group-by needs a folder of images (--data FOLDER): fashion-mnist has no "
+                "file names or paths to group by"
+            )
         test = load_fashion_mnist("test")
         return Split(load_fashion_mnist("train"), test, f"the {len(test)} test images")
-    return split_folder(load_image_folder(Path(name), spec, label_depth=label_depth))
+    if group_by:
+        check_source(group_by)
+    data = load_image_folder(Path(name), spec, label_depth=label_depth)
+    if group_by:
+        data = replace(data, groups=group_ids(data.names, group_by, Path(name)))
+    return split_folder(data)

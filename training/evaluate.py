@@ -1,5 +1,6 @@
 """Evaluate an artifact on held-out images that it never trained on, beside two floors
-computed the same way: raw pixels, and a random-init encoder of the same architecture.
+computed the same way: raw pixels, and a random-init encoder of the same architecture; and for
+a fine-tuned model (`--init`), beside its parent as it is, through its own ONNX graph.
 
     python -m training evaluate --model models/mine                  # on its own data
     python -m training evaluate --model models/mine --data ./photos --out eval/mine
@@ -38,10 +39,16 @@ from training.copy_detection import PROTOCOL as COPY_PROTOCOL
 from training.data import Split, load_data
 from training.encoder import EncoderConfig
 from training.features import random_init_model, torch_embedder
+from training.parent import locate
 
 KNN_SETTINGS = ((200, 0.1), (20, 0.07))
 CHUNK = 1024
-FEATURE_SETS = {"model": "model", "raw_pixels": "raw pixels", "random_init": "random init"}
+FEATURE_SETS = {
+    "model": "model",
+    "parent": "parent",
+    "raw_pixels": "raw pixels",
+    "random_init": "random init",
+}
 Embed = Callable[[np.ndarray], np.ndarray]
 NEIGHBOUR_GRID = "neighbours.png"
 EMBEDDING_MAP = "embedding_map.png"
@@ -127,6 +134,26 @@ def onnx_embedder(model_dir: Path) -> Embed:
     return embed
 
 
+def resized(images: np.ndarray, height: int, width: int) -> np.ndarray:
+    """uint8 (N, H, W, C) images stretched to height × width (antialiased bilinear)."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+    x = F.interpolate(x, size=(height, width), mode="bilinear", antialias=True)
+    return x.round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
+
+
+def parent_embedder(info: dict) -> Embed | None:
+    """The parent of a fine-tuned model (model.json's `parent`) as it is, when its folder still
+    holds that version. A parent of another input size sees the images stretched to its own."""
+    folder = locate(info["parent"]) if info.get("parent") else None
+    if folder is None:
+        return None
+    embed = onnx_embedder(folder)
+    size = InputSpec.from_dict(json.loads((folder / "model.json").read_text())["input"])
+    if (size.height, size.width) == (info["input"]["height"], info["input"]["width"]):
+        return embed
+    return lambda images: embed(resized(images, size.height, size.width))
+
+
 PROTOCOL = {
     **COPY_PROTOCOL,
     "knn_top1_k200_t0.1": "weighted kNN top-1, cosine, k=200, T=0.1, held-out vs training images",
@@ -173,6 +200,9 @@ def evaluate_split(model_dir: Path, split: Split) -> Evaluation:
         "raw_pixels": lambda images: pixel_features(images).numpy(),
         "random_init": torch_embedder(random_init),
     }
+    parent = parent_embedder(info)
+    if parent:
+        embedders["parent"] = parent
     bank = bank_images(split)
     features = {name: (embed(bank), embed(cds.queries)) for name, embed in embedders.items()}
     scores = {name: feature_set_metrics(*h, split, cds) for name, h in features.items()}
@@ -184,6 +214,7 @@ def evaluate_split(model_dir: Path, split: Split) -> Evaluation:
         "bank_images": len(bank),
         "queries": len(cds.queries),
         "edits": EDIT_PROTOCOL,
+        "parent": info["parent"] if parent else None,
         "metrics": {
             metric: {
                 **{name: scores[name][metric] for name in embedders},
@@ -218,19 +249,21 @@ def evaluate_artifact(
 
 
 def format_table(result: dict) -> str:
-    lines = [f"{'metric':<22}" + "".join(f"{title:>13}" for title in FEATURE_SETS.values())]
+    columns = [key for key in FEATURE_SETS if key in result["metrics"]["copy_r1"]]
+    lines = [f"{'metric':<22}" + "".join(f"{FEATURE_SETS[key]:>13}" for key in columns)]
     for name, row in result["metrics"].items():
-        lines.append(f"{name:<22}" + "".join(f"{row[key]:>13.4f}" for key in FEATURE_SETS))
+        lines.append(f"{name:<22}" + "".join(f"{row[key]:>13.4f}" for key in columns))
     return "\n".join(lines)
 
 
 def headline(result: dict) -> str:
-    """The card's first line: copy-detection R@1 against the floors."""
+    """The card's first line: copy-detection R@1 against the parent and the floors."""
     r1 = result["metrics"]["copy_r1"]
+    parent = f"parent {result['parent']['name']} {r1['parent']:.1%}, " if "parent" in r1 else ""
     return (
-        f"Copy detection R@1 {r1['model']:.1%} (raw pixels {r1['raw_pixels']:.1%}, random init "
-        f"{r1['random_init']:.1%}): {result['queries']} edited held-out images, each looked "
-        f"for among {result['bank_images']} originals"
+        f"Copy detection R@1 {r1['model']:.1%} ({parent}raw pixels {r1['raw_pixels']:.1%}, "
+        f"random init {r1['random_init']:.1%}): {result['queries']} edited held-out images, "
+        f"each looked for among {result['bank_images']} originals"
     )
 
 

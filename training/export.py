@@ -89,10 +89,18 @@ def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def loss_summary(train_cfg: dict) -> dict:
+def loss_summary(train_cfg: dict, grouped: bool) -> dict:
+    """The loss as model.json names it: "supcon" is NT-Xent with group-mates as positives."""
+    koleo = {"koleo_weight": train_cfg.get("koleo_weight", 0.0)}
     if train_cfg["loss"] == "ntxent":
-        return {"name": "ntxent", "temperature": train_cfg["temperature"]}
-    return {"name": "triplet", "margin": train_cfg["margin"], "mining": train_cfg["mining"]}
+        name = "supcon" if grouped else "ntxent"
+        return {"name": name, "temperature": train_cfg["temperature"], **koleo}
+    return {
+        "name": "triplet",
+        "margin": train_cfg["margin"],
+        "mining": train_cfg["mining"],
+        **koleo,
+    }
 
 
 def model_json(out: Path, model: ContrastiveModel, meta: dict) -> dict:
@@ -111,10 +119,12 @@ def model_json(out: Path, model: ContrastiveModel, meta: dict) -> dict:
         "output": {"name": "embeddings", "l2_normalised": True},
         "embedding_dim": model.cfg.embedding_dim,
         "architecture": model.cfg.to_dict(),
-        "loss": loss_summary(train_cfg),
+        "parent": meta.get("parent"),  # the model it was fine-tuned from (--init), or None
+        "loss": loss_summary(train_cfg, grouped=bool(meta.get("grouping"))),
         "training": {
             "commands": meta.get("commands", [train_cfg.get("command", "")]),
             "data": meta["data"],
+            "grouping": meta.get("grouping"),
             "epochs": meta["epoch"],
             "steps": meta["step"],
             "wall_time_s": round(meta["wall_time_s"], 1),

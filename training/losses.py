@@ -1,4 +1,5 @@
-"""Contrastive losses: NT-Xent (SimCLR) and triplet loss with in-batch mining."""
+"""Contrastive losses: NT-Xent (SimCLR), with group-mates as extra positives (SupCon), the
+KoLeo spreading term (SSCD), and triplet loss with in-batch mining."""
 
 from __future__ import annotations
 
@@ -21,6 +22,15 @@ def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
     return torch.cat(all_gather(x), dim=0)
 
 
+def gather(x: torch.Tensor) -> torch.Tensor:
+    """Concatenate `x` from every rank along dim 0, without gradient (ids, labels)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, dim=0)
+
+
 class NTXentLoss(nn.Module):
     """Normalised temperature-scaled cross-entropy (Chen et al. 2020, SimCLR, Algorithm 1).
 
@@ -29,8 +39,14 @@ class NTXentLoss(nn.Module):
     cross-entropy over the other 2B−1 entries at temperature τ, the other view being the
     target. The mean is taken over all 2B rows. Under DDP, negatives come from every rank.
 
-    Shapes: z0, z1 (B, D) → scalar. Computed in fp32 (autocast is switched off inside) with
-    log-sum-exp (F.cross_entropy), so it is stable under bf16/fp16 autocast.
+    With `groups` (B,) int64, -1 for none, images of one group are positives of each other
+    too: the multi-positive form (Khosla et al. 2020, SupCon's L_out). The positives of row i
+    are its other view and both views of every other batch image in its group, and its loss is
+    minus the mean of their log-softmax over the same 2B−1 entries. A row without group-mates
+    in the batch has one positive, so its term is exactly the NT-Xent term above.
+
+    Shapes: z0, z1 (B, D), groups (B,) or None → scalar. Computed in fp32 (autocast is switched
+    off inside) with log-sum-exp, so it is stable under bf16/fp16 autocast.
     """
 
     def __init__(self, temperature: float = 0.5, *, gather_distributed: bool = False) -> None:
@@ -40,21 +56,29 @@ class NTXentLoss(nn.Module):
         self.temperature = temperature
         self.gather_distributed = gather_distributed
 
-    def forward(self, z0: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, z0: torch.Tensor, z1: torch.Tensor, groups: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if z0.shape != z1.shape or z0.ndim != 2:
             raise ValueError(
                 f"z0 and z1 must both be (B, D), got {tuple(z0.shape)}, {tuple(z1.shape)}"
             )
+        if groups is not None and groups.shape != z0.shape[:1]:
+            raise ValueError(f"groups must be (B,) = ({len(z0)},), got {tuple(groups.shape)}")
         # fp32 from here on, even under autocast: a bf16 matmul would round every logit.
         with torch.autocast(z0.device.type, enabled=False):
-            return self._loss(F.normalize(z0.float(), dim=1), F.normalize(z1.float(), dim=1))
+            z0, z1 = F.normalize(z0.float(), dim=1), F.normalize(z1.float(), dim=1)
+            return self._loss(z0, z1, groups)
 
-    def _loss(self, z0: torch.Tensor, z1: torch.Tensor) -> torch.Tensor:
+    def _loss(
+        self, z0: torch.Tensor, z1: torch.Tensor, groups: torch.Tensor | None
+    ) -> torch.Tensor:
         batch = len(z0)
         offset = 0
-        all0, all1 = z0, z1
+        all0, all1, all_groups = z0, z1, groups
         if self.gather_distributed and dist.is_available() and dist.is_initialized():
             all0, all1 = gather_with_grad(z0), gather_with_grad(z1)
+            all_groups = None if groups is None else gather(groups)
             offset = dist.get_rank() * batch
         total = len(all0)
         keys = torch.cat([all0, all1])  # (2B_all, D)
@@ -65,7 +89,37 @@ class NTXentLoss(nn.Module):
         target = torch.cat([local + total, local])  # the other view
         rows = torch.arange(2 * batch, device=z0.device)
         logits[rows, self_index] = float("-inf")
-        return F.cross_entropy(logits, target)
+        if groups is None:
+            return F.cross_entropy(logits, target)
+        positive = torch.zeros_like(logits, dtype=torch.bool)
+        positive[rows, target] = True
+        row_groups, key_groups = groups.repeat(2), all_groups.repeat(2)  # (2B,), (2B_all,)
+        positive |= (row_groups[:, None] == key_groups[None, :]) & (row_groups[:, None] >= 0)
+        positive[rows, self_index] = False
+        log_prob = logits.log_softmax(dim=1).masked_fill(~positive, 0.0)
+        return (-log_prob.sum(1) / positive.sum(1)).mean()
+
+
+def koleo_loss(z: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
+    """The Kozachenko-Leonenko entropy term (Sablayrolles et al. 2019; SSCD, Pizzi et al.
+    2022): minus the mean log distance of each unit row of `z` to its nearest other row, so
+    minimising it spreads the batch over the sphere. Rows of one group (`groups`, -1 for none)
+    are not each other's neighbours here, as the contrastive loss pulls them together. Give it
+    one view at a time: the other view of an image is its positive, not a neighbour to push.
+
+    Shapes: z (B, D), groups (B,) or None → scalar, in fp32; rows with no neighbour are left out.
+    """
+    with torch.autocast(z.device.type, enabled=False):
+        z = F.normalize(z.float(), dim=1)
+        same = torch.eye(len(z), dtype=torch.bool, device=z.device)
+        if groups is not None:
+            same |= (groups[:, None] == groups[None, :]) & (groups[:, None] >= 0)
+        nearest = (z @ z.T).masked_fill(same, -2.0).amax(1)  # cosine of the nearest other row
+        has_neighbour = ~same.all(1)
+        distance = (2 - 2 * nearest[has_neighbour]).clamp_min(1e-8).sqrt()  # ‖a − b‖, unit rows
+        if not len(distance):
+            return z.sum() * 0.0
+        return -distance.log().mean()
 
 
 MINING = ("batch_hard", "semi_hard")

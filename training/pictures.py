@@ -23,7 +23,7 @@ def plot_history(
         return False
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
     ax.plot(*zip(*points, strict=True), marker="o", markersize=3, label="model")
-    for (label, value), style in zip((floors or {}).items(), ("--", ":"), strict=False):
+    for (label, value), style in zip((floors or {}).items(), ("--", ":", "-."), strict=False):
         ax.axhline(value, linestyle=style, color="grey", label=label)
     if floors:
         ax.legend(fontsize=7)

@@ -1,6 +1,8 @@
 """Contrastive training, top to bottom: data → two views → encoder → loss → artifact.
 
     python -m training train --data fashion-mnist --loss ntxent --epochs 30 --out models/fm
+    python -m training train --data ./icons --group-by name     # same stem: positives too
+    python -m training train --data ./photos --init models/icons  # fine-tune from a model
     torchrun --nproc-per-node 4 -m training train ...   # DDP; NT-Xent negatives from all ranks
 
 Every default lives in `TrainConfig`. Each epoch prints one JSON line (also appended to
@@ -42,7 +44,9 @@ from training.data import Dataset, Split, load_data
 from training.encoder import ContrastiveModel, EncoderConfig
 from training.evaluate import knn_top1, pixel_features, unit
 from training.features import fit_whitening, to_pixels, unwhitened_features
-from training.losses import NTXentLoss, TripletLoss, triplet_collapsed
+from training.groups import describe, epoch_order, summary
+from training.losses import NTXentLoss, TripletLoss, koleo_loss, triplet_collapsed
+from training.parent import Parent
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +61,9 @@ class TrainConfig:
     colour_mode: str | None = None  # "L" or "RGB"; None: L for fashion-mnist, RGB for a folder
     limit: int | None = None  # train on the first N images only (smoke runs)
     label_depth: int = 1  # evaluation labels from this many folder levels (1: top-level; 0: off)
+    # Images of one group are positives of each other (training/groups.py): "name" (one file
+    # stem in several subfolders) or a CSV of path,group rows; NT-Xent only.
+    group_by: str | None = None
     # --- model ---
     widths: tuple[int, ...] = (32, 64, 128)  # channels per stage (each stage halves H, W)
     depths: tuple[int, ...] = (2, 2, 2)  # conv layers per stage
@@ -67,6 +74,7 @@ class TrainConfig:
     temperature: float = 0.2  # NT-Xent τ: 0.1–0.5; lower separates neighbours harder
     margin: float = 0.2  # triplet α, on squared distances of unit vectors (range 0–4)
     mining: str = "semi_hard"  # triplet negatives: "semi_hard" (stable) or "batch_hard"
+    koleo_weight: float = 0.0  # SSCD's KoLeo term, spreading each view's batch; try 0.01–0.1
     # --- optimisation ---
     epochs: int = 30
     batch_size: int = 256  # global batch (split across DDP ranks); NT-Xent sees 2B−1 negatives
@@ -83,6 +91,9 @@ class TrainConfig:
     seed: int = 0
     out: str = "models/run"
     resume: bool = False  # continue from OUT/weights.safetensors at the next epoch
+    # Start a new run from this artifact's weights (training/parent.py). The command line
+    # takes its architecture and input unless flags set them (config_from_args).
+    init: str | None = None
     max_steps_per_epoch: int | None = None  # cut epochs short (smoke tests)
     eval_every: int = 1  # monitor after epoch 1, every N epochs and the last
     # Fit the epoch count to this many seconds of training (monitor included); `epochs` is then
@@ -106,10 +117,21 @@ class TrainConfig:
             "colour_jitter": self.colour_jitter is None or 0 <= self.colour_jitter <= 1.25,
             "eval_every": self.eval_every >= 1,
             "time_budget_s": self.time_budget_s is None or self.time_budget_s > 0,
+            "koleo_weight": self.koleo_weight >= 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"invalid value for {', '.join(bad)}: {self}")
+        if self.init and self.resume:
+            raise ValueError(
+                "--init starts a new run from a model; --resume continues the run in --out: "
+                "give one of them"
+            )
+        if self.group_by and self.loss == "triplet":
+            raise ValueError(
+                "--group-by needs --loss ntxent: group-mates become extra positives of NT-Xent "
+                "(SupCon); the triplet loss takes one positive per anchor"
+            )
 
 
 def override(cfg: TrainConfig, key: str, text: str) -> TrainConfig:
@@ -247,7 +269,8 @@ def build_input_spec(cfg: TrainConfig) -> InputSpec:
     mode = cfg.colour_mode or ("L" if fmnist else "RGB")
     size = cfg.image_size or (28 if fmnist else 64)
     if fmnist and (size != 28 or mode != "L"):
-        raise ValueError("fashion-mnist is 28×28 grayscale: drop --image-size / colour_mode")
+        fix = f" (--init {cfg.init}'s input)" if cfg.init else ": drop --image-size / colour_mode"
+        raise ValueError(f"fashion-mnist is 28×28 grayscale, not {size} px {mode}{fix}")
     return InputSpec(channels=1 if mode == "L" else 3, height=size, width=size, colour_mode=mode)
 
 
@@ -288,8 +311,12 @@ def train_one_epoch(
     """One pass over the data; returns the epoch's metrics and the next global step."""
     device = env.device
     per_rank = cfg.batch_size // env.world
-    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(cfg.seed + epoch))
-    order = order[env.rank :: env.world].numpy()
+    if data.groups is None:
+        seeded = torch.Generator().manual_seed(cfg.seed + epoch)
+        order = torch.randperm(len(data), generator=seeded).numpy()
+    else:
+        order = epoch_order(data.groups, np.random.default_rng([cfg.seed, epoch]))
+    order = order[env.rank :: env.world]
     steps = len(order) // per_rank
     if cfg.max_steps_per_epoch:
         steps = min(steps, cfg.max_steps_per_epoch)
@@ -312,6 +339,7 @@ def train_one_epoch(
             group["lr"] = lr
         index = np.sort(order[i * per_rank : (i + 1) * per_rank])
         x = to_pixels(data.images[index], device)  # (B, C, H, W)
+        groups = None if data.groups is None else torch.from_numpy(data.groups[index]).to(device)
         x0, x1 = views(x, gen)  # (B, C, H, W) each
         if use_amp:
             x0 = x0.contiguous(memory_format=torch.channels_last)
@@ -319,7 +347,10 @@ def train_one_epoch(
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
             z = model(torch.cat([x0, x1]))  # (2B, projection_dim): one pass keeps BN stats shared
             z0, z1 = z.chunk(2)  # (B, projection_dim) each
-            loss = loss_fn(z0, z1)
+            loss = loss_fn(z0, z1, groups)
+            if cfg.koleo_weight:
+                koleo = (koleo_loss(z0, groups) + koleo_loss(z1, groups)) / 2
+                loss = loss + cfg.koleo_weight * koleo
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"non-finite loss ({loss.item()}) at epoch {epoch}, step {i} (global step {step}); "
@@ -369,8 +400,13 @@ def train(cfg: TrainConfig) -> Path:
     out = Path(cfg.out)
     torch.manual_seed(cfg.seed + env.rank)
     spec = build_input_spec(cfg)
-    split = load_data(cfg.data, spec, label_depth=cfg.label_depth).limited(cfg.limit)
+    parent = Parent.open(cfg.init) if cfg.init else None
+    if parent:
+        parent.encoder_for(cfg, spec)  # refuse settings its weights don't fit before reading data
+    loaded = load_data(cfg.data, spec, label_depth=cfg.label_depth, group_by=cfg.group_by)
+    split = loaded.limited(cfg.limit)
     data = split.train
+    grouping = summary(data.groups, cfg.group_by) if cfg.group_by else None
     if cfg.batch_size > len(data):
         raise ValueError(
             f"--batch-size {cfg.batch_size} is larger than the data ({len(data)} images)"
@@ -383,30 +419,19 @@ def train(cfg: TrainConfig) -> Path:
         )
 
     weights = out / WEIGHTS_FILE
-    if cfg.resume:
-        if not weights.exists():
-            raise FileNotFoundError(f"--resume: no checkpoint at {weights}")
-        encoder_cfg = EncoderConfig.from_dict(read_meta(weights)["encoder"])
-    else:
-        mean, std = channel_stats(data.images)
-        encoder_cfg = EncoderConfig(
-            in_channels=spec.channels,
-            image_size=spec.height,
-            widths=cfg.widths,
-            depths=cfg.depths,
-            pool_grid=cfg.pool_grid,
-            projection_dim=cfg.projection_dim,
-            mean=mean,
-            std=std,
-        )
-    model = ContrastiveModel(encoder_cfg).to(device)
+    if cfg.resume and not weights.exists():
+        raise FileNotFoundError(f"--resume: no checkpoint at {weights}")
+    model = new_model(cfg, spec, data, parent, weights if cfg.resume else None).to(device)
+    encoder_cfg = model.cfg
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start_epoch, step, history, wall_before, commands = 1, 0, [], 0.0, [cfg.command]
+    lineage = parent.record() if parent else None
     if cfg.resume:
         meta = load_checkpoint(weights, model, optimizer)
         start_epoch, step = meta["epoch"] + 1, meta["step"]
         history, wall_before = meta["history"], meta["wall_time_s"]
         commands = [*meta.get("commands", [meta["train"]["command"]]), cfg.command]
+        lineage = meta.get("parent")
         if env.main:
             print(f"resuming from {weights} at epoch {start_epoch}", file=sys.stderr)
     if device.type == "cuda":
@@ -445,6 +470,10 @@ def train(cfg: TrainConfig) -> Path:
             f"(copy-detection R@1; raw pixels score {floor:.1%})",
             file=sys.stderr,
         )
+        if parent:
+            print(parent.describe(), file=sys.stderr)
+        if grouping:
+            print(describe(grouping), file=sys.stderr)
     run_start = time.perf_counter()
     monitor_s, epoch = 0.0, start_epoch - 1
     while epoch < cfg.epochs:  # cfg.epochs may shrink to fit cfg.time_budget_s
@@ -488,6 +517,8 @@ def train(cfg: TrainConfig) -> Path:
                 "augment": augment.to_dict(),
                 "input": spec.to_dict(),
                 "data": data.summary(),
+                "grouping": grouping,
+                "parent": lineage,
                 "epoch": epoch,
                 "step": step,
                 "history": history,
@@ -503,6 +534,37 @@ def train(cfg: TrainConfig) -> Path:
         finish(out, model, optimizer, split, device)
     env.close()
     return out
+
+
+def new_model(
+    cfg: TrainConfig,
+    spec: InputSpec,
+    data: Dataset,
+    parent: Parent | None,
+    resume_from: Path | None,
+) -> ContrastiveModel:
+    """The run's model before its first step: --resume's architecture (its weights come with
+    the optimiser state), the parent's weights (--init), or a fresh one whose input
+    normalisation is fitted on the data."""
+    if resume_from:
+        return ContrastiveModel(EncoderConfig.from_dict(read_meta(resume_from)["encoder"]))
+    if parent:
+        model = ContrastiveModel(parent.encoder_for(cfg, spec))
+        parent.load_into(model)
+        return model
+    mean, std = channel_stats(data.images)
+    return ContrastiveModel(
+        EncoderConfig(
+            in_channels=spec.channels,
+            image_size=spec.height,
+            widths=cfg.widths,
+            depths=cfg.depths,
+            pool_grid=cfg.pool_grid,
+            projection_dim=cfg.projection_dim,
+            mean=mean,
+            std=std,
+        )
+    )
 
 
 def finish(
