@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from service import av1
 from service.imaging import (
+    ImageError,
     ImageTooLargeError,
     InputSpec,
     UndecodableImageError,
@@ -17,7 +19,7 @@ from service.imaging import (
     decode_image,
 )
 from service.inputs import NamedImage, decode_all
-from tests.hostile_corpus import corrupt_coded_data, encode, header_size
+from tests.hostile_corpus import Specimen, corrupt_coded_data, decoder_lies, encode, header_size
 from training.data import load_image_folder
 
 GRAY = InputSpec(channels=1, height=28, width=28, colour_mode="L")
@@ -60,6 +62,53 @@ def test_heif_and_avif_pixel_limits_come_from_the_header(fmt: str, side: int, li
     data = corrupt_coded_data(header_size(encode(Image.new("RGB", (64, 64)), fmt), side, side))
     with pytest.raises(ImageTooLargeError, match=limit):
         decode_image(data, GRAY)
+
+
+STATUS = {ImageTooLargeError: 413, UndecodableImageError: 422, UnsupportedFormatError: 415}
+
+
+@pytest.mark.parametrize("specimen", decoder_lies(), ids=lambda s: s.name)
+def test_a_header_that_lies_about_the_decode_is_refused(specimen: Specimen) -> None:
+    # Every "bomb-" file is refused from its headers (413); the other lies are refused by the
+    # decoder itself before it allocates (422), or do no harm (200).
+    try:
+        decode_image(specimen.data, GRAY)
+        status = 200
+    except ImageError as exc:
+        status = STATUS[type(exc)]
+    assert status == specimen.status
+    assert specimen.status == 413 or not specimen.name.startswith("bomb-")
+
+
+def test_an_avif_counts_the_av1_picture_it_holds_not_the_size_it_declares() -> None:
+    # A real 1024×1024 picture behind a 64×64 ispe: libavif would decode all of it.
+    data = header_size(encode(Image.new("L", (1024, 1024), 90), "AVIF", speed=10), 64, 64)
+    with pytest.raises(ImageTooLargeError, match="64×64, but its AVIF data decodes to 1048576"):
+        decode_image(data, GRAY, max_pixels=1_000_000)
+    assert decode_image(data, GRAY).shape == (28, 28, 1)  # within the default limit: decoded
+
+
+def _obu(kind: int, bits: str) -> bytes:
+    bits = bits.replace(" ", "") + "1"  # trailing bits: a one, then zeros to the byte
+    bits += "0" * (-len(bits) % 8)
+    payload = int(bits, 2).to_bytes(len(bits) // 8, "big")
+    return bytes([kind << 3 | 0b10, len(payload)]) + payload
+
+
+@pytest.mark.parametrize(("override", "pixels"), [("0", 64 * 48), ("1", 2**14 * 2**14)])
+def test_an_av1_frame_that_overrides_its_size_counts_the_largest_it_can_say(
+    override: str, pixels: int
+) -> None:
+    # dav1d decodes an overriding frame at any size its fields hold, beyond the maximum.
+    sequence = (
+        "000 0 0"  # profile 0, not a still picture, full header
+        " 0 0 00000 000000000000 00000"  # no timing or delays, one operating point
+        f" 1101 1101 {63:014b} {47:014b}"  # 14-bit size fields, at most 64×48
+        " 0 000 0000 0 1 1"  # no frame ids, tools or order hints; the rest chosen per frame
+    )
+    frame = f"0 00 1 0 0 {override}"  # a shown key frame, no screen content tools, override?
+    sample = _obu(av1.SEQUENCE_HEADER, sequence) + _obu(av1.FRAME, frame + "0" * 32)
+    assert av1.decoded_pixels(sample) == pixels
 
 
 @pytest.mark.parametrize("fmt", ["AVIF", "HEIF"])
