@@ -100,6 +100,14 @@ class InputSpec:
         }
 
 
+def decoded_pixels(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
+    """How many pixels decoding the image makes, judged from its headers without decoding it.
+    Raises the ImageError that decode_image would for a format or headers it refuses."""
+    image, pixels = _open(data, max_pixels)
+    image.close()
+    return pixels
+
+
 def decode_image(
     data: bytes, spec: InputSpec, *, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> np.ndarray:

@@ -11,6 +11,8 @@ import asyncio
 import base64
 import binascii
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,8 +22,8 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
-from service.errors import InvalidInput, UnsupportedMediaType, image_error
-from service.imaging import ImageError, InputSpec, decode_image
+from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType, image_error
+from service.imaging import ImageError, InputSpec, decode_image, decoded_pixels
 
 INLINE_DECODE_BYTES = 64 * 1024  # smaller files decode on the event loop; larger in a thread
 
@@ -118,19 +120,39 @@ async def read_images(
 
 
 async def decode_all(
-    images: list[NamedImage], spec: InputSpec, *, max_pixels: int
+    images: list[NamedImage], spec: InputSpec, *, max_pixels: int, max_request_pixels: int
 ) -> list[np.ndarray]:
-    """Decode every image or raise the 4xx of the first bad one (named)."""
+    """Decode every image or raise the 4xx of the first bad one (named). Every image's headers
+    are judged first, so a request over its pixel budget decodes nothing."""
 
-    def decode(image: NamedImage) -> np.ndarray:
-        try:
-            return decode_image(image.data, spec, max_pixels=max_pixels)
-        except ImageError as exc:
-            raise image_error(exc, image.name) from exc
+    def decode_every() -> list[np.ndarray]:
+        total = 0
+        for image in images:
+            with _named(image):
+                total += decoded_pixels(image.data, max_pixels=max_pixels)
+        if total > max_request_pixels:
+            raise PayloadTooLarge(
+                f"the {len(images)} images decode to {total} pixels together; the budget is "
+                f"{max_request_pixels} pixels per request: send fewer or smaller images"
+            )
+        decoded = []
+        for image in images:
+            with _named(image):
+                decoded.append(decode_image(image.data, spec, max_pixels=max_pixels))
+        return decoded
 
     if sum(len(i.data) for i in images) <= INLINE_DECODE_BYTES:
-        return [decode(image) for image in images]
-    return await asyncio.to_thread(lambda: [decode(image) for image in images])
+        return decode_every()
+    return await asyncio.to_thread(decode_every)
+
+
+@contextmanager
+def _named(image: NamedImage) -> Iterator[None]:
+    """An image's ImageError as the API error naming it."""
+    try:
+        yield
+    except ImageError as exc:
+        raise image_error(exc, image.name) from exc
 
 
 def parse_k(value: Any, *, default: int, limit: int) -> int:

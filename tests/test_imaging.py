@@ -10,6 +10,7 @@ import pytest
 from PIL import Image
 
 from service import av1
+from service.errors import PayloadTooLarge
 from service.imaging import (
     ImageError,
     ImageTooLargeError,
@@ -183,9 +184,29 @@ def test_training_and_serving_decode_a_file_identically(tmp_path: Path) -> None:
         if p.suffix in (".png", ".jpg", ".webp", ".bmp", ".heic", ".avif")
         and p.name != "corrupt.png"
     )
-    serving = asyncio.run(
-        decode_all([NamedImage(p.name, p.read_bytes()) for p in files], RGB, max_pixels=10**6)
-    )
+    named = [NamedImage(p.name, p.read_bytes()) for p in files]
+    serving = asyncio.run(decode_all(named, RGB, max_pixels=10**6, max_request_pixels=10**7))
     assert len(serving) == len(training) == 6
     for served, trained in zip(serving, training, strict=True):
         np.testing.assert_array_equal(served, trained)
+
+
+def test_a_request_over_its_pixel_budget_is_refused_before_any_decode() -> None:
+    images = [NamedImage(f"images[{i}]", encode(_gradient((100, 100)), "PNG")) for i in range(3)]
+    assert len(asyncio.run(decode_all(images, GRAY, max_pixels=10**4, max_request_pixels=30_000)))
+    with pytest.raises(
+        PayloadTooLarge, match="3 images decode to 30000 pixels together; the budget"
+    ):
+        asyncio.run(decode_all(images, GRAY, max_pixels=10**4, max_request_pixels=29_999))
+    bomb = next(s for s in decoder_lies() if s.name == "bomb-tile.tif")
+    with pytest.raises(
+        PayloadTooLarge, match=r"images\[1\] \(bomb\): image is 64×64, but its TIFF"
+    ):
+        asyncio.run(
+            decode_all(
+                [images[0], NamedImage("images[1] (bomb)", bomb.data)],
+                GRAY,
+                max_pixels=10**4,
+                max_request_pixels=10**9,
+            )
+        )

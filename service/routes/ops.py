@@ -55,6 +55,7 @@ INFO_EXAMPLE = {
         "max_upload_bytes": 33554432,
         "max_images_per_request": 256,
         "max_pixels": 40000000,
+        "max_pixels_per_request": 200000000,
     },
 }
 METRICS_EXAMPLE = 'lookalike_requests_total{method="POST",route="/embed",status="200"} 42.0\n'
@@ -91,6 +92,7 @@ async def service_info(runtime: RuntimeDep) -> dict:
             "max_upload_bytes": settings.max_upload_bytes,
             "max_images_per_request": settings.max_images_per_request,
             "max_pixels": settings.max_pixels,
+            "max_pixels_per_request": settings.max_pixels_per_request,
         },
     }
 
