@@ -18,6 +18,7 @@ from dataclasses import dataclass
 SEQUENCE_HEADER, FRAME_HEADER, FRAME = 1, 3, 6
 KEY_FRAME, SWITCH_FRAME = 0, 3
 SELECT = 2  # seq_force_screen_content_tools / seq_force_integer_mv: chosen per frame
+MAX_OBUS = 1024  # per sample; a still image has a handful
 
 
 class AV1Error(ValueError):
@@ -42,7 +43,9 @@ class _Bits:
         zeros = 0
         while not self.read(1):
             zeros += 1
-        return (1 << 32) - 1 if zeros >= 32 else self.read(zeros) + (1 << zeros) - 1
+            if zeros > 32:
+                raise AV1Error("an AV1 variable-length number is too long")
+        return (1 << 32) - 1 if zeros == 32 else self.read(zeros) + (1 << zeros) - 1
 
 
 @dataclass(frozen=True)
@@ -62,10 +65,12 @@ class _Sequence:
 
 def decoded_pixels(sample: bytes) -> int:
     """The pixels of all frames in an AV1 sample (an AVIF item's data, or a track's sample)."""
-    sequence, pixels = None, 0
+    sequence, first_header, pixels = None, b"", 0
     for obu_type, payload in _obus(memoryview(sample)):
-        if obu_type == SEQUENCE_HEADER:
-            sequence = _sequence_header(_Bits(payload))
+        if obu_type == SEQUENCE_HEADER and not first_header:
+            sequence, first_header = _sequence_header(_Bits(payload)), bytes(payload)
+        elif obu_type == SEQUENCE_HEADER and payload != first_header:
+            raise AV1Error("an AV1 sample holds two different sequence headers")
         elif obu_type in (FRAME_HEADER, FRAME):
             if sequence is None:
                 raise AV1Error("an AV1 frame comes before any sequence header")
@@ -74,8 +79,11 @@ def decoded_pixels(sample: bytes) -> int:
 
 
 def _obus(data: memoryview) -> Iterator[tuple[int, memoryview]]:
-    at = 0
+    at, count = 0, 0
     while at < len(data):
+        count += 1
+        if count > MAX_OBUS:
+            raise AV1Error(f"an AV1 sample holds more than {MAX_OBUS} OBUs")
         header = data[at]
         at += 2 if header & 0b100 else 1  # obu_extension_flag: one more header byte
         size = len(data) - at

@@ -5,6 +5,9 @@ or identity transform) made from others; an alpha channel is a further picture, 
 item of the primary. An image sequence instead holds tracks of samples. Each picture declares
 its size (an ispe property, or the track header), and carries its coded bytes.
 
+Reading is bounded: at most MAX_FIELDS header fields from one file, and MAX_ITEMS items for an
+image, so a file of a million tiny boxes or references costs milliseconds, not seconds.
+
 References: ISO/IEC 14496-12 (boxes, tracks, items) and ISO/IEC 23008-12 (HEIF).
 """
 
@@ -21,6 +24,8 @@ ALPHA = frozenset(
         "urn:mpeg:avc:2015:auxid:1",
     }
 )
+MAX_ITEMS = 1024  # per image and its alpha; libheif reads at most 1000 items in all
+MAX_FIELDS = 20_000  # a 24 MP grid of 512-pixel tiles, as phones write, holds 2,700
 
 
 class ContainerError(ValueError):
@@ -43,14 +48,27 @@ class _Item:
     extents: list[tuple[int, int, int]] = field(default_factory=list)  # (method, at, length)
 
 
+class _File:
+    """A file's bytes, and how many header fields have been read from them."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data, self.fields = data, 0
+
+    def reader(self, start: int, end: int) -> _Reader:
+        return _Reader(self, start, end)
+
+
 class _Reader:
-    def __init__(self, data: bytes, at: int, end: int) -> None:
-        self.data, self.at, self.end = data, at, end
+    def __init__(self, file: _File, at: int, end: int) -> None:
+        self.file, self.at, self.end = file, at, end
 
     def uint(self, size: int) -> int:
+        self.file.fields += 1
+        if self.file.fields > MAX_FIELDS:
+            raise ContainerError(f"the headers hold more than {MAX_FIELDS} fields")
         if self.at + size > self.end:
             raise ContainerError("a box is truncated")
-        value = int.from_bytes(self.data[self.at : self.at + size], "big")
+        value = int.from_bytes(self.file.data[self.at : self.at + size], "big")
         self.at += size
         return value
 
@@ -64,46 +82,53 @@ def major_brand(data: bytes) -> str:
 
 def item_pictures(data: bytes) -> list[Picture]:
     """The primary item's coded pictures and its alpha's, derived items resolved."""
-    meta = _find(data, 0, len(data), "meta")
+    file = _File(data)
+    meta = _find(file, 0, len(data), "meta")
     if meta is None:
         return []
-    items, primary, idat = _items(data, *meta)
+    items, primary, idat = _items(file, *meta)
     alpha = [
         i
         for i, item in items.items()
         if primary in item.refs.get("auxl", []) and item.aux_type in ALPHA
     ]
-    return [
-        Picture(*item.ispe, _item_data(data, item, idat))
-        for root in [primary, *alpha]
-        for item in _coded(items, root, depth=0)
-    ]
+    coded: dict[int, bytes] = {}  # each item's data, read once
+    pictures, read = [], 0
+    for item_id in [i for root in [primary, *alpha] for i in _coded(items, root)]:
+        if item_id not in coded:
+            coded[item_id] = _item_data(data, items[item_id], idat)
+            read += len(coded[item_id])
+            if read > len(data):
+                raise ContainerError("the items' data repeats more than the file holds")
+        pictures.append(Picture(*items[item_id].ispe, coded[item_id]))
+    return pictures
 
 
 def track_pictures(data: bytes) -> list[Picture]:
     """Each track's first sample, with the track's declared size."""
-    moov = _find(data, 0, len(data), "moov")
+    file = _File(data)
+    moov = _find(file, 0, len(data), "moov")
     if moov is None:
         return []
     pictures = []
-    for kind, start, end in _boxes(data, *moov):
+    for kind, start, end in _boxes(file, *moov):
         if kind != "trak":
             continue
-        tkhd = _find(data, start, end, "tkhd")
-        stbl = _find(data, start, end, "mdia", "minf", "stbl")
+        tkhd = _find(file, start, end, "tkhd")
+        stbl = _find(file, start, end, "mdia", "minf", "stbl")
         if tkhd is None or stbl is None:
             raise ContainerError("a track has no header or sample table")
-        size = _Reader(data, tkhd[1] - 8, tkhd[1])  # width and height, 16.16 fixed point
+        size = file.reader(max(tkhd[0], tkhd[1] - 8), tkhd[1])  # width, height: 16.16 fixed
         width, height = size.uint(4) >> 16, size.uint(4) >> 16
-        at, length = _first_sample(data, *stbl)
+        at, length = _first_sample(file, *stbl)
         pictures.append(Picture(width, height, data[at : at + length]))
     return pictures
 
 
-def _boxes(data: bytes, start: int, end: int) -> Iterator[tuple[str, int, int]]:
+def _boxes(file: _File, start: int, end: int) -> Iterator[tuple[str, int, int]]:
     """(type, body start, body end) of each box between start and end."""
     while start + 8 <= end:
-        box = _Reader(data, start, end)
+        box = file.reader(start, end)
         size, kind = box.uint(4), box.fourcc()
         if size == 1:
             size = box.uint(8)
@@ -115,9 +140,9 @@ def _boxes(data: bytes, start: int, end: int) -> Iterator[tuple[str, int, int]]:
         start += size
 
 
-def _find(data: bytes, start: int, end: int, *path: str) -> tuple[int, int] | None:
+def _find(file: _File, start: int, end: int, *path: str) -> tuple[int, int] | None:
     for kind in path:
-        found = next(((s, e) for k, s, e in _boxes(data, start, end) if k == kind), None)
+        found = next(((s, e) for k, s, e in _boxes(file, start, end) if k == kind), None)
         if found is None:
             return None
         start, end = found
@@ -126,40 +151,41 @@ def _find(data: bytes, start: int, end: int, *path: str) -> tuple[int, int] | No
     return start, end
 
 
-def _items(data: bytes, start: int, end: int) -> tuple[dict[int, _Item], int, tuple[int, int]]:
+def _items(file: _File, start: int, end: int) -> tuple[dict[int, _Item], int, tuple[int, int]]:
     items: dict[int, _Item] = {}
-    primary, idat, properties = 0, (0, 0), []
-    for kind, s, e in _boxes(data, start, end):
+    primary, idat = 0, (0, 0)
+    properties: list[tuple[int, tuple[str, int, int]]] = []
+    for kind, s, e in _boxes(file, start, end):
         if kind == "idat":
             idat = (s, e)
         elif kind == "iprp":
-            properties = _properties(data, s, e)
+            properties = _properties(file, s, e)
         if kind not in ("pitm", "iinf", "iref", "iloc"):
             continue
-        box = _Reader(data, s, e)
+        box = file.reader(s, e)
         version = box.uint(4) >> 24  # a full box: version and flags
         if kind == "pitm":
             primary = box.uint(2 if version == 0 else 4)
         elif kind == "iinf":
             box.uint(2 if version == 0 else 4)  # entry_count
-            for _, infe_start, infe_end in _boxes(data, box.at, e):
-                infe = _Reader(data, infe_start, infe_end)
+            for _, infe_start, infe_end in _boxes(file, box.at, e):
+                infe = file.reader(infe_start, infe_end)
                 infe_version = infe.uint(4) >> 24
                 if infe_version >= 2:  # older versions name no item type
                     item_id = infe.uint(2 if infe_version == 2 else 4)
                     infe.uint(2)  # item_protection_index
                     items.setdefault(item_id, _Item()).type = infe.fourcc()
         elif kind == "iref":
-            for ref, ref_start, ref_end in _boxes(data, box.at, e):
-                entry = _Reader(data, ref_start, ref_end)
+            for ref, ref_start, ref_end in _boxes(file, box.at, e):
+                entry = file.reader(ref_start, ref_end)
                 id_size = 2 if version == 0 else 4
                 source = items.setdefault(entry.uint(id_size), _Item())
                 targets = [entry.uint(id_size) for _ in range(entry.uint(2))]
                 source.refs.setdefault(ref, []).extend(targets)
         else:
             _locations(box, version, items)
-    for item_id, property_index in properties:
-        _apply_property(data, items.setdefault(item_id, _Item()), property_index)
+    for item_id, prop in properties:
+        _apply_property(file, items.setdefault(item_id, _Item()), prop)
     if primary not in items:
         raise ContainerError("the primary item is missing")
     return items, primary, idat
@@ -180,14 +206,14 @@ def _locations(box: _Reader, version: int, items: dict[int, _Item]) -> None:
             item.extents.append((method, at, box.uint(length_size)))
 
 
-def _properties(data: bytes, start: int, end: int) -> list[tuple[int, tuple[str, int, int]]]:
+def _properties(file: _File, start: int, end: int) -> list[tuple[int, tuple[str, int, int]]]:
     """(item id, property box) pairs: ipco lists the properties, ipma assigns them."""
-    ipco = _find(data, start, end, "ipco")
-    ipma = _find(data, start, end, "ipma")
+    ipco = _find(file, start, end, "ipco")
+    ipma = _find(file, start, end, "ipma")
     if ipco is None or ipma is None:
         return []
-    boxes = list(_boxes(data, *ipco))
-    table = _Reader(data, *ipma)
+    boxes = list(_boxes(file, *ipco))
+    table = file.reader(*ipma)
     version_flags = table.uint(4)
     pairs = []
     for _ in range(table.uint(4)):
@@ -199,26 +225,32 @@ def _properties(data: bytes, start: int, end: int) -> list[tuple[int, tuple[str,
     return pairs
 
 
-def _apply_property(data: bytes, item: _Item, box: tuple[str, int, int]) -> None:
+def _apply_property(file: _File, item: _Item, box: tuple[str, int, int]) -> None:
     kind, start, end = box
-    prop = _Reader(data, start, end)
     if kind == "ispe":
+        prop = file.reader(start, end)
         prop.uint(4)  # version, flags
         item.ispe = (prop.uint(4), prop.uint(4))
     elif kind == "auxC":
-        item.aux_type = data[start + 4 : end].split(b"\0")[0].decode("latin-1")
+        item.aux_type = file.data[start + 4 : end].split(b"\0")[0].decode("latin-1")
 
 
-def _coded(items: dict[int, _Item], item_id: int, depth: int) -> Iterator[_Item]:
+def _coded(items: dict[int, _Item], root: int) -> list[int]:
     """The coded items an item is made of: itself, or what a derived item derives from."""
-    item = items.get(item_id)
-    if item is None or depth > 2:
-        raise ContainerError(f"item {item_id} is missing or derived too deeply")
-    if item.type not in DERIVED:
-        yield item
-        return
-    for source in item.refs.get("dimg", []):
-        yield from _coded(items, source, depth + 1)
+    coded: list[int] = []
+    pending, visited = [root], 0
+    while pending:
+        item_id = pending.pop()
+        if item_id not in items:
+            raise ContainerError(f"item {item_id} is referenced but missing")
+        if items[item_id].type in DERIVED:
+            pending.extend(reversed(items[item_id].refs.get("dimg", [])))
+        else:
+            coded.append(item_id)
+        visited += 1
+        if visited + len(pending) > MAX_ITEMS:
+            raise ContainerError(f"an image is made of more than {MAX_ITEMS} items, or of itself")
+    return coded
 
 
 def _item_data(data: bytes, item: _Item, idat: tuple[int, int]) -> bytes:
@@ -238,24 +270,24 @@ def _item_data(data: bytes, item: _Item, idat: tuple[int, int]) -> bytes:
     return b"".join(chunks)
 
 
-def _first_sample(data: bytes, start: int, end: int) -> tuple[int, int]:
+def _first_sample(file: _File, start: int, end: int) -> tuple[int, int]:
     """(file offset, length) of a track's first sample, from its sample table."""
-    sizes = _find(data, start, end, "stsz")
-    offset_size, chunks = 4, _find(data, start, end, "stco")
+    sizes = _find(file, start, end, "stsz")
+    offset_size, chunks = 4, _find(file, start, end, "stco")
     if chunks is None:
-        offset_size, chunks = 8, _find(data, start, end, "co64")
+        offset_size, chunks = 8, _find(file, start, end, "co64")
     if sizes is None or chunks is None:
         raise ContainerError("a track's sample table has no sizes or chunk offsets")
-    stsz = _Reader(data, *sizes)
+    stsz = file.reader(*sizes)
     stsz.uint(4)  # version, flags
     length, count = stsz.uint(4), stsz.uint(4)
     if count and not length:
         length = stsz.uint(4)
-    offsets = _Reader(data, *chunks)
+    offsets = file.reader(*chunks)
     offsets.uint(4)  # version, flags
     if not count or not offsets.uint(4):
         raise ContainerError("a track has no samples")
     at = offsets.uint(offset_size)
-    if at + length > len(data):
+    if at + length > len(file.data):
         raise ContainerError("a track's first sample lies outside the file")
     return at, length

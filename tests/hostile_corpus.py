@@ -118,7 +118,7 @@ def _av1_sequence_size(avif: bytes, width: int, height: int) -> bytes:
     return bytes(out)
 
 
-def _heic_grid_tiles(tile_width: int, tile_height: int) -> bytes:
+def heic_grid_tiles(tile_width: int, tile_height: int) -> bytes:
     """A 128×128 HEIC grid of four tiles whose (shared) ispe says tile_width×tile_height."""
     pillow_heif.options.GRID_TILE_SIZE = 64
     try:
@@ -214,7 +214,7 @@ def decoder_lies() -> list[Specimen]:
         Specimen("bomb-av1-size.avif", _av1_sequence_size(avif, 16384, 16384), 413),
         Specimen("lie-ispe.heic", header_size(flat_heic, 64, 64), 422),
         Specimen("bomb-ispe-sliver.heic", header_size(heic, 1, 40_000_000), 413),
-        Specimen("bomb-grid-tiles.heic", _heic_grid_tiles(16384, 16384), 413),
+        Specimen("bomb-grid-tiles.heic", heic_grid_tiles(16384, 16384), 413),
         Specimen("bomb-frame-outside-screen.gif", _gif_frame(0, 0, 8000, 8000), 413),
         Specimen("bomb-frame-offset.gif", _gif_frame(65000, 65000, 1, 1), 413),
         Specimen("lie-vp8-size.webp", _webp_vp8_size(webp, 16383, 16383), 422),

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from service import av1
+from service import av1, isobmff
 from service.errors import PayloadTooLarge
 from service.imaging import (
     ImageError,
@@ -20,7 +21,14 @@ from service.imaging import (
     decode_image,
 )
 from service.inputs import NamedImage, decode_all
-from tests.hostile_corpus import Specimen, corrupt_coded_data, decoder_lies, encode, header_size
+from tests.hostile_corpus import (
+    Specimen,
+    corrupt_coded_data,
+    decoder_lies,
+    encode,
+    header_size,
+    heic_grid_tiles,
+)
 from training.data import load_image_folder
 
 GRAY = InputSpec(channels=1, height=28, width=28, colour_mode="L")
@@ -110,6 +118,18 @@ def test_an_av1_frame_that_overrides_its_size_counts_the_largest_it_can_say(
     frame = f"0 00 1 0 0 {override}"  # a shown key frame, no screen content tools, override?
     sample = _obu(av1.SEQUENCE_HEADER, sequence) + _obu(av1.FRAME, frame + "0" * 32)
     assert av1.decoded_pixels(sample) == pixels
+
+
+def test_heif_headers_are_read_within_bounds() -> None:
+    grid = heic_grid_tiles(64, 64)
+    tiles = grid.index(b"dimg") + 8  # past the box header, the grid's id and the count
+    itself = grid[:tiles] + struct.pack(">4H", 1, 1, 1, 1) + grid[tiles + 8 :]
+    with pytest.raises(isobmff.ContainerError, match="more than 1024 items, or of itself"):
+        isobmff.item_pictures(itself)
+    free = b"\x00\x00\x00\x08free" * 30_000
+    boxes = struct.pack(">I4s4x", 12 + len(free), b"meta") + free
+    with pytest.raises(isobmff.ContainerError, match="more than 20000 fields"):
+        isobmff.item_pictures(grid[: grid.index(b"meta") - 4] + boxes)
 
 
 @pytest.mark.parametrize("fmt", ["AVIF", "HEIF"])
