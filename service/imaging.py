@@ -7,8 +7,11 @@ Exception tree (each maps to one HTTP status in the service):
 
     ImageError (ValueError)
     ├── UnsupportedFormatError   415: a format outside the allow-list
-    ├── ImageTooLargeError       413: more pixels than allowed, judged from the header
+    ├── ImageTooLargeError       413: more pixels or scans than allowed, judged from the headers
     └── UndecodableImageError    422: empty, truncated, corrupt or not an image at all
+
+Every limit is judged from the headers before anything is decoded, and from what the decoder
+will really make, not only the size a header declares (service/decode_cost.py).
 """
 
 from __future__ import annotations
@@ -20,24 +23,28 @@ from typing import Literal
 
 import numpy as np
 import pillow_heif
-from PIL import Image, ImageFile, ImageOps
+from PIL import Image, ImageFile, ImageOps, PngImagePlugin
 
-from service.avif_size import MalformedAVIF, coded_sizes
+from service import decode_cost
 
 # Pillow reads AVIF itself; HEIC/HEIF comes through libheif as Pillow's "HEIF" format. Only the
-# primary image is decoded, so thumbnails, depth and auxiliary images are not even listed. Both
-# give their size from the header (the ispe box), and libheif refuses a picture that decodes to
-# another size, so the pixel limit below holds; libheif's own security limits stay on.
+# primary image is decoded, so thumbnails, depth and auxiliary images are not even listed.
+# libheif's own security limits stay on.
 pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
 
 ALLOWED_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF", "AVIF", "HEIF"})
 DEFAULT_MAX_PIXELS = 40_000_000  # about 6300×6300; far above any photo, far below a bomb
+# libjpeg's standard progressive script has 10 scans; each scan decodes the image once more.
+MAX_JPEG_SCANS = 32
 
 ColourMode = Literal["L", "RGB"]
 ResizeRule = Literal["stretch", "center_crop"]
 
 # Truncated files must fail, never decode half-grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
+# PNG text chunks are inflated as the file is opened: 1 MB in all (Pillow's default, 64 MB,
+# costs a 100 KB file 0.2 s of CPU), the most Pillow allows one chunk anyway.
+PngImagePlugin.MAX_TEXT_MEMORY = PngImagePlugin.MAX_TEXT_CHUNK
 
 
 class ImageError(ValueError):
@@ -93,39 +100,24 @@ class InputSpec:
         }
 
 
+def decoded_pixels(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
+    """How many pixels decoding the image makes, judged from its headers without decoding it.
+    Raises the ImageError that decode_image would for a format or headers it refuses."""
+    image, pixels = _open(data, max_pixels)
+    image.close()
+    return pixels
+
+
 def decode_image(
     data: bytes, spec: InputSpec, *, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> np.ndarray:
     """Decode image bytes into a uint8 array of shape (H, W, C) ready for the model.
 
-    Steps, in order: format allow-list, pixel limit (from the headers, before decoding: an
-    AVIF's AV1 sequence headers too),
-    EXIF orientation, alpha flattened onto white, colour mode, resize rule.
+    Steps, in order: format allow-list, limits (from the headers, before decoding), first
+    frame only, EXIF orientation, alpha flattened onto white, colour mode, resize rule.
     """
-    if not data:
-        raise UndecodableImageError("the file is empty")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLargeError(f"image is too large: {exc}") from exc
-    except Exception as exc:  # Pillow raises many types for garbage; all mean "not an image"
-        raise UndecodableImageError("not a readable image") from exc
-
+    image, _ = _open(data, max_pixels)
     with image:
-        if image.format not in ALLOWED_FORMATS:
-            allowed = ", ".join(sorted(ALLOWED_FORMATS))
-            raise UnsupportedFormatError(f"format {image.format} is not allowed ({allowed})")
-        width, height = image.size
-        if width < 1 or height < 1:
-            raise UndecodableImageError("image has no pixels")
-        if width * height > max_pixels:
-            raise ImageTooLargeError(
-                f"image is {width}×{height} = {width * height} pixels; the limit is {max_pixels}"
-            )
-        if image.format == "AVIF":
-            _check_coded_size(data, max_pixels)
         try:
             if image.format == "JPEG":
                 # Let libjpeg decode at a reduced scale when the target is much smaller.
@@ -142,34 +134,53 @@ def decode_image(
     return pixels
 
 
-def _check_coded_size(data: bytes, max_pixels: int) -> None:
-    """An AVIF's AV1 pictures decode at the size their sequence headers give, whatever its
-    header (which Pillow reports) says; libavif would allocate all of it (avif_size.py)."""
+def _open(data: bytes, max_pixels: int) -> tuple[Image.Image, int]:
+    """The opened image and the pixels decoding it makes, once its headers pass every check."""
+    if not data:
+        raise UndecodableImageError("the file is empty")
+    if (profiles := decode_cost.png_profiles(data)) > 1:
+        raise UndecodableImageError(f"PNG holds {profiles} colour profiles (iCCP); it may hold one")
     try:
-        sizes = coded_sizes(data)
-    except MalformedAVIF as exc:
-        raise UndecodableImageError(f"the AVIF container is malformed: {exc}") from exc
-    for width, height in sizes:
-        if width * height > max_pixels:
-            raise ImageTooLargeError(
-                f"its AV1 picture is coded at {width}×{height} = {width * height} pixels, "
-                f"whatever its header says; the limit is {max_pixels}"
-            )
-    if sum(width * height for width, height in sizes) > 2 * max_pixels:  # colour + alpha
-        raise ImageTooLargeError(f"its AV1 pictures hold more than 2 × {max_pixels} pixels")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLargeError(f"image is too large: {exc}") from exc
+    except Exception as exc:  # Pillow raises many types for garbage; all mean "not an image"
+        raise UndecodableImageError("not a readable image") from exc
+    try:
+        return image, _checked_pixels(image, data, max_pixels)
+    except BaseException:
+        image.close()
+        raise
 
 
-def decoded_pixels(data: bytes) -> int:
-    """How many pixels decoding `data` would produce, from its headers alone (0 when they cannot
-    be read: decode_image then refuses the file)."""
+def _checked_pixels(image: Image.Image, data: bytes, max_pixels: int) -> int:
+    if image.format not in ALLOWED_FORMATS:
+        allowed = ", ".join(sorted(ALLOWED_FORMATS))
+        raise UnsupportedFormatError(f"format {image.format} is not allowed ({allowed})")
+    width, height = image.size
+    if width < 1 or height < 1:
+        raise UndecodableImageError("image has no pixels")
+    if width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"image is {width}×{height} = {width * height} pixels; the limit is {max_pixels}"
+        )
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size
-            if image.format == "AVIF":
-                return max([width * height, *(w * h for w, h in coded_sizes(data))])
-            return width * height
-    except Exception:
-        return 0
+        pixels = decode_cost.pixels(image, data)
+    except ValueError as exc:
+        raise UndecodableImageError(f"image headers are malformed: {exc}") from exc
+    if pixels > max_pixels:
+        raise ImageTooLargeError(
+            f"image is {width}×{height}, but its {image.format} data decodes to {pixels} pixels;"
+            f" the limit is {max_pixels}"
+        )
+    if image.format == "JPEG" and (scans := decode_cost.jpeg_scans(data)) > MAX_JPEG_SCANS:
+        raise ImageTooLargeError(
+            f"progressive JPEG has {scans} scans, each a decode of the image;"
+            f" the limit is {MAX_JPEG_SCANS}"
+        )
+    return pixels
 
 
 def _draft_size(size: tuple[int, int], spec: InputSpec) -> tuple[int, int]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +22,6 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
 from service import strict_json
-from service.config import Settings
 from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType, image_error
 from service.imaging import ImageError, InputSpec, decode_image, decoded_pixels
 
@@ -119,26 +120,39 @@ async def read_images(
 
 
 async def decode_all(
-    images: list[NamedImage], spec: InputSpec, limits: Settings
+    images: list[NamedImage], spec: InputSpec, *, max_pixels: int, max_request_pixels: int
 ) -> list[np.ndarray]:
-    """Decode every image or raise the 4xx of the first bad one (named). The pixels the whole
-    request would decode are judged from the headers first (`max_pixels_per_request`)."""
-    total = sum(decoded_pixels(image.data) for image in images)
-    if total > limits.max_pixels_per_request:
-        raise PayloadTooLarge(
-            f"the images would decode to {total} pixels; the limit per request is "
-            f"{limits.max_pixels_per_request}: send fewer or smaller images per request"
-        )
+    """Decode every image or raise the 4xx of the first bad one (named). Every image's headers
+    are judged first, so a request over its pixel budget decodes nothing."""
 
-    def decode(image: NamedImage) -> np.ndarray:
-        try:
-            return decode_image(image.data, spec, max_pixels=limits.max_pixels)
-        except ImageError as exc:
-            raise image_error(exc, image.name) from exc
+    def decode_every() -> list[np.ndarray]:
+        total = 0
+        for image in images:
+            with _named(image):
+                total += decoded_pixels(image.data, max_pixels=max_pixels)
+        if total > max_request_pixels:
+            raise PayloadTooLarge(
+                f"the {len(images)} images decode to {total} pixels together; the budget is "
+                f"{max_request_pixels} pixels per request: send fewer or smaller images"
+            )
+        decoded = []
+        for image in images:
+            with _named(image):
+                decoded.append(decode_image(image.data, spec, max_pixels=max_pixels))
+        return decoded
 
     if sum(len(i.data) for i in images) <= INLINE_DECODE_BYTES:
-        return [decode(image) for image in images]
-    return await asyncio.to_thread(lambda: [decode(image) for image in images])
+        return decode_every()
+    return await asyncio.to_thread(decode_every)
+
+
+@contextmanager
+def _named(image: NamedImage) -> Iterator[None]:
+    """An image's ImageError as the API error naming it."""
+    try:
+        yield
+    except ImageError as exc:
+        raise image_error(exc, image.name) from exc
 
 
 def parse_k(value: Any, *, default: int, limit: int) -> int:

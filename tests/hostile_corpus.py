@@ -8,7 +8,6 @@ odd-but-valid images, the specified 4xx otherwise. Never a 5xx, never a hang.
 
 from __future__ import annotations
 
-import functools
 import io
 import struct
 import sys
@@ -17,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pillow_heif
 from PIL import Image
 
 import service.imaging  # noqa: F401  (registers the HEIF plugin that encode uses)
@@ -95,105 +95,140 @@ def header_size(data: bytes, width: int, height: int) -> bytes:
     return data[:at] + struct.pack(">II", width, height) + data[at + 8 :]
 
 
-# --- headers that lie about the size: each must be refused before the decoder allocates --------
+# Headers that lie about what the decoder will make: each names a small size over a large
+# picture, or more work than its pixels need. "bomb-" files are refused 413 from the headers.
 
 
-def _lying_avif() -> bytes:
-    """`ispe` says 64×64 over an AV1 picture coded at 7000×7000 (49 MP, over the 40 MP limit):
-    698 bytes that libavif would decode in full."""
-    flat = encode(Image.new("L", (7000, 7000), 128), "AVIF", quality=10, speed=10)
-    return header_size(flat, 64, 64)
+def _av1_sequence_size(avif: bytes, width: int, height: int) -> bytes:
+    """An AVIF (one item, as Pillow writes it) whose AV1 sequence header says width×height while
+    its ispe still declares the encoded size. Its frame data stays the small picture's."""
+    mdat = avif.index(b"mdat") + 4
+    assert avif[mdat : mdat + 3] == b"\x12\x00\x0a"  # temporal delimiter, sequence header
+    size = avif[mdat + 3]
+    bits = "".join(f"{byte:08b}" for byte in avif[mdat + 4 : mdat + 4 + size])
+    assert bits[4] == "1"  # reduced_still_picture_header: the size fields start at bit 10
+    rest = bits[18 + int(bits[10:14], 2) + 1 + int(bits[14:18], 2) + 1 :]
+    bits = bits[:10] + f"11111111{width - 1:016b}{height - 1:016b}" + rest.rstrip("0")[:-1] + "1"
+    bits += "0" * (-len(bits) % 8)  # trailing bits: a one, then zeros to the byte
+    header = int(bits, 2).to_bytes(len(bits) // 8, "big")
+    out = bytearray(avif[: mdat + 3] + bytes([len(header)]) + header + avif[mdat + 4 + size :])
+    for length_at in (mdat - 8, avif.index(b"iloc") + 22):  # the mdat box, the item's extent
+        (length,) = struct.unpack_from(">I", out, length_at)
+        struct.pack_into(">I", out, length_at, length + len(header) - size)
+    return bytes(out)
 
 
-def _lying_heic() -> bytes:
-    return header_size(encode(Image.new("RGB", (2048, 2048), (200, 30, 30)), "HEIF"), 64, 64)
+def heic_grid_tiles(tile_width: int, tile_height: int) -> bytes:
+    """A 128×128 HEIC grid of four tiles whose (shared) ispe says tile_width×tile_height."""
+    pillow_heif.options.GRID_TILE_SIZE = 64
+    try:
+        grid = encode(Image.new("RGB", (128, 128), (30, 90, 60)), "HEIF")
+    finally:
+        pillow_heif.options.GRID_TILE_SIZE = 0
+    tiles = grid.index(b"ispe", grid.index(b"ispe") + 4) + 8  # the grid's ispe comes first
+    assert struct.unpack(">II", grid[tiles : tiles + 8]) == (64, 64)
+    return grid[:tiles] + struct.pack(">II", tile_width, tile_height) + grid[tiles + 8 :]
 
 
-def _lying_webp() -> bytes:
-    """A VP8X canvas of 64×64 over a lossless 2048×2048 picture."""
-    picture = encode(Image.new("RGB", (2048, 2048), (200, 30, 30)), "WEBP", lossless=True)
-    canvas = b"VP8X" + struct.pack("<I", 10) + bytes(4) + (63).to_bytes(3, "little") * 2
-    body = b"WEBP" + canvas + picture[12:]
-    return b"RIFF" + struct.pack("<I", len(body)) + body
-
-
-def _lying_gif() -> bytes:
-    """A logical screen of 64×64 whose first frame says 8000×8000."""
-    gif = bytearray(_gif_header_only(8000, 8000))
-    gif[6:10] = struct.pack("<HH", 64, 64)
+def _gif_frame(left: int, top: int, width: int, height: int) -> bytes:
+    """A GIF with a 4×4 logical screen whose one frame lies at left, top and is width×height."""
+    gif = bytearray(encode(Image.new("P", (4, 4)), "GIF"))
+    frame = gif.index(b"\x2c")  # image descriptor
+    gif[frame + 1 : frame + 9] = struct.pack("<HHHH", left, top, width, height)
     return bytes(gif)
 
 
-def _lying_apng() -> bytes:
-    """A 64×64 canvas whose first animation frame (fcTL) is 8000×8000."""
-    ihdr = struct.pack(">IIBBBBB", 64, 64, 8, 0, 0, 0, 0)
-    frame = struct.pack(">IIIIIHHBB", 0, 8000, 8000, 0, 0, 1, 1, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _png_chunk(b"IHDR", ihdr)
-        + _png_chunk(b"acTL", struct.pack(">II", 1, 0))
-        + _png_chunk(b"fcTL", frame)
-        + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 65 * 64))
-        + _png_chunk(b"IEND", b"")
-    )
+def _webp_vp8_size(webp: bytes, width: int, height: int) -> bytes:
+    """A lossy WebP whose first VP8 bitstream, and its animation frame if any, say width×height,
+    while the VP8X canvas keeps the encoded size."""
+    out = bytearray(webp)
+    vp8 = webp.index(b"VP8 ") + 8 + 6  # after the chunk header, frame tag and start code
+    out[vp8 : vp8 + 4] = struct.pack("<HH", width, height)
+    if b"ANMF" in webp:
+        frame = webp.index(b"ANMF") + 8 + 6  # after the chunk header and the frame's offsets
+        out[frame : frame + 6] = (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(
+            3, "little"
+        )
+    return bytes(out)
 
 
-def _png_inflating(kind: bytes, megabytes: int) -> bytes:
-    """A 64×64 PNG with a `kind` chunk (zTXt, or IDAT) that inflates to `megabytes` MB."""
-    ihdr = struct.pack(">IIBBBBB", 64, 64, 8, 0, 0, 0, 0)
-    bomb = zlib.compress(b"\x00" * (megabytes << 20), 9)
-    chunks = [_png_chunk(b"IHDR", ihdr)]
-    if kind == b"IDAT":
-        chunks.append(_png_chunk(b"IDAT", bomb))
-    else:
-        chunks += [
-            _png_chunk(kind, b"k\x00\x00" + bomb),
-            _png_chunk(b"IDAT", zlib.compress(b"\x00" * 65 * 64)),
-        ]
-    return b"\x89PNG\r\n\x1a\n" + b"".join(chunks) + _png_chunk(b"IEND", b"")
+def _tiled_tiff(width: int, height: int, tile: int) -> bytes:
+    """A width×height deflated RGB TIFF made of one tile×tile tile, holding one grey row."""
+    data = zlib.compress(b"\x80" * 3 * width)
+    tags = [(256, width), (257, height), (258, 8), (259, 8), (262, 2), (277, 3)]
+    tags += [(322, tile), (323, tile), (324, 8 + 2 + 12 * 10 + 4), (325, len(data))]
+    ifd = struct.pack("<H", len(tags)) + b"".join(struct.pack("<HHII", t, 4, 1, v) for t, v in tags)
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + b"\x00" * 4 + data
 
 
-def _tiff(width: int, height: int, layout: list[tuple[int, int]], data: bytes) -> bytes:
-    """A grey uncompressed-header, deflate-coded TIFF: `layout` holds the tags (strip or tile
-    tags) beside the size; tag 273/324 (where the data is) is filled in."""
-    tags = [(256, width), (257, height), (258, 8), (259, 8), (262, 1), (277, 1), *layout]
-    data_at = 8 + 2 + 12 * len(tags) + 4
-    entries = b"".join(
-        struct.pack("<HHII", tag, 4, 1, data_at if tag in (273, 324) else value)
-        for tag, value in tags
-    )
-    return b"II*\x00" + struct.pack("<IH", 8, len(tags)) + entries + bytes(4) + data
+def _tiff_rows_per_strip(rows: int) -> bytes:
+    """A 64×48 deflated TIFF whose RowsPerStrip says far more rows than the image has."""
+    tiff = bytearray(encode(_photo(), "TIFF", compression="tiff_deflate"))
+    ifd = struct.unpack("<I", tiff[4:8])[0]
+    for entry in range(ifd + 2, ifd + 2 + 12 * struct.unpack("<H", tiff[ifd : ifd + 2])[0], 12):
+        if struct.unpack("<H", tiff[entry : entry + 2])[0] == 278:  # RowsPerStrip, as a LONG
+            tiff[entry + 2 : entry + 12] = struct.pack("<HII", 4, 1, rows)
+    return bytes(tiff)
 
 
-def _lying_tiff_tiles() -> bytes:
-    """A 64×64 TIFF in one tile of 65536×65536: a decoder sizing its buffer by the tile would
-    allocate 4 GB."""
-    data = zlib.compress(bytes(1 << 16))
-    return _tiff(64, 64, [(322, 65536), (323, 65536), (324, 0), (325, len(data))], data)
+def _png_with(*chunks: bytes, ihdr: tuple[int, int] | None = None) -> bytes:
+    """An 8×8 PNG with the chunks added after its IHDR (and a second IHDR of that size)."""
+    png = encode(Image.new("RGB", (8, 8), (200, 100, 0)), "PNG")
+    extra = b"".join(chunks)
+    if ihdr:
+        extra = _png_chunk(b"IHDR", struct.pack(">IIBBBBB", *ihdr, 8, 2, 0, 0, 0)) + extra
+    return png[:33] + extra + png[33:]
 
 
-def _lying_tiff_strip() -> bytes:
-    """A 64×64 TIFF whose one strip claims 2^30 rows and inflates to 16 MB."""
-    data = zlib.compress(bytes(16 << 20), 9)
-    return _tiff(64, 64, [(273, 0), (278, 1 << 30), (279, len(data))], data)
+def _jpeg_scans(extra: int) -> bytes:
+    """A progressive JPEG whose last scan is repeated extra times: libjpeg decodes each."""
+    jpeg = encode(Image.new("RGB", (1024, 1024), (120, 130, 140)), "JPEG", progressive=True)
+    last_scan = jpeg[jpeg.rindex(b"\xff\xda") : -2]
+    return jpeg[:-2] + last_scan * extra + jpeg[-2:]
 
 
-@functools.cache
-def header_lies() -> tuple[Specimen, ...]:
-    """One file per lie a header can tell; 413 when the real size is over the limit, 422 when
-    the decoder refuses the inconsistency, 200 when it decodes only what the header allows."""
-    return (
-        Specimen("lie-ispe-av1.avif", _lying_avif(), 413),
-        Specimen("lie-ispe.heic", _lying_heic(), 422),
-        Specimen("lie-canvas.webp", _lying_webp(), 422),
-        Specimen("lie-screen.gif", _lying_gif(), 413),
-        Specimen("lie-frame.apng", _lying_apng(), 422),
-        Specimen("lie-tile.tiff", _lying_tiff_tiles(), 422),
-        Specimen("lie-strip.tiff", _lying_tiff_strip(), 200),
-        Specimen("inflate-idat.png", _png_inflating(b"IDAT", 16), 200),
-        Specimen("inflate-ztxt.png", _png_inflating(b"zTXt", 16), 422),
-        Specimen("inflate-iccp.png", _png_inflating(b"iCCP", 16), 422),
-    )
+def _jpeg_two_frames(first: tuple[int, int], second: tuple[int, int]) -> bytes:
+    """A JPEG with two start-of-frame headers, of these sizes (Pillow reads the last)."""
+    jpeg = encode(Image.new("RGB", (16, 16)), "JPEG")
+    sof = jpeg.index(b"\xff\xc0")
+    end = sof + 2 + struct.unpack(">H", jpeg[sof + 2 : sof + 4])[0]
+
+    def frame(size: tuple[int, int]) -> bytes:
+        return jpeg[sof : sof + 5] + struct.pack(">HH", size[1], size[0]) + jpeg[sof + 9 : end]
+
+    return jpeg[:sof] + frame(first) + frame(second) + jpeg[end:]
+
+
+def decoder_lies() -> list[Specimen]:
+    avif, heic = encode(_photo((64, 64)), "AVIF"), encode(_photo((64, 64)), "HEIF")
+    flat_heic = encode(Image.new("RGB", (256, 256), (90, 120, 200)), "HEIF")
+    exif = Image.Exif()
+    exif[0x010E] = "x"  # any Exif makes Pillow write the extended (VP8X) WebP header
+    webp = encode(_photo((64, 64)), "WEBP", exif=exif.tobytes())
+    frames = [_photo((64, 64)), Image.new("RGB", (64, 64))]
+    animated_webp = encode(frames[0], "WEBP", save_all=True, append_images=frames[1:])
+    icc = b"icc\x00\x00" + zlib.compress(b"\x00" * 1_000_000, 9)  # 1 MB when inflated
+    big_icc = b"icc\x00\x00" + zlib.compress(b"\x00" * 20_000_000, 9)  # over Pillow's 1 MB
+    text = b"comment\x00\x00" + zlib.compress(b"a" * 1_000_000, 9)
+    return [
+        Specimen("bomb-av1-size.avif", _av1_sequence_size(avif, 16384, 16384), 413),
+        Specimen("lie-ispe.heic", header_size(flat_heic, 64, 64), 422),
+        Specimen("bomb-ispe-sliver.heic", header_size(heic, 1, 40_000_000), 413),
+        Specimen("bomb-grid-tiles.heic", heic_grid_tiles(16384, 16384), 413),
+        Specimen("bomb-frame-outside-screen.gif", _gif_frame(0, 0, 8000, 8000), 413),
+        Specimen("bomb-frame-offset.gif", _gif_frame(65000, 65000, 1, 1), 413),
+        Specimen("lie-vp8-size.webp", _webp_vp8_size(webp, 16383, 16383), 422),
+        Specimen("lie-anmf-size.webp", _webp_vp8_size(animated_webp, 16383, 16383), 422),
+        Specimen("bomb-tile.tif", _tiled_tiff(64, 64, 16384), 413),
+        Specimen("rows-per-strip.tif", _tiff_rows_per_strip(1 << 24), 200),
+        Specimen("bomb-second-ihdr.png", _png_with(ihdr=(20000, 20000)), 413),
+        Specimen("lie-iccp-repeated.png", _png_with(*[_png_chunk(b"iCCP", icc)] * 200), 422),
+        Specimen("lie-iccp-inflates.png", _png_with(_png_chunk(b"iCCP", big_icc)), 422),
+        Specimen("lie-ztxt-inflates.png", _png_with(*[_png_chunk(b"zTXt", text)] * 64), 422),
+        Specimen("bomb-scans.jpg", _jpeg_scans(500), 413),
+        Specimen("bomb-second-sof.jpg", _jpeg_two_frames((16, 16), (20000, 20000)), 413),
+        Specimen("lie-first-sof.jpg", _jpeg_two_frames((20000, 20000), (16, 16)), 422),
+    ]
 
 
 def specimens() -> list[Specimen]:
@@ -247,7 +282,7 @@ def specimens() -> list[Specimen]:
         Specimen("bmp.bmp", encode(_photo(), "BMP"), 200),
         Specimen("photo.heic", heic, 200),
         Specimen("photo.avif", avif, 200),
-        *header_lies(),
+        *decoder_lies(),
     ]
 
 

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+from PIL import Image
 
 from tests.conftest import AUTH, png_bytes
-from tests.hostile_corpus import Specimen, specimens
+from tests.hostile_corpus import Specimen, encode, specimens
 from tests.support import Server
 
 PEAK_RSS_LIMIT_MB = 512  # the server's high-water mark after the whole corpus
@@ -60,3 +61,13 @@ def test_server_memory_stays_bounded_after_the_corpus(module_server: Server) -> 
     status = Path(f"/proc/{module_server.process.pid}/status").read_text()
     peak_kb = int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM")))
     assert peak_kb / 1024 < PEAK_RSS_LIMIT_MB
+
+
+def test_a_request_over_the_pixel_budget_gets_413_naming_it(module_server: Server) -> None:
+    flat = encode(Image.new("L", (6000, 6500)), "PNG")  # 39 M pixels: within the image limit
+    files = [("files", (f"flat{i}.png", flat, "image/png")) for i in range(6)]
+    with httpx.Client(base_url=module_server.url, timeout=30) as client:
+        response = client.post("/embed", files=files)
+    assert response.status_code == 413
+    message = response.json()["error"]["message"]
+    assert "6 images decode to 234000000 pixels together; the budget is 200000000" in message

@@ -25,7 +25,12 @@ async def embed_request(
     images = await read_images(
         request, min_count=min_count, max_count=settings.max_images_per_request, allow_raw=allow_raw
     )
-    pixels = await decode_all(images, runtime.encoder.info.spec, settings)
+    pixels = await decode_all(
+        images,
+        runtime.encoder.info.spec,
+        max_pixels=settings.max_pixels,
+        max_request_pixels=settings.max_pixels_per_request,
+    )
     return await batcher.embed(pixels)
 
 

@@ -80,7 +80,12 @@ async def _query(
         if text is not None and not isinstance(text, str):
             raise InvalidInput("filter must be a text field holding JSON, not a file")
         where = parse_filter_json(text) if text else None
-        pixels = await decode_all(files, model.spec, settings)
+        pixels = await decode_all(
+            files,
+            model.spec,
+            max_pixels=settings.max_pixels,
+            max_request_pixels=settings.max_pixels_per_request,
+        )
         return (await batcher.embed(pixels))[0], k, where
     if kind != "application/json":
         raise InvalidInput(
@@ -106,7 +111,12 @@ async def _query(
             raise _not_found(image_id)
         return vector, k, where
     image = b64_image(body["image"], "image")
-    pixels = await decode_all([image], model.spec, settings)
+    pixels = await decode_all(
+        [image],
+        model.spec,
+        max_pixels=settings.max_pixels,
+        max_request_pixels=settings.max_pixels_per_request,
+    )
     return (await batcher.embed(pixels))[0], k, where
 
 
@@ -188,7 +198,12 @@ async def upload_images(
     count_between(files, "files", 1, limit)
     ids = _parse_ids(form.getlist("ids"), len(files))
     metadata = _parse_metadata(form.getlist("metadata"), len(files), settings.max_metadata_bytes)
-    pixels = await decode_all(files, runtime.encoder.info.spec, settings)
+    pixels = await decode_all(
+        files,
+        runtime.encoder.info.spec,
+        max_pixels=settings.max_pixels,
+        max_request_pixels=settings.max_pixels_per_request,
+    )
     vectors = await runtime.batcher.embed(pixels)
     images = [
         NewImage(image_id, f.data, sniff_format(f.data), meta, vector)

@@ -214,7 +214,12 @@ async def create_embeddings(request: Request, runtime: RuntimeDep) -> Any:
             inputs, f"images in input ({SEND_BASE64})", 1, settings.max_images_per_request
         )
         images = [b64_image(value, f"input[{i}]") for i, value in enumerate(inputs)]
-        pixels = await decode_all(images, model.spec, settings)
+        pixels = await decode_all(
+            images,
+            model.spec,
+            max_pixels=settings.max_pixels,
+            max_request_pixels=settings.max_pixels_per_request,
+        )
     except ApiError as exc:
         exc.param = "input"
         raise

@@ -57,7 +57,7 @@ INFO_EXAMPLE = {
         "max_upload_bytes": 33554432,
         "max_images_per_request": 256,
         "max_pixels": 40000000,
-        "max_pixels_per_request": 256000000,
+        "max_pixels_per_request": 200000000,
     },
 }
 METRICS_EXAMPLE = 'lookalike_requests_total{method="POST",route="/embed",status="200"} 42.0\n'
