@@ -13,14 +13,14 @@ dark/light/mono recolourings. Per theme: the directories its index.theme lists w
 emoji-like, and emoji are kept for independent evaluation). Per name the largest drawing wins (an
 SVG over a PNG of equal pixels). Links are resolved and names whose files have the same bytes are
 one drawing, written once under the name most themes use (the freedesktop standard names are the
-ones every theme ships), then a real file over a link, then the shorter name; a drawing with the
-same bytes as one an earlier theme (alphabetical) wrote is dropped, since a copy is no other style
-(gnome-icon-theme and Adwaita's legacy icons share ~120). SVGs are rasterised with rsvg-convert,
-PNGs resized; each becomes an RGBA --size square, padded transparent.
+ones every theme ships), then a real file over a link, then the shorter name. SVGs are rasterised
+with rsvg-convert, PNGs resized; each becomes an RGBA --size square, padded transparent. A file
+with the same bytes as one written before (an earlier theme's, alphabetically) is deleted: a copy
+is no other style (gnome-icon-theme and Adwaita share ~120 drawings).
 
-Clip art: --clipart files sampled (seeded, from the sorted list, duplicates by content dropped,
-people/smilies and posters over 16 MP left out) from openclipart-png, the longer side resized to
---size, named `clipart-<path>` so a stem never meets an icon name.
+Clip art: --clipart files sampled (seeded, from the sorted list, duplicates by content dropped;
+people/smilies, shapes/stars and posters over 16 MP left out) from openclipart-png, the longer side
+resized to --size, named `clipart-<path>` so a stem never meets an icon name.
 
 Writes OUT/<theme>/<name>.png (for the trainer's `--group-by name`: one stem in several folders is
 one group), OUT/clipart/clipart-*.png and OUT/manifest.csv (path,group,theme; group empty for clip
@@ -30,8 +30,8 @@ and the held-out pair.
 
 Held out for cross-style evaluation: HELD_OUT = breeze and oxygen. Breeze is KDE Plasma's flat
 set (plain shapes, no gradients), oxygen KDE 4's skeuomorphic one (glossy gradients, perspective);
-they share 335 names, the most of any pair outside papirus (papirus/breeze 479 are both flat,
-papirus/oxygen 311 but papirus has a sibling in paper), and neither has a near-copy in another
+they share 334 names, the most of any pair outside papirus (papirus/breeze 479 are both flat,
+papirus/oxygen 309 but papirus has a sibling in paper), and neither has a near-copy in another
 theme. Train on every other theme and the clip art; evaluate by querying each oxygen icon against
 the breeze icons (and back) and counting the same name among the nearest.
 """
@@ -66,8 +66,8 @@ SKIP_THEME = re.compile(
     r"^(default|hicolor|locolor|epapirus.*)$|dark|light|mono|ambiance|radiance", re.IGNORECASE
 )
 SKIP_CONTEXTS = {"animations", "emotes"}
-SKIP_NAME = re.compile(r"-symbolic(-rtl)?$|^face-")
-SKIP_CLIPART = ("people/smilies/",)
+SKIP_NAME = re.compile(r"symbolic(-rtl)?$|^face-")  # also Adwaita's x-symbolic.symbolic.png
+SKIP_CLIPART = ("people/smilies/", "shapes/stars/")  # emoji-like; 1,378 generated rosettes
 MAX_PIXELS = 16_000_000  # 19 clip-art posters are 100-600 MP: slow, and no better at 96 px
 
 
@@ -128,11 +128,8 @@ def digest(path: Path) -> str:
     return hashlib.sha1(path.read_bytes()).hexdigest()
 
 
-def dedupe(
-    found: dict[str, Path], popularity: Counter[str], taken: set[str]
-) -> tuple[dict[str, Path], int, int]:
-    """One name per drawing (same bytes after resolving links), none whose bytes another theme
-    already took (`taken`, updated). Returns (name -> file, aliases merged, copies dropped)."""
+def dedupe(found: dict[str, Path], popularity: Counter[str]) -> tuple[dict[str, Path], int]:
+    """One name per drawing (same bytes after resolving links); returns (name -> file, merged)."""
     by_drawing: dict[str, list[str]] = {}
     for name, path in found.items():
         by_drawing.setdefault(digest(path.resolve()), []).append(name)
@@ -140,11 +137,23 @@ def dedupe(
     def rank(name: str) -> tuple[int, bool, int, str]:
         return (-popularity[name], found[name].is_symlink(), len(name), name)
 
-    copies = taken & by_drawing.keys()
-    kept = {min(names, key=rank) for h, names in by_drawing.items() if h not in copies}
-    taken.update(by_drawing)
-    merged = len(found) - len(by_drawing)
-    return {n: p.resolve() for n, p in found.items() if n in kept}, merged, len(copies)
+    kept = {min(names, key=rank) for names in by_drawing.values()}
+    return {n: p.resolve() for n, p in found.items() if n in kept}, len(found) - len(kept)
+
+
+def drop_copies(folder: Path, names: Iterable[str], taken: set[str]) -> set[str]:
+    """Delete folder/<name>.png whose bytes were already written (`taken`, updated); the rest."""
+    kept = set()
+    for name in sorted(names):
+        path = folder / f"{name}.png"
+        if not path.exists():  # failed to render
+            continue
+        if (h := digest(path)) in taken:
+            path.unlink()
+        else:
+            taken.add(h)
+            kept.add(name)
+    return kept
 
 
 def square(image: Image.Image, size: int, pad: bool = True) -> Image.Image:
@@ -222,19 +231,20 @@ def clipart_sample(root: Path, n: int, seed: int) -> list[Icon]:
     seen, files = set(), []
     for path in sorted(root.rglob("*.png")):
         rel = path.relative_to(root).as_posix()
-        if rel.startswith(SKIP_CLIPART) or not path.resolve().is_file():
-            continue
-        if not small_enough(path):
+        if rel.startswith(SKIP_CLIPART) or not path.resolve().is_file() or not small_enough(path):
             continue
         h = digest(path.resolve())
         if h not in seen:
             seen.add(h)
             files.append((rel, path.resolve()))
     picked = sorted(random.Random(seed).sample(files, min(n, len(files))))
-    return [
-        Icon("clipart", "clipart-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", rel[:-4]), src, "")
-        for rel, src in picked
-    ]
+    icons: dict[str, Icon] = {}
+    for rel, src in picked:
+        name = "clipart-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", rel[:-4])
+        if name in icons:  # x+.png and x-.png
+            name += "-" + hashlib.sha1(rel.encode()).hexdigest()[:6]
+        icons[name] = Icon("clipart", name, src, "")
+    return list(icons.values())
 
 
 def overlap_table(names: dict[str, set[str]]) -> str:
@@ -273,22 +283,21 @@ def build(
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, set[str]] = {}
     rows: list[tuple[str, str, str]] = []
-    taken: set[str] = set()  # digests of the drawings written: another theme's copy is dropped
+    taken: set[str] = set()  # digests of the files written: a copy of one is dropped
     for theme, names in found.items():
         if not names:
             log(f"{theme}: no icons of size >= {min_size}, skipped")
             continue
         start = time.monotonic()
-        kept, merged, copies = dedupe(names, popularity, taken)
+        kept, merged = dedupe(names, popularity)
         icons = [Icon(theme, name, src, name) for name, src in kept.items()]
         counts = write_all(icons, out, size, jobs)
-        failed = {i.name for i in icons if not (out / theme / f"{i.name}.png").exists()}
-        written[theme] = set(kept) - failed
+        written[theme] = drop_copies(out / theme, kept, taken)
         rows += [(f"{theme}/{n}.png", n, theme) for n in sorted(written[theme])]
+        copies = len(kept) - counts["failed"] - len(written[theme])
         log(
-            f"{theme}: {len(written[theme])} drawings ({merged} aliases merged, "
-            f"{copies} copies of an earlier theme's dropped; "
-            f"{counts['new']} new, {counts['kept']} kept, {counts['failed']} failed) "
+            f"{theme}: {len(written[theme])} drawings ({merged} aliases merged, {copies} copies "
+            f"dropped; {counts['new']} new, {counts['kept']} kept, {counts['failed']} failed) "
             f"{time.monotonic() - start:.1f}s"
         )
     art = clipart_sample(clipart_root, clipart, seed)

@@ -53,6 +53,7 @@ def tree(tmp_path: Path) -> tuple[Path, Path]:
     (flat / "48x48/places/inode-directory.svg").symlink_to("folder.svg")  # one drawing, two names
     (flat / "48x48/places/user-trash.svg").write_text(svg("gray", 48, 24))  # wide: padded
     (flat / "48x48/places/user-trash-symbolic.svg").write_text(svg("black"))  # skipped
+    (flat / "48x48/places/folder-symbolic.symbolic.png").write_bytes(b"")  # Adwaita's: skipped
     (flat / "16x16/places/user-home.svg").write_text(svg("green"))  # below --min-size
     shiny = theme(icons, "Shiny", {"64x64/places": 64, "32x32/places": 32})
     (shiny / "64x64/places/folder.png").symlink_to("../../real/folder-big.png")
@@ -68,6 +69,8 @@ def tree(tmp_path: Path) -> tuple[Path, Path]:
     Image.new("RGB", (200, 100), "white").save(art / "animals/cat one.png")
     Image.new("RGB", (50, 80), "black").save(art / "animals/dog.png")
     shutil.copy(art / "animals/dog.png", art / "animals/dog-copy.png")  # same bytes: one drawing
+    Image.new("RGB", (10, 10), "red").save(art / "animals/fox+.png")  # both sanitise to fox-
+    Image.new("RGB", (10, 10), "blue").save(art / "animals/fox-.png")
     Image.new("RGB", (60, 60), "yellow").save(art / "people/smilies/smiley.png")  # never taken
     return icons, art
 
@@ -87,6 +90,8 @@ def test_layout_dedupe_and_manifest(tree: tuple[Path, Path], tmp_path: Path) -> 
     assert files == [
         "clipart/clipart-animals-cat-one.png",
         "clipart/clipart-animals-dog-copy.png",
+        "clipart/clipart-animals-fox--c1eb23.png",  # fox-.png: the name was taken by fox+.png
+        "clipart/clipart-animals-fox-.png",
         "flat/folder.png",
         "flat/user-trash.png",
         "shiny/folder.png",
@@ -107,6 +112,8 @@ def test_layout_dedupe_and_manifest(tree: tuple[Path, Path], tmp_path: Path) -> 
         ("shiny/folder.png", "folder", "shiny"),
         ("clipart/clipart-animals-cat-one.png", "", "clipart"),
         ("clipart/clipart-animals-dog-copy.png", "", "clipart"),
+        ("clipart/clipart-animals-fox-.png", "", "clipart"),
+        ("clipart/clipart-animals-fox--c1eb23.png", "", "clipart"),
     ]
 
 
