@@ -6,12 +6,19 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
-# `make run` needs only the demo gallery's images; the tests add a browser, wrk and nginx.
+# `make run` needs only the demo gallery's images; the tests add a browser, wrk, nginx and
+# rsvg-convert (tests/test_icons_corpus.py).
 RUN_APT_PACKAGES := dataset-fashion-mnist
-APT_PACKAGES := $(RUN_APT_PACKAGES) chromium chromium-driver wrk nginx
+APT_PACKAGES := $(RUN_APT_PACKAGES) chromium chromium-driver wrk nginx librsvg2-bin
 BENCH_VENV ?= .venv-bench
+# bench/icons_corpus.py: icon themes (gnome and faba come as dependencies), clip art, rsvg-convert
+ICON_PACKAGES := librsvg2-bin openclipart-png adwaita-icon-theme breeze-icon-theme \
+	elementary-icon-theme faenza-icon-theme gnome-icon-theme faba-icon-theme moka-icon-theme \
+	numix-icon-theme oxygen-icon-theme paper-icon-theme papirus-icon-theme suru-icon-theme \
+	tango-icon-theme
+ICONS_OUT ?= data/icons
 
-.PHONY: setup apt apt-run run test test-fast lint train bench-venv gpu-prepare gpu-dry-run gpu-run clean
+.PHONY: setup apt apt-run run test test-fast lint train bench-venv gpu-prepare gpu-dry-run gpu-run icons-corpus clean
 
 $(VENV)/.installed: pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -85,6 +92,12 @@ gpu-dry-run: setup
 # On the GPU machine itself: its python3 holds torch; nothing is installed.
 gpu-run:
 	bash bench/gpu_run.sh
+
+# A colour corpus of one icon name drawn in many styles (bench/icons_corpus.py says what it writes).
+# ICONS_ARGS passes options through, e.g. ICONS_ARGS="--themes papirus,oxygen --clipart 0".
+icons-corpus: setup
+	@$(MAKE) --no-print-directory apt APT_PACKAGES="$(ICON_PACKAGES)"
+	$(PY) bench/icons_corpus.py --out $(ICONS_OUT) $(ICONS_ARGS)
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache .ruff_cache .mypy_cache
