@@ -67,7 +67,9 @@ SKIP_THEME = re.compile(
 )
 SKIP_CONTEXTS = {"animations", "emotes"}
 SKIP_NAME = re.compile(r"symbolic(-rtl)?$|^face-")  # also Adwaita's x-symbolic.symbolic.png
-SKIP_CLIPART = ("people/smilies/", "shapes/stars/")  # emoji-like; 1,378 generated rosettes
+# smilies and flags: emoji-like (emoji are kept for independent evaluation); stars: 1,378
+# generated rosettes.
+SKIP_CLIPART = ("people/smilies/", "signs_and_symbols/flags/", "shapes/stars/")
 MAX_PIXELS = 16_000_000  # 19 clip-art posters are 100-600 MP: slow, and no better at 96 px
 
 
