@@ -93,7 +93,9 @@ class Keyring:
         refresh_interval_s: float = 1.0,
     ) -> None:
         self._store = store
-        self._bootstrap = bootstrap_key.encode() if bootstrap_key else None
+        self._bootstrap = (
+            hash_key(bootstrap_key) if bootstrap_key else None
+        )  # a digest, as stored keys
         self.public_reads = public_reads
         self._refresh_interval_s = refresh_interval_s
         self._keys: dict[str, ApiKeyRecord] = {}
@@ -143,11 +145,12 @@ class Keyring:
             if self.public_reads:
                 return PUBLIC_READER
             raise AuthError("missing", "this service needs an API key: Authorization: Bearer <key>")
-        if self._bootstrap is not None and hmac.compare_digest(key.encode(), self._bootstrap):
+        digest = hash_key(key)  # digests of equal length: the comparisons leak no key length
+        if self._bootstrap is not None and hmac.compare_digest(digest, self._bootstrap):
             return Principal("LOOKALIKE_API_KEY", "admin")
         match = KEY_PATTERN.match(key)
         record = self._keys.get(match.group(1)) if match else None
-        if record is None or not hmac.compare_digest(hash_key(key), record.secret_sha256):
+        if record is None or not hmac.compare_digest(digest, record.secret_sha256):
             raise AuthError("unknown", "wrong API key")
         if record.revoked_at is not None:
             raise AuthError("revoked", f"API key {record.name!r} was revoked")

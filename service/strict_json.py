@@ -29,9 +29,8 @@ def loads(text: str | bytes, what: str) -> Any:
         value = orjson.loads(text)
     except orjson.JSONDecodeError as exc:
         raise InvalidJSON(_diagnose(text, what) or f"{what} is not valid JSON: {exc}") from exc
-    problem = _first_problem(value, what, 0)
-    if problem:
-        raise InvalidJSON(problem)
+    if not _clean(value, 0):  # the quick walk; the one that names the field only on failure
+        raise InvalidJSON(_first_problem(value, what, 0) or f"{what} cannot be kept")
     return value
 
 
@@ -47,6 +46,19 @@ def _diagnose(text: str | bytes, what: str) -> str | None:
     except (ValueError, RecursionError, UnicodeDecodeError):
         return None
     return _first_problem(lenient, what, 0)
+
+
+def _clean(value: Any, depth: int) -> bool:
+    """What orjson let through is clean of NUL characters and over-deep nesting."""
+    if isinstance(value, str):
+        return "\x00" not in value
+    if isinstance(value, dict):
+        return depth < MAX_DEPTH and all(
+            "\x00" not in key and _clean(item, depth + 1) for key, item in value.items()
+        )
+    if isinstance(value, list):
+        return depth < MAX_DEPTH and all(_clean(item, depth + 1) for item in value)
+    return True
 
 
 def _first_problem(value: Any, path: str, depth: int) -> str | None:
