@@ -473,8 +473,17 @@ def main() -> int:
         help="where report.json, log.txt and the artifact go (default $OUT, else "
         "bench/results/gpu_run)",
     )
+    parser.add_argument(
+        "--wall-s",
+        type=float,
+        default=None,
+        help="end the whole run within this many seconds (default: the mode's, 480 on the "
+        "GPU); training gets what the earlier steps leave",
+    )
     args = parser.parse_args()
     plan = DRY if args.dry_run else GPU
+    if args.wall_s:
+        plan = dataclasses.replace(plan, wall_s=args.wall_s)
     for name in ("report.json", "log.txt", *ARTIFACT_FILES, *CARD_FILES):
         (args.out / name).unlink(missing_ok=True)
     prepare_environment()

@@ -1,6 +1,6 @@
 """Rebuild a colour training corpus from Debian's icon themes and clip art.
 
-    python bench/icons_corpus.py [--out data/icons] [--size 96] [--themes papirus,breeze]
+    python bench/icons_corpus.py [--out data/icons] [--size 128] [--themes papirus,breeze]
                                  [--clipart 4000] [--jobs 2] [--min-size 48] [--seed 0]
 
 Icon themes draw the same freedesktop icon names (`folder`, `user-trash`, ...) each in its own
@@ -320,7 +320,7 @@ def build(
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("data/icons"))
-    parser.add_argument("--size", type=int, default=96, help="output side in pixels")
+    parser.add_argument("--size", type=int, default=128, help="output side in pixels")
     parser.add_argument("--themes", help="comma-separated theme folders (default: all found)")
     parser.add_argument("--clipart", type=int, default=4000, help="clip-art files to sample")
     parser.add_argument("--jobs", type=int, default=2)

@@ -7,6 +7,7 @@ python -m training train --data ./photos --init models/icons --out models/mine  
 python -m training train ... --limit 2048 --epochs 1      # smoke run on a subset
 python -m training evaluate --model models/mine                  # again, on its own data
 python -m training evaluate --model models/mine --data ./photos --out eval/mine
+python -m training evaluate --model models/icons --cross-style ./style_a ./style_b  # same stems
 """
 
 from __future__ import annotations
@@ -112,6 +113,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--limit", type=int, default=None, help="use N training images")
     evaluate.add_argument("--label-depth", type=int, default=None, help="as for train")
+    evaluate.add_argument(
+        "--cross-style",
+        nargs=2,
+        metavar=("FOLDER_A", "FOLDER_B"),
+        default=None,
+        help="also cross-style retrieval: two folders drawing the same things in two styles, "
+        "one file name (stem) per thing; R@1 and R@10 from each to the other",
+    )
     return parser
 
 
@@ -140,7 +149,11 @@ def evaluate(args: argparse.Namespace) -> None:
     from training.evaluate import evaluate_artifact, format_table, headline, write_evaluation
 
     evaluation = evaluate_artifact(
-        args.model, data=args.data, limit=args.limit, label_depth=args.label_depth
+        args.model,
+        data=args.data,
+        limit=args.limit,
+        label_depth=args.label_depth,
+        cross_style=args.cross_style,
     )
     print(format_table(evaluation.result))
     print(f"{headline(evaluation.result)}.")

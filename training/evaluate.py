@@ -36,6 +36,9 @@ from training.copy_detection import (
     copy_detection_metrics,
 )
 from training.copy_detection import PROTOCOL as COPY_PROTOCOL
+from training.cross_style import METRICS as CROSS_STYLE_METRICS
+from training.cross_style import StylePair, cross_style_metrics, load_pair
+from training.cross_style import protocol as cross_style_protocol
 from training.data import Split, load_data
 from training.encoder import EncoderConfig
 from training.features import random_init_model, torch_embedder
@@ -188,8 +191,9 @@ def feature_set_metrics(
     return metrics
 
 
-def evaluate_split(model_dir: Path, split: Split) -> Evaluation:
-    """Every metric for the artifact, raw pixels and a random-init twin, on one split."""
+def evaluate_split(model_dir: Path, split: Split, pair: StylePair | None = None) -> Evaluation:
+    """Every metric for the artifact, raw pixels and a random-init twin, on one split, and
+    cross-style retrieval on a pair of folders when given (training/cross_style.py)."""
     info = json.loads((Path(model_dir) / "model.json").read_text())
     cds = build_queries(split)
     random_init = random_init_model(
@@ -206,6 +210,10 @@ def evaluate_split(model_dir: Path, split: Split) -> Evaluation:
     bank = bank_images(split)
     features = {name: (embed(bank), embed(cds.queries)) for name, embed in embedders.items()}
     scores = {name: feature_set_metrics(*h, split, cds) for name, h in features.items()}
+    if pair:
+        for name, embed in embedders.items():
+            h_a, h_b = (unit(embed(d.images)) for d in (pair.a, pair.b))
+            scores[name].update(cross_style_metrics(h_a, h_b, pair))
     result = {
         "data": split.train.source,
         "heldout": split.rule,
@@ -215,10 +223,15 @@ def evaluate_split(model_dir: Path, split: Split) -> Evaluation:
         "queries": len(cds.queries),
         "edits": EDIT_PROTOCOL,
         "parent": info["parent"] if parent else None,
+        "cross_style": pair.describe() if pair else None,
         "metrics": {
             metric: {
                 **{name: scores[name][metric] for name in embedders},
-                "protocol": PROTOCOL[metric],
+                "protocol": (
+                    cross_style_protocol(pair, CROSS_STYLE_METRICS[metric])
+                    if pair and metric in CROSS_STYLE_METRICS
+                    else PROTOCOL[metric]
+                ),
             }
             for metric in scores["model"]
         },
@@ -232,9 +245,10 @@ def evaluate_artifact(
     data: str | None = None,
     limit: int | None = None,
     label_depth: int | None = None,
+    cross_style: tuple[str, str] | None = None,
 ) -> Evaluation:
     """Evaluate on the data the artifact was trained on (its held-out part), or on any other
-    folder, split by the same rule."""
+    folder, split by the same rule; and across styles on two folders when given."""
     info = json.loads((Path(model_dir) / "model.json").read_text())
     config = info["training"]["config"]
     own = data is None
@@ -243,8 +257,11 @@ def evaluate_artifact(
         InputSpec.from_dict(info["input"]),
         label_depth=config.get("label_depth", 1) if label_depth is None else label_depth,
     )
+    spec = InputSpec.from_dict(info["input"])
     return evaluate_split(
-        model_dir, split.limited(config.get("limit") if own and limit is None else limit)
+        model_dir,
+        split.limited(config.get("limit") if own and limit is None else limit),
+        load_pair(*cross_style, spec) if cross_style else None,
     )
 
 

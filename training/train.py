@@ -99,6 +99,10 @@ class TrainConfig:
     # Fit the epoch count to this many seconds of training (monitor included); `epochs` is then
     # a cap. Fitted from measured epoch times while the lr warms up, so the cosine is not bent.
     time_budget_s: float | None = None
+    # Evaluate the artifact on the held-out images at the end (copy detection over every
+    # image: minutes for a big folder on a CPU). false: only the model files; run
+    # `python -m training evaluate --model OUT` later.
+    evaluate: bool = True
     command: str = field(default="", repr=False)  # how this run was started (for the card)
 
     def __post_init__(self) -> None:
@@ -531,7 +535,7 @@ def train(cfg: TrainConfig) -> Path:
             with open(out / "train_log.jsonl", "a") as f:
                 f.write(json.dumps(metrics) + "\n")
     if env.main:
-        finish(out, model, optimizer, split, device)
+        finish(out, model, optimizer, split, device, evaluate=cfg.evaluate)
     env.close()
     return out
 
@@ -573,14 +577,21 @@ def finish(
     optimizer: torch.optim.Optimizer,
     split: Split,
     device: torch.device,
+    *,
+    evaluate: bool = True,
 ) -> None:
-    """Fit the whitening on the final weights, checkpoint, export and evaluate the artifact."""
-    from training.export import export_artifact
+    """Fit the whitening on the final weights, checkpoint, export and (unless told not to)
+    evaluate the artifact."""
+    from training.export import export_artifact, write_model_files
 
     weights = out / WEIGHTS_FILE
     fit_whitening(model, split.train.images, device)
     save_checkpoint(weights, model, optimizer, read_meta(weights))
-    export_artifact(out, model.cpu().eval(), read_meta(weights), split)
+    if evaluate:
+        export_artifact(out, model.cpu().eval(), read_meta(weights), split)
+    else:
+        write_model_files(out, model.cpu().eval(), read_meta(weights))
+        print(f"not evaluated (evaluate=false): python -m training evaluate --model {out}")
 
 
 def export_existing(out: Path) -> None:
