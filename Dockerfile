@@ -1,5 +1,6 @@
-# lookalike service image: the serve extra only (no torch, no training code) plus the shipped
-# model. Build: docker build -t lookalike .   Run: docker compose up
+# lookalike service image: the serve extra only (no torch, no training code) plus both shipped
+# models: models/fashion-mnist (the default) and the colour model models/icons.
+# Build: docker build -t lookalike .   Run: docker compose up
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
@@ -13,6 +14,8 @@ RUN /opt/venv/bin/pip install ".[serve]" ./client
 FROM python:3.11-slim
 # Fashion-MNIST from Debian seeds the demo gallery (LOOKALIKE_SEED_DEMO_GALLERY).
 # The dataset is data only; its version follows the base image's Debian release.
+# The icons demo gallery (LOOKALIKE_SEED_DEMO_GALLERY=icons) needs oxygen-icon-theme, 38 MB, so
+# it is not installed here: mount the host's read-only (README: Deploying with Docker).
 # hadolint ignore=DL3008
 RUN apt-get update \
     && apt-get install -y --no-install-recommends dataset-fashion-mnist \
@@ -23,6 +26,7 @@ RUN apt-get update \
     && mkdir -p /data && chown lookalike:lookalike /data
 COPY --from=build /opt/venv /opt/venv
 COPY models/fashion-mnist/encoder.onnx models/fashion-mnist/model.json /app/models/fashion-mnist/
+COPY models/icons/encoder.onnx models/icons/model.json /app/models/icons/
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     ORT_DISABLE_TELEMETRY=1 \

@@ -1,5 +1,6 @@
-# lookalike: `make run` serves the shipped model, `make test` runs everything CI runs.
-# Both set up a virtualenv in .venv first (and Debian packages when run as root).
+# lookalike: `make run` serves the shipped model, `make test` runs everything CI runs, and
+# `make run-icons` serves the colour model (models/icons) over the oxygen icons.
+# Each sets up a virtualenv in .venv first (and Debian packages when run as root).
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -18,7 +19,7 @@ ICON_PACKAGES := librsvg2-bin openclipart-png adwaita-icon-theme breeze-icon-the
 	tango-icon-theme
 ICONS_OUT ?= data/icons
 
-.PHONY: setup apt apt-run run test test-fast lint train bench-venv gpu-prepare gpu-dry-run gpu-run icons-corpus clean
+.PHONY: setup apt apt-run run run-icons test test-fast lint train bench-venv gpu-prepare gpu-dry-run gpu-run icons-corpus clean
 
 $(VENV)/.installed: pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +54,14 @@ setup: apt $(VENV)/.installed
 
 run: apt-run $(VENV)/.serve-installed
 	$(PY) -m service --host $(HOST) --port $(PORT) --seed-demo-gallery
+
+# The colour model over Debian's oxygen icons, a style it never saw in training. Its own data dir:
+# a gallery holds one model's vectors (another model would re-embed it on start).
+ICONS_DATA_DIR ?= data/icons-demo
+run-icons: $(VENV)/.serve-installed
+	$(call apt_install,oxygen-icon-theme)
+	LOOKALIKE_MODEL_DIR=models/icons LOOKALIKE_DATA_DIR=$(ICONS_DATA_DIR) \
+		$(PY) -m service --host $(HOST) --port $(PORT) --seed-demo-gallery icons
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -62,6 +62,7 @@ PROBES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "g128": (("--group-by", "name", "--image-size", "128"), FOUR_STAGES),
     "flat64": (("--image-size", "64"), ()),
     "g64koleo": (("--group-by", "name", "--image-size", "64"), ("koleo_weight=0.05",)),
+    "g128t01": (("--group-by", "name", "--image-size", "128", "--temperature", "0.1"), FOUR_STAGES),
 }
 DRY_PROBES = ("g64", "flat64")
 DRY_FLAGS = ("--device", "cpu", "--batch-size", "32", "--epochs", "1")
@@ -99,10 +100,12 @@ def prepare(corpus: Path) -> None:
     print(f"{len(sources)} images, {total / 2**20:.1f} MiB; carry it: carry=['.icons', '.whl']")
 
 
-def probe_command(name: str, work: Path, budget_s: float, dry: bool) -> list[str]:
+def probe_command(
+    name: str, work: Path, budget_s: float, dry: bool, extra: tuple[str, ...] = ()
+) -> list[str]:
     flags, settings = PROBES[name]
     argv = [sys.executable, "-m", "training", "train", *COMMON, *flags]
-    for value in (*COMMON_SET, *settings, f"time_budget_s={budget_s:.0f}"):
+    for value in (*COMMON_SET, *settings, *extra, f"time_budget_s={budget_s:.0f}"):
         argv += ["--set", value]
     if dry:
         argv += [*DRY_FLAGS, *(a for v in DRY_SET for a in ("--set", v))]
@@ -111,14 +114,17 @@ def probe_command(name: str, work: Path, budget_s: float, dry: bool) -> list[str
     return [*argv, "--out", str(work / name / "icons")]  # the name model.json carries
 
 
-def train_probes(run: GpuRun, names: tuple[str, ...], budget_s: float, timeout_s: float) -> dict:
+def train_probes(
+    run: GpuRun, names: tuple[str, ...], budget_s: float, extra: tuple[str, ...]
+) -> dict:
     """Every probe at once, each into its own log; their exit codes."""
     procs = {}
     for name in names:
-        argv = probe_command(name, run.work, budget_s, not run.plan.gpu)
+        argv = probe_command(name, run.work, budget_s, not run.plan.gpu, extra)
         run.say(f"$ {' '.join(argv)}")
         log = open(run.work / f"{name}.log", "w")  # noqa: SIM115 - closed below
         procs[name] = (subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT), log)
+    timeout_s = budget_s + 150  # data, CUDA start, whitening and export besides the budget
     deadline = time.monotonic() + timeout_s
     codes = {}
     for name, (proc, log) in procs.items():
@@ -147,11 +153,13 @@ def cross_style(model_dir: Path) -> dict:
     return {**metrics, "pair": pair.describe()}
 
 
-def summarise(run: GpuRun, name: str, code: object, budget_s: float) -> dict:
+def summarise(
+    run: GpuRun, name: str, code: object, budget_s: float, extra: tuple[str, ...]
+) -> dict:
     from training.checkpoint import save_without_optimizer
 
     model_dir = run.work / name / "icons"
-    argv = probe_command(name, Path("WORK"), budget_s, not run.plan.gpu)
+    argv = probe_command(name, Path("WORK"), budget_s, not run.plan.gpu, extra)
     entry: dict = {"exit": code, "command": " ".join(argv[1:])}
     if not (model_dir / "model.json").exists():
         return {**entry, "status": "no artifact"}
@@ -183,6 +191,10 @@ def main() -> int:
     go = commands.add_parser("run", help="train the probes and measure them")
     go.add_argument("--dry-run", action="store_true", help="two tiny probes on the CPU")
     go.add_argument("--budget-s", type=float, default=200, help="training seconds per probe")
+    go.add_argument("--probes", default=",".join(PROBES), help="comma-separated PROBES names")
+    go.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="for every probe"
+    )
     go.add_argument(
         "--out",
         type=Path,
@@ -198,17 +210,21 @@ def main() -> int:
     if SOURCE_COMMIT.is_file() and not os.environ.get("LOOKALIKE_GIT_COMMIT"):
         os.environ["LOOKALIKE_GIT_COMMIT"] = SOURCE_COMMIT.read_text().strip()
     run = GpuRun(DRY_PLAN if args.dry_run else GPU_PLAN, args.out)
-    names = DRY_PROBES if args.dry_run else tuple(PROBES)
+    names = DRY_PROBES if args.dry_run else tuple(args.probes.split(","))
+    unknown = [name for name in names if name not in PROBES]
+    if unknown:
+        raise SystemExit(f"unknown probes {unknown}; known: {', '.join(PROBES)}")
+    extra = tuple(args.set)
     budget = 20.0 if args.dry_run else args.budget_s
     run.say(f"lookalike icons probes ({run.plan.name}): {', '.join(names)}; {budget:.0f} s each")
     run.step("wheels", lambda: install_wheels(run))
     if run.site:  # pillow_heif, for the decoder that the cross-style step imports here
         sys.path.insert(0, str(run.site))
     codes: dict = {}
-    run.step("train", lambda: codes.update(train_probes(run, names, budget, budget + 150)))
+    run.step("train", lambda: codes.update(train_probes(run, names, budget, extra)))
     run.report["probes"] = {}
     for name in names:
-        run.report["probes"][name] = summarise(run, name, codes.get(name), budget)
+        run.report["probes"][name] = summarise(run, name, codes.get(name), budget, extra)
         run.say(f"{name}: {json.dumps(run.report['probes'][name])}")
         run.write_report()
     scored = {

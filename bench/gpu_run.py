@@ -490,9 +490,11 @@ def main() -> int:
     run = Run(plan, args.out)
     run.report["plan"] = {**dataclasses.asdict(plan), "recipe": RECIPE}
     run.say(f"lookalike GPU run, mode {plan.name}: ≤ {plan.wall_s:.0f} s, out {args.out}")
+    run.step("wheels", lambda: install_wheels(run))  # first: the steps after import pillow_heif
+    if run.site:
+        sys.path.insert(0, str(run.site))  # for this process too (environment's imports)
     run.step("environment", lambda: environment(run))
     run.step("carried_tree", lambda: carried_tree(run))
-    run.step("wheels", lambda: install_wheels(run))
     run.step("cuda_tests", lambda: cuda_tests(run))
     run.step("train_speed", lambda: train_speed(run))
     run.step("train", lambda: train(run))

@@ -3,6 +3,7 @@
 python -m service --host 127.0.0.1 --port 8000        # env: LOOKALIKE_MODEL_DIR, ..._DATA_DIR, ...
 python -m service --workers 2                         # or LOOKALIKE_WORKERS; "auto" = one per core
 python -m service --seed-demo-gallery                 # fill an empty gallery with Fashion-MNIST
+python -m service --seed-demo-gallery icons           # ... with the oxygen icons (models/icons)
 python -m service import DIR [--url URL]              # bulk-load a folder of images
 python -m service backup DEST                         # an online copy of the SQLite gallery
 python -m service reembed                             # move the store's vectors to this model
@@ -85,7 +86,9 @@ def serve(args: argparse.Namespace) -> int:
     from service.logs import configure_logging
     from service.workers import resolve_workers, run_workers
 
-    overrides: dict[str, object] = {"seed_demo_gallery": True} if args.seed_demo_gallery else {}
+    overrides: dict[str, object] = {}
+    if args.seed_demo_gallery is not None:
+        overrides["seed_demo_gallery"] = args.seed_demo_gallery
     if args.workers is not None:
         overrides["workers"] = args.workers
     settings = _settings(**overrides)
@@ -186,8 +189,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--seed-demo-gallery",
-        action="store_true",
-        help="when the gallery is empty, fill it with Fashion-MNIST test images",
+        nargs="?",
+        const="fashion-mnist",
+        choices=["fashion-mnist", "icons"],
+        help="when the gallery is empty, fill it with Fashion-MNIST test images (the default) or "
+        "the oxygen icons, for models/icons (LOOKALIKE_SEED_DEMO_GALLERY)",
     )
     return serve(parser.parse_args(argv))
 

@@ -135,8 +135,7 @@ async def _open_gallery(runtime: Runtime) -> None:
     elif runtime.keys.public_reads:
         log.warning("PUBLIC_READS: anyone who can reach this service can search and download")
     if settings.seed_demo_gallery:
-        size = settings.demo_gallery_size
-        await asyncio.to_thread(seed_demo_gallery, gallery, runtime.encoder, size)
+        await asyncio.to_thread(seed_demo_gallery, gallery, runtime.encoder, settings)
     runtime.metrics.store_size.set(await asyncio.to_thread(gallery.count))
     log.info("ready", extra=await asyncio.to_thread(gallery.status))
 

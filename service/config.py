@@ -76,8 +76,12 @@ class Settings(BaseSettings):
     log_retention_s: float = Field(3600.0, gt=0)
 
     cors_origins: list[str] = []  # e.g. ["https://app.example.com"]; empty = CORS off
-    seed_demo_gallery: bool = False  # fill an empty gallery with Fashion-MNIST test images
+    # Fill an empty gallery (service/demo.py): "fashion-mnist" (or true) with Fashion-MNIST test
+    # images, for the shipped model; "icons" with the oxygen icon theme's PNGs (from
+    # demo_icons_dir), for the colour model in models/icons. Unset or false: no demo gallery.
+    seed_demo_gallery: Literal["fashion-mnist", "icons"] | None = None
     demo_gallery_size: int = Field(3000, ge=1, le=10_000)
+    demo_icons_dir: Path = Path("/usr/share/icons/oxygen")  # apt-get install oxygen-icon-theme
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("workers")
@@ -85,6 +89,21 @@ class Settings(BaseSettings):
     def _workers_positive(cls, value: int | str) -> int | str:
         if isinstance(value, int) and value < 1:
             raise ValueError('must be a whole number of at least 1, or "auto"')
+        return value
+
+    @field_validator("seed_demo_gallery", mode="before")
+    @classmethod
+    def _demo_gallery_was_a_bool(cls, value: object) -> object:
+        """The setting used to be a bool: true still means fashion-mnist, false none."""
+        if isinstance(value, bool):
+            return "fashion-mnist" if value else None
+        if isinstance(value, str):
+            word = value.strip().lower()
+            if word in {"1", "on", "t", "true", "y", "yes"}:
+                return "fashion-mnist"
+            if word in {"", "0", "off", "f", "false", "n", "no", "none"}:
+                return None
+            return word
         return value
 
     @field_validator("database_url")

@@ -53,7 +53,7 @@ def run_workers(settings: Settings, *, host: str, port: int, workers: int) -> No
         threads = max(1, usable_cores() // workers)
         os.environ["LOOKALIKE_INFERENCE_THREADS"] = str(threads)
     if settings.seed_demo_gallery:
-        os.environ["LOOKALIKE_SEED_DEMO_GALLERY"] = "true"
+        os.environ["LOOKALIKE_SEED_DEMO_GALLERY"] = settings.seed_demo_gallery
     try:
         uvicorn.run(
             "service.workers:worker_app",

@@ -121,6 +121,17 @@ def test_epochs_within_budget_projects_from_the_last_epoch() -> None:
     assert epochs_within_budget(roomy, epoch=1, elapsed_s=10, epoch_s=6, monitor_s=4) == 100
 
 
+def test_a_slow_first_epoch_is_not_locked_in_by_the_budget() -> None:
+    # Epoch 1 is slow (CUDA's start): the fit shrinks the count to 12. Epoch 2 runs at full
+    # speed, and fitting again against the run's cap (not the shrunk 12) grows it back.
+    cfg = TrainConfig(epochs=100, time_budget_s=100.0, eval_every=1000)
+    first = epochs_within_budget(cfg, epoch=1, elapsed_s=8, epoch_s=8, monitor_s=0)
+    assert first == 12
+    shrunk = override(cfg, "epochs", str(first))
+    again = epochs_within_budget(shrunk, epoch=2, elapsed_s=9, epoch_s=1, monitor_s=0, cap=100)
+    assert again == 93
+
+
 def test_triplet_smoke_run_with_koleo_writes_an_artifact(tmp_path: Path) -> None:
     out = tmp_path / "triplet"
     koleo = ("--set", "koleo_weight=0.05")

@@ -181,15 +181,23 @@ def lr_at(step: int, total_steps: int, warmup_steps: int, peak: float) -> float:
 
 
 def epochs_within_budget(
-    cfg: TrainConfig, *, epoch: int, elapsed_s: float, epoch_s: float, monitor_s: float
+    cfg: TrainConfig,
+    *,
+    epoch: int,
+    elapsed_s: float,
+    epoch_s: float,
+    monitor_s: float,
+    cap: int | None = None,
 ) -> int:
-    """The most epochs (at least `epoch`, at most cfg.epochs) whose projected time fits
-    cfg.time_budget_s, from the last epoch's time without the monitor (`epoch_s`) and the last
-    monitor's time, which recurs every cfg.eval_every epochs."""
+    """The most epochs (at least `epoch`, at most `cap`, else cfg.epochs) whose projected time
+    fits cfg.time_budget_s, from the last epoch's time without the monitor (`epoch_s`) and the
+    last monitor's time, which recurs every cfg.eval_every epochs. Each warmup epoch fits again
+    against the run's own cap, so a slow first epoch (CUDA's start, kernel tuning) is not
+    locked in."""
     assert cfg.time_budget_s is not None
     per_epoch = epoch_s + monitor_s / cfg.eval_every
     more = int((cfg.time_budget_s - elapsed_s) // per_epoch) if per_epoch > 0 else 0
-    return max(epoch, min(cfg.epochs, epoch + more))
+    return max(epoch, min(cap or cfg.epochs, epoch + more))
 
 
 def monitor(
@@ -479,7 +487,7 @@ def train(cfg: TrainConfig) -> Path:
         if grouping:
             print(describe(grouping), file=sys.stderr)
     run_start = time.perf_counter()
-    monitor_s, epoch = 0.0, start_epoch - 1
+    monitor_s, epoch, epoch_cap = 0.0, start_epoch - 1, cfg.epochs
     while epoch < cfg.epochs:  # cfg.epochs may shrink to fit cfg.time_budget_s
         epoch += 1
         epoch_start = time.perf_counter()
@@ -508,6 +516,7 @@ def train(cfg: TrainConfig) -> Path:
                 elapsed_s=time.perf_counter() - run_start,
                 epoch_s=monitor_start - epoch_start,
                 monitor_s=monitor_s,
+                cap=epoch_cap,
             )
             cfg = dataclasses.replace(cfg, epochs=env.agree(fitted))
             total_steps = steps_per_epoch * cfg.epochs
