@@ -40,7 +40,7 @@ from pathlib import Path
 
 from gpu_run import DRY as DRY_PLAN
 from gpu_run import GPU as GPU_PLAN
-from gpu_run import ROOT, SOURCE_COMMIT, check_out_folder, install_wheels
+from gpu_run import OUT_MAX_FILES, ROOT, SOURCE_COMMIT, check_out_folder, install_wheels
 from gpu_run import Run as GpuRun
 from icons_corpus import HELD_OUT
 
@@ -64,6 +64,8 @@ PROBES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "g64koleo": (("--group-by", "name", "--image-size", "64"), ("koleo_weight=0.05",)),
     "g128t01": (("--group-by", "name", "--image-size", "128", "--temperature", "0.1"), FOUR_STAGES),
 }
+DEFAULT_PROBES = ("g64", "g64wide", "g96", "g128", "flat64", "g64koleo")
+MAX_PROBES = OUT_MAX_FILES - 2  # each probe's weights come back, beside the report and the log
 DRY_PROBES = ("g64", "flat64")
 DRY_FLAGS = ("--device", "cpu", "--batch-size", "32", "--epochs", "1")
 DRY_SET = ("widths=[16,32,64]", "depths=[1,1,1]", "max_steps_per_epoch=2")
@@ -191,7 +193,11 @@ def main() -> int:
     go = commands.add_parser("run", help="train the probes and measure them")
     go.add_argument("--dry-run", action="store_true", help="two tiny probes on the CPU")
     go.add_argument("--budget-s", type=float, default=200, help="training seconds per probe")
-    go.add_argument("--probes", default=",".join(PROBES), help="comma-separated PROBES names")
+    go.add_argument(
+        "--probes",
+        default=",".join(DEFAULT_PROBES),
+        help=f"comma-separated names from PROBES, at most {MAX_PROBES} (default: %(default)s)",
+    )
     go.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE", help="for every probe"
     )
@@ -214,6 +220,8 @@ def main() -> int:
     unknown = [name for name in names if name not in PROBES]
     if unknown:
         raise SystemExit(f"unknown probes {unknown}; known: {', '.join(PROBES)}")
+    if len(names) > MAX_PROBES:
+        raise SystemExit(f"{len(names)} probes: at most {MAX_PROBES} fit what comes back")
     extra = tuple(args.set)
     budget = 20.0 if args.dry_run else args.budget_s
     run.say(f"lookalike icons probes ({run.plan.name}): {', '.join(names)}; {budget:.0f} s each")

@@ -138,3 +138,50 @@ def test_nearest_precision(artifact: Path, tmp_path: Path) -> None:
     )
     assert 0 <= result["precision_at_10"]["lookalike"] <= 1
     assert result["embed_vs_onnx_max_abs_diff"] < 1e-4
+
+
+def test_fine_tune_compares_a_parent_with_training_from_scratch(tmp_path: Path) -> None:
+    from tests.folders import clip_art_folder
+    from tests.test_cross_style import two_styles
+
+    parent = tmp_path / "models" / "icons"
+    images = clip_art_folder(tmp_path / "parent_images", 24, first_seed=50)
+    train = [sys.executable, "-m", "training", "train", "--data", str(images), "--epochs", "1"]
+    train += ["--image-size", "32", "--batch-size", "8", "--set", "widths=[8,16,64]"]
+    subprocess.run([*train, "--out", str(parent)], cwd=ROOT, check=True, capture_output=True)
+    folder = tmp_path / "styles"
+    a, b = two_styles(folder, shared=12)
+    out = tmp_path / "fine_tune"
+    done = subprocess.run(
+        [
+            *(sys.executable, "bench/fine_tune.py", "--data", str(folder)),
+            *("--cross-style", str(a), str(b), "--parent", str(parent)),
+            *("--epochs", "1", "--batch-size", "8", "--out", str(out)),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "fine_tune.json").read_text())
+    for run in ("parent", "init", "scratch", "scratch_parent"):
+        assert 0.0 <= report[run]["cross_style_r1"]["model"] <= 1.0
+    assert report["init"]["cross_style_r1"]["parent"] == report["parent"]["cross_style_r1"]["model"]
+    assert "--init" in report["commands"]["init"] and "--init" not in report["commands"]["scratch"]
+    assert "image-size 32" in report["commands"]["scratch_parent"]
+
+
+def test_gpu_icons_probes_fit_what_comes_back_from_the_device() -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    import gpu_icons
+    import gpu_run
+
+    # Each probe's weights, the report and the log: the device returns at most 8 files.
+    assert len(gpu_icons.DEFAULT_PROBES) + 2 <= gpu_run.OUT_MAX_FILES
+    assert gpu_icons.MAX_PROBES + 2 == gpu_run.OUT_MAX_FILES
+    argv = gpu_icons.probe_command("g128t01", Path("/w"), 170, dry=False)
+    assert argv[argv.index("--temperature") + 1] == "0.1"
+    assert "time_budget_s=170" in argv and "evaluate=false" in argv
+    assert argv[-2:] == ["--out", "/w/g128t01/icons"]

@@ -12,6 +12,7 @@ from training.groups import describe
 from training.pictures import plot_history
 
 RECIPE_NOTES = Path(__file__).with_name("RECIPE.md")
+ICONS_SECTION = "## The colour model"
 
 
 def trained_on(training: dict) -> str:
@@ -90,6 +91,7 @@ def write_card(out: Path, info: dict, history: list[dict], metrics: dict) -> Non
         f"**{headline(metrics)}.** Neighbours of eight of them: "
         f"[{NEIGHBOUR_GRID}]({NEIGHBOUR_GRID}).",
         "",
+        *cross_style_lines(metrics),
         f"- Held out, never trained on: {metrics['heldout']}.",
         f"- Edits: {metrics['edits']}.",
         "- Floors, measured the same way: raw pixels (cosine of the flattened pixels) and a "
@@ -110,9 +112,41 @@ def write_card(out: Path, info: dict, history: list[dict], metrics: dict) -> Non
         *[f"- `{name}`: {row['protocol']}" for name, row in metrics["metrics"].items()],
     ]
     lines += ["", "## Pictures", "", *pictures, ""]
-    if RECIPE_NOTES.exists() and info["name"] == "fashion-mnist":
-        lines += [RECIPE_NOTES.read_text().strip(), ""]
+    lines += recipe_notes(info["name"])
     (out / "README.md").write_text("\n".join(lines))
+
+
+def recipe_notes(name: str) -> list[str]:
+    """The shipped models' cards carry their recipe notes: all of training/RECIPE.md for
+    fashion-mnist, its own section for icons."""
+    if not RECIPE_NOTES.exists() or name not in ("fashion-mnist", "icons"):
+        return []
+    notes = RECIPE_NOTES.read_text()
+    if name == "icons":
+        start = notes.find(ICONS_SECTION)
+        if start < 0:
+            return []
+        end = notes.find("\n## ", start + 1)
+        notes = notes[start : end if end > 0 else None]
+    return [notes.strip(), ""]
+
+
+def cross_style_lines(metrics: dict) -> list[str]:
+    """The card's line on cross-style retrieval, when `evaluate --cross-style` measured it."""
+    rows = metrics["metrics"]
+    if "cross_style_r1" not in rows:
+        return []
+    r1, r10 = rows["cross_style_r1"], rows["cross_style_r10"]
+    floors = [name for name in ("parent", "raw_pixels", "random_init") if name in r1]
+    against = ", ".join(
+        f"{name.replace('_', ' ')} {r1[name]:.1%} / {r10[name]:.1%}" for name in floors
+    )
+    return [
+        f"**Cross-style retrieval R@1 {r1['model']:.1%}, R@10 {r10['model']:.1%}** ({against}): "
+        f"{metrics['cross_style']}; each drawing looks for its namesake among "
+        "every drawing of the other style.",
+        "",
+    ]
 
 
 def lineage(info: dict) -> list[str]:
