@@ -19,9 +19,11 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
-def run_script(name: str, *args: str, results: Path, writes: str | None = None) -> dict:
+def run_script(
+    name: str, *args: str, results: Path, writes: str | None = None, flag: str = "--results"
+) -> dict:
     done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / f"{name}.py"), *args, "--results", str(results)],
+        [sys.executable, str(ROOT / "bench" / f"{name}.py"), *args, flag, str(results)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -151,21 +153,13 @@ def test_fine_tune_compares_a_parent_with_training_from_scratch(tmp_path: Path) 
     subprocess.run([*train, "--out", str(parent)], cwd=ROOT, check=True, capture_output=True)
     folder = tmp_path / "styles"
     a, b = two_styles(folder, shared=12)
-    out = tmp_path / "fine_tune"
-    done = subprocess.run(
-        [
-            *(sys.executable, "bench/fine_tune.py", "--data", str(folder)),
-            *("--cross-style", str(a), str(b), "--parent", str(parent)),
-            *("--epochs", "1", "--batch-size", "8", "--out", str(out)),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
+    report = run_script(
+        "fine_tune",
+        *("--data", str(folder), "--cross-style", str(a), str(b), "--parent", str(parent)),
+        *("--epochs", "1", "--batch-size", "8"),
+        results=tmp_path / "fine_tune",
+        flag="--out",
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads((out / "fine_tune.json").read_text())
     for run in ("parent", "init", "scratch", "scratch_parent"):
         assert 0.0 <= report[run]["cross_style_r1"]["model"] <= 1.0
     assert report["init"]["cross_style_r1"]["parent"] == report["parent"]["cross_style_r1"]["model"]
