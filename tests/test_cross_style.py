@@ -101,6 +101,7 @@ def test_evaluate_cross_style_writes_metrics_and_the_card_line(tmp_path: Path) -
     assert metrics["metrics"]["cross_style_r10"]["raw_pixels"] == 1.0
     card = (out / "README.md").read_text()
     assert "**Cross-style retrieval R@1" in card and "raw pixels" in card
+    assert (out / "cross_style.png").stat().st_size > 0 and "(cross_style.png)" in card
 
 
 def test_evaluate_cross_style_needs_two_folders(tmp_path: Path) -> None:

@@ -7,7 +7,13 @@ import json
 from pathlib import Path
 
 from training.checkpoint import WEIGHTS_FILE, read_meta
-from training.evaluate import EMBEDDING_MAP, NEIGHBOUR_GRID, format_table, headline
+from training.evaluate import (
+    CROSS_STYLE_GRID,
+    EMBEDDING_MAP,
+    NEIGHBOUR_GRID,
+    format_table,
+    headline,
+)
 from training.groups import describe
 from training.pictures import plot_history
 
@@ -46,7 +52,7 @@ def write_card(out: Path, info: dict, history: list[dict], metrics: dict) -> Non
     ]
     pictures += [
         f"![{name[:-4]}]({name})"
-        for name in (NEIGHBOUR_GRID, EMBEDDING_MAP)
+        for name in (NEIGHBOUR_GRID, CROSS_STYLE_GRID, EMBEDDING_MAP)
         if (out / name).exists()
     ]
     training = info["training"]

@@ -54,6 +54,7 @@ FEATURE_SETS = {
 }
 Embed = Callable[[np.ndarray], np.ndarray]
 NEIGHBOUR_GRID = "neighbours.png"
+CROSS_STYLE_GRID = "cross_style.png"
 EMBEDDING_MAP = "embedding_map.png"
 
 
@@ -173,6 +174,8 @@ class Evaluation:
     queries: CopyDetectionSet
     bank_h: np.ndarray  # (N_bank, D): the model's embeddings of split.train, then split.heldout
     query_h: np.ndarray  # (Q, D): the model's embeddings of the edited queries
+    pair: StylePair | None = None  # the --cross-style folders, and the model's embeddings:
+    pair_h: tuple[np.ndarray, np.ndarray] | None = None  # (N_a, D) and (N_b, D)
 
 
 def unit(features: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -210,9 +213,10 @@ def evaluate_split(model_dir: Path, split: Split, pair: StylePair | None = None)
     bank = bank_images(split)
     features = {name: (embed(bank), embed(cds.queries)) for name, embed in embedders.items()}
     scores = {name: feature_set_metrics(*h, split, cds) for name, h in features.items()}
+    pair_h: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     if pair:
         for name, embed in embedders.items():
-            h_a, h_b = (unit(embed(d.images)) for d in (pair.a, pair.b))
+            h_a, h_b = pair_h[name] = (unit(embed(pair.a.images)), unit(embed(pair.b.images)))
             scores[name].update(cross_style_metrics(h_a, h_b, pair))
     result = {
         "data": split.train.source,
@@ -236,7 +240,8 @@ def evaluate_split(model_dir: Path, split: Split, pair: StylePair | None = None)
             for metric in scores["model"]
         },
     }
-    return Evaluation(result, split, cds, *features["model"])
+    model_pair = tuple(h.numpy() for h in pair_h["model"]) if pair else None
+    return Evaluation(result, split, cds, *features["model"], pair, model_pair)
 
 
 def evaluate_artifact(
@@ -301,6 +306,8 @@ def write_evaluation(evaluation: Evaluation, out: Path) -> None:
         cds.groups[cds.targets],
         out / NEIGHBOUR_GRID,
     )
+    if evaluation.pair and evaluation.pair_h:
+        plot_cross_style_grid(evaluation.pair, *evaluation.pair_h, out / CROSS_STYLE_GRID)
     heldout = split.heldout
     if heldout.labels is not None:
         plot_embedding_map(
@@ -310,3 +317,23 @@ def write_evaluation(evaluation: Evaluation, out: Path) -> None:
             out / EMBEDDING_MAP,
             points=2000,
         )
+
+
+def plot_cross_style_grid(pair: StylePair, h_a: np.ndarray, h_b: np.ndarray, path: Path) -> None:
+    """Eight drawings of the first style, spread over the shared names, and their nearest
+    drawings of the second; a green frame marks the namesake."""
+    from training.pictures import GRID_QUERIES, plot_neighbour_grid
+
+    pick = np.linspace(0, pair.shared - 1, min(GRID_QUERIES, pair.shared)).astype(int)
+    plot_neighbour_grid(
+        pair.a.images[pair.a_of_b[pick]],
+        h_a[pair.a_of_b[pick]],
+        pair.b.images,
+        h_b,
+        np.arange(len(pair.b)),
+        pair.b_of_a[pick],
+        path,
+        query_label="query",
+        title=f"{Path(pair.a.source).name} drawings and their nearest "
+        f"{Path(pair.b.source).name} drawings (green: the same name)",
+    )

@@ -53,9 +53,13 @@ def plot_neighbour_grid(
     bank_groups: np.ndarray,
     query_groups: np.ndarray,
     path: Path,
+    *,
+    query_label: str = "query (edited)",
+    title: str = "Held-out queries and their nearest images (green: the original)",
 ) -> None:
-    """Each edited query, then its nearest bank images with their cosine scores; a green frame
-    marks the query's original, or an identical copy of it (the same group)."""
+    """Each query, then its nearest bank images with their cosine scores; a green frame marks
+    the image it should find (for an edited query its original, or an identical copy of it:
+    the same group)."""
     n = min(GRID_QUERIES, len(queries))
     scores = query_h[:n] @ bank_h.T  # (n, N_bank)
     top = np.argsort(-scores, axis=1, kind="stable")[:, :GRID_NEIGHBOURS]
@@ -68,7 +72,7 @@ def plot_neighbour_grid(
     )
     for row in range(n):
         _show(axes[row, 0], queries[row])
-        axes[row, 0].set_title("query (edited)", fontsize=7)
+        axes[row, 0].set_title(query_label, fontsize=7)
         for col, index in enumerate(top[row], start=1):
             ax = axes[row, col]
             _show(ax, bank[index])
@@ -77,7 +81,7 @@ def plot_neighbour_grid(
                 for spine in ax.spines.values():
                     spine.set_edgecolor("limegreen")
                     spine.set_linewidth(3)
-    fig.suptitle("Held-out queries and their nearest images (green: the original)", fontsize=9)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
