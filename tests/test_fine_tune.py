@@ -17,9 +17,9 @@ from safetensors.torch import load_file
 import training.train
 from service.imaging import InputSpec
 from tests.folders import clip_art_folder
-from training.__main__ import main
+from training.__main__ import build_parser, config_from_args, main
 from training.evaluate import evaluate_artifact, parent_embedder, resized
-from training.parent import Parent, locate
+from training.parent import FINE_TUNE_LR, Parent, locate
 from training.train import TrainConfig
 
 # Not the defaults, so that taking them from the parent shows.
@@ -88,6 +88,15 @@ def test_fine_tuning_takes_the_parents_architecture_and_input(parent: Path, chil
     assert (info["input"]["height"], info["input"]["colour_mode"]) == (32, "RGB")  # not 64
     assert info["training"]["epochs"] == 1 and len(info["training"]["commands"]) == 1
     assert "starting from" in child.stderr and "a new run" in child.stderr
+    assert info["training"]["config"]["lr"] == FINE_TUNE_LR  # a tenth of a fresh run's
+
+
+def test_an_explicit_lr_wins_over_the_fine_tuning_default(parent: Path) -> None:
+    args = ["train", "--init", str(parent), "--data", "somewhere"]
+    assert config_from_args(build_parser().parse_args(args), args).lr == FINE_TUNE_LR
+    args += ["--lr", "1e-3"]
+    assert config_from_args(build_parser().parse_args(args), args).lr == 1e-3
+    assert TrainConfig().lr == 10 * FINE_TUNE_LR
 
 
 def test_the_first_epoch_starts_from_the_parents_weights(parent: Path, child: Child) -> None:

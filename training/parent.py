@@ -29,6 +29,11 @@ log = logging.getLogger(__name__)
 # TrainConfig settings that must match the parent's for its weights to fit (the image size
 # need not: the encoder is convolutional and pools to a fixed grid).
 MUST_MATCH = ("colour_mode", "widths", "depths", "pool_grid", "projection_dim")
+# The default learning rate of a run from a parent: a tenth of a fresh run's (2e-3). At 2e-3,
+# 30 flat epochs on a folder of two unseen icon themes lost to the parent as it was (cross-style
+# R@1 0.079 against 0.093, copy R@1 0.44 against 0.48); at 2e-4 they kept it (0.096, 0.485)
+# (training/RECIPE.md). `--lr` still sets it.
+FINE_TUNE_LR = 2e-4
 
 
 @dataclass(frozen=True)
@@ -50,9 +55,11 @@ class Parent:
         return cls(path, info, EncoderConfig.from_dict(read_meta(path / WEIGHTS_FILE)["encoder"]))
 
     def settings(self) -> dict[str, object]:
-        """What a run takes from the parent unless its command line sets it."""
+        """What a run takes from the parent unless its command line sets it (and the gentler
+        learning rate of a run that starts from trained weights)."""
         spec = InputSpec.from_dict(self.info["input"])
         return {
+            "lr": FINE_TUNE_LR,
             "image_size": spec.height,
             "colour_mode": spec.colour_mode,
             **{key: getattr(self.encoder, key) for key in MUST_MATCH[1:]},
