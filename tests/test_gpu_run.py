@@ -20,7 +20,7 @@ from training.encoder import ContrastiveModel, EncoderConfig
 from training.export import export_onnx
 
 ROOT = Path(__file__).resolve().parent.parent
-STEPS = ["environment", "carried_tree", "wheels", "cuda_tests", "train_speed", "train"]
+STEPS = ["wheels", "environment", "carried_tree", "cuda_tests", "train_speed", "train"]
 
 
 def _gpu_run(monkeypatch: pytest.MonkeyPatch) -> ModuleType:

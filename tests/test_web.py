@@ -8,6 +8,7 @@ import json
 import os
 import re
 import shutil
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -314,6 +315,36 @@ def test_page_takes_a_key_sends_it_with_every_request_and_shows_images_from_blob
     asked = {seen.path.split("?")[0] for seen in proxy.seen if seen.path not in PAGE_FILES}
     assert {"/info", "/collections", "/images", "/nearest", "/similarity"} <= asked
     assert len([path for path in asked if path.endswith("/content")]) == 13
+
+
+def test_a_gallery_load_overtaken_by_a_newer_one_is_dropped(
+    gallery_server: Server, browser, tmp_path: Path
+) -> None:
+    """A new key reloads the gallery; an upload right after it reloads it again. The first
+    load's page, answered last, must not be appended to the second's (the tiles doubled)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 20)
+    tiles = lambda d: d.find_elements(By.CSS_SELECTOR, "#gallery .tile img")  # noqa: E731
+    held = threading.Event()  # the keyed page's first gallery request, held back 3 s
+
+    def script(method: str, path: str, headers: Mapping[str, str]) -> Action:
+        keyed = headers.get("authorization") == f"Bearer {API_KEY}"
+        if method == "GET" and path.startswith("/images?") and keyed and not held.is_set():
+            held.set()
+            time.sleep(3)
+        return None
+
+    with Proxy(gallery_server.url, script) as proxy:
+        browser.get(proxy.url + "/")  # public reads: the gallery shows without a key
+        wait.until(lambda d: len(tiles(d)) == 12)
+        browser.find_element(By.ID, "api-key").send_keys(API_KEY + "\n")
+        wait.until(lambda d: held.is_set())
+        browser.find_element(By.ID, "upload-files").send_keys(_query_files(tmp_path, 1)[0])
+        wait.until(lambda d: len(tiles(d)) == 13)
+        time.sleep(4)  # the held answer arrives meanwhile, and is dropped
+        assert len(tiles(browser)) == 13
 
 
 def test_page_shows_file_names_as_text_never_as_html(

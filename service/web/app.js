@@ -7,6 +7,7 @@ const $ = (id) => document.getElementById(id);
 const KEY_STORAGE = "lookalike-api-key";
 let info = null;
 let galleryCursor = null;
+let galleryLoads = 0; // each reset starts a new load; an older one's answer is dropped
 
 // The collection chosen in the switcher: its routes live under /collections/{name}/.
 function base() {
@@ -215,18 +216,22 @@ function upload(files) {
 
 async function loadGallery(reset) {
   if (reset) {
+    galleryLoads += 1;
     galleryCursor = null;
     replaceContent($("gallery"));
   }
+  const thisLoad = galleryLoads;
   const params = new URLSearchParams({ limit: "48" });
   if (galleryCursor) params.set("cursor", galleryCursor);
   try {
     const page = await api(`${base()}/images?${params}`);
+    // Two loads at once (a new key, then an upload) would otherwise both append their page.
+    if (thisLoad !== galleryLoads) return;
     $("gallery").append(...page.items.map(tile));
     galleryCursor = page.next_cursor;
     $("more").hidden = !galleryCursor;
   } catch (err) {
-    showError(err.message);
+    if (thisLoad === galleryLoads) showError(err.message);
   }
 }
 
