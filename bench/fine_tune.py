@@ -94,13 +94,18 @@ def main() -> int:
     with open(args.out / "log.txt", "w") as log:
         walls = train_all(commands, parallel=args.device.startswith("cuda"), log=log)
     report: dict = {"data": str(args.data), "epochs": args.epochs, "device": args.device}
-    report["parent"] = measure(args.parent, str(args.data), pair)
     for name in commands:
         report[name] = {"wall_s": round(walls[name], 1), **measure(work / name, None, pair)}
+    # The init run's evaluation measured its parent as it is, on the same split and pair.
+    report["parent"] = {
+        metric: {**{k: v for k, v in row.items() if k != "parent"}, "model": row["parent"]}
+        for metric, row in report["init"].items()
+        if metric in METRICS
+    }
     report["commands"] = {name: " ".join(argv[1:]) for name, argv in commands.items()}
     (args.out / "fine_tune.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"{'run':<16}" + "".join(f"{m:>18}" for m in METRICS) + f"{'wall s':>9}")
-    for name in ("parent", *commands):
+    for name in ("parent", *commands):  # the parent first
         row = report[name]
         cells = "".join(f"{row[m]['model']:>18.3f}" for m in METRICS)
         print(f"{name:<16}{cells}{row.get('wall_s', 0):>9.0f}")

@@ -1,6 +1,6 @@
 """The colour model's probes, trained side by side on a lent GPU in one device call (issue 18).
 
-    python bench/gpu_icons.py prepare            # here: .icons/ from the corpus (≈ 40 MiB)
+    python bench/gpu_icons.py prepare            # here: .icons/ and .icons.tgz (≈ 30 MiB)
     python bench/gpu_icons.py run --dry-run      # proves it here: two tiny probes on the CPU
     python bench/gpu_icons.py run --budget-s 200 # on the GPU machine (the device tool's `run`)
 
@@ -24,16 +24,21 @@ Then, here, for the probe to ship: copy its weights to models/icons/weights.safe
 data/icons/breeze` (cross-style beside raw pixels and random init, into the card).
 
 The device call, with the wheels of bench/gpu_prepare.sh (the decoder imports pillow_heif):
-    run(command="python3 bench/gpu_icons.py run --budget-s 200", carry=[".icons", ".whl"])
+    run(command="tar xzf .icons.tgz && python3 bench/gpu_icons.py run --budget-s 200",
+        carry=[".icons.tgz", ".whl"])
+(17,630 small files travel as one archive: as a folder they count over the 64 MiB limit.)
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tarfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -45,6 +50,7 @@ from gpu_run import Run as GpuRun
 from icons_corpus import HELD_OUT
 
 ICONS = ROOT / ".icons"
+ARCHIVE = ROOT / ".icons.tgz"  # what travels to the GPU machine
 CORPUS = ROOT / "data" / "icons"
 WEBP_QUALITY = 90
 
@@ -77,7 +83,7 @@ def prepare(corpus: Path) -> None:
 
     from service.imaging import InputSpec, decode_image
 
-    sources = sorted(p for p in corpus.glob("*/*.png"))
+    sources = sorted(corpus.glob("*/*.png"))
     if not sources:
         raise SystemExit(f"no images under {corpus}: run `make icons-corpus` first")
 
@@ -85,21 +91,24 @@ def prepare(corpus: Path) -> None:
         theme = src.parent.name
         part = "heldout" if theme in HELD_OUT else "train"
         dst = ICONS / part / theme / (src.stem + ".webp")
-        with Image.open(src) as im:
+        data = src.read_bytes()
+        with Image.open(io.BytesIO(data)) as im:  # its own size: the decoder only flattens
             spec = InputSpec(channels=3, height=im.height, width=im.width, colour_mode="RGB")
-        pixels = decode_image(src.read_bytes(), spec)
+        pixels = decode_image(data, spec)
         dst.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(pixels).save(dst, "WEBP", quality=WEBP_QUALITY, method=6)
         return dst.stat().st_size
 
-    if ICONS.exists():
-        subprocess.run(["rm", "-rf", str(ICONS)], check=True)
+    shutil.rmtree(ICONS, ignore_errors=True)
     with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
         total = sum(pool.map(convert, sources))
     for part in ("train", "heldout"):
         count = sum(1 for _ in (ICONS / part).glob("*/*.webp"))
         print(f"{ICONS.name}/{part}: {count} images")
-    print(f"{len(sources)} images, {total / 2**20:.1f} MiB; carry it: carry=['.icons', '.whl']")
+    with tarfile.open(ARCHIVE, "w:gz") as tar:
+        tar.add(ICONS, arcname=ICONS.name)
+    print(f"{len(sources)} images, {total / 2**20:.1f} MiB; {ARCHIVE.name}: ", end="")
+    print(f"{ARCHIVE.stat().st_size / 2**20:.1f} MiB, carry=['{ARCHIVE.name}', '.whl']")
 
 
 def probe_command(
@@ -116,13 +125,10 @@ def probe_command(
     return [*argv, "--out", str(work / name / "icons")]  # the name model.json carries
 
 
-def train_probes(
-    run: GpuRun, names: tuple[str, ...], budget_s: float, extra: tuple[str, ...]
-) -> dict:
+def train_probes(run: GpuRun, commands: dict[str, list[str]], budget_s: float) -> dict:
     """Every probe at once, each into its own log; their exit codes."""
     procs = {}
-    for name in names:
-        argv = probe_command(name, run.work, budget_s, not run.plan.gpu, extra)
+    for name, argv in commands.items():
         run.say(f"$ {' '.join(argv)}")
         log = open(run.work / f"{name}.log", "w")  # noqa: SIM115 - closed below
         procs[name] = (subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT), log)
@@ -155,13 +161,10 @@ def cross_style(model_dir: Path) -> dict:
     return {**metrics, "pair": pair.describe()}
 
 
-def summarise(
-    run: GpuRun, name: str, code: object, budget_s: float, extra: tuple[str, ...]
-) -> dict:
+def summarise(run: GpuRun, name: str, code: object, argv: list[str]) -> dict:
     from training.checkpoint import save_without_optimizer
 
     model_dir = run.work / name / "icons"
-    argv = probe_command(name, Path("WORK"), budget_s, not run.plan.gpu, extra)
     entry: dict = {"exit": code, "command": " ".join(argv[1:])}
     if not (model_dir / "model.json").exists():
         return {**entry, "status": "no artifact"}
@@ -228,11 +231,12 @@ def main() -> int:
     run.step("wheels", lambda: install_wheels(run))
     if run.site:  # pillow_heif, for the decoder that the cross-style step imports here
         sys.path.insert(0, str(run.site))
+    commands = {n: probe_command(n, run.work, budget, not run.plan.gpu, extra) for n in names}
     codes: dict = {}
-    run.step("train", lambda: codes.update(train_probes(run, names, budget, extra)))
+    run.step("train", lambda: codes.update(train_probes(run, commands, budget)))
     run.report["probes"] = {}
     for name in names:
-        run.report["probes"][name] = summarise(run, name, codes.get(name), budget, extra)
+        run.report["probes"][name] = summarise(run, name, codes.get(name), commands[name])
         run.say(f"{name}: {json.dumps(run.report['probes'][name])}")
         run.write_report()
     scored = {

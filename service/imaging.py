@@ -100,14 +100,6 @@ class InputSpec:
         }
 
 
-def decoded_pixels(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> int:
-    """How many pixels decoding the image makes, judged from its headers without decoding it.
-    Raises the ImageError that decode_image would for a format or headers it refuses."""
-    image, pixels = _open(data, max_pixels)
-    image.close()
-    return pixels
-
-
 def decode_image(
     data: bytes, spec: InputSpec, *, max_pixels: int = DEFAULT_MAX_PIXELS
 ) -> np.ndarray:
@@ -116,7 +108,13 @@ def decode_image(
     Steps, in order: format allow-list, limits (from the headers, before decoding), first
     frame only, EXIF orientation, alpha flattened onto white, colour mode, resize rule.
     """
-    image, _ = _open(data, max_pixels)
+    image, _ = open_image(data, max_pixels)
+    return decode_opened(image, spec)
+
+
+def decode_opened(image: Image.Image, spec: InputSpec) -> np.ndarray:
+    """decode_image's work after open_image: the pixels of an image whose headers passed; the
+    image is closed."""
     with image:
         try:
             if image.format == "JPEG":
@@ -134,8 +132,9 @@ def decode_image(
     return pixels
 
 
-def _open(data: bytes, max_pixels: int) -> tuple[Image.Image, int]:
-    """The opened image and the pixels decoding it makes, once its headers pass every check."""
+def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[Image.Image, int]:
+    """The opened (not yet decoded) image and the pixels decoding it makes, judged from its
+    headers once they pass every check; raises the ImageError that decode_image would."""
     if not data:
         raise UndecodableImageError("the file is empty")
     if (profiles := decode_cost.png_profiles(data)) > 1:

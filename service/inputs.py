@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from PIL import Image
 from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
@@ -23,7 +24,7 @@ from starlette.requests import Request
 
 from service import strict_json
 from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType, image_error
-from service.imaging import ImageError, InputSpec, decode_image, decoded_pixels
+from service.imaging import ImageError, InputSpec, decode_opened, open_image
 
 INLINE_DECODE_BYTES = 64 * 1024  # smaller files decode on the event loop; larger in a thread
 
@@ -126,20 +127,27 @@ async def decode_all(
     are judged first, so a request over its pixel budget decodes nothing."""
 
     def decode_every() -> list[np.ndarray]:
-        total = 0
-        for image in images:
-            with _named(image):
-                total += decoded_pixels(image.data, max_pixels=max_pixels)
-        if total > max_request_pixels:
-            raise PayloadTooLarge(
-                f"the {len(images)} images decode to {total} pixels together; the budget is "
-                f"{max_request_pixels} pixels per request: send fewer or smaller images"
-            )
-        decoded = []
-        for image in images:
-            with _named(image):
-                decoded.append(decode_image(image.data, spec, max_pixels=max_pixels))
-        return decoded
+        opened: list[Image.Image] = []  # each opened once: headers judged, nothing decoded
+        try:
+            total = 0
+            for image in images:
+                with _named(image):
+                    header, pixels = open_image(image.data, max_pixels)
+                opened.append(header)
+                total += pixels
+            if total > max_request_pixels:
+                raise PayloadTooLarge(
+                    f"the {len(images)} images decode to {total} pixels together; the budget "
+                    f"is {max_request_pixels} pixels per request: send fewer or smaller images"
+                )
+            decoded = []
+            for image, header in zip(images, opened, strict=True):
+                with _named(image):
+                    decoded.append(decode_opened(header, spec))
+            return decoded
+        finally:
+            for header in opened:
+                header.close()
 
     if sum(len(i.data) for i in images) <= INLINE_DECODE_BYTES:
         return decode_every()

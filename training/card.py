@@ -18,7 +18,8 @@ from training.groups import describe
 from training.pictures import plot_history
 
 RECIPE_NOTES = Path(__file__).with_name("RECIPE.md")
-ICONS_SECTION = "## The colour model"
+# Shipped model → the heading of its section of RECIPE.md (None: the whole file).
+RECIPE_SECTIONS = {"fashion-mnist": None, "icons": "## The colour model"}
 
 
 def trained_on(training: dict) -> str:
@@ -123,13 +124,12 @@ def write_card(out: Path, info: dict, history: list[dict], metrics: dict) -> Non
 
 
 def recipe_notes(name: str) -> list[str]:
-    """The shipped models' cards carry their recipe notes: all of training/RECIPE.md for
-    fashion-mnist, its own section for icons."""
-    if not RECIPE_NOTES.exists() or name not in ("fashion-mnist", "icons"):
+    """A shipped model's card carries its recipe notes (RECIPE_SECTIONS)."""
+    if not RECIPE_NOTES.exists() or name not in RECIPE_SECTIONS:
         return []
-    notes = RECIPE_NOTES.read_text()
-    if name == "icons":
-        start = notes.find(ICONS_SECTION)
+    notes, heading = RECIPE_NOTES.read_text(), RECIPE_SECTIONS[name]
+    if heading:
+        start = notes.find(heading)
         if start < 0:
             return []
         end = notes.find("\n## ", start + 1)

@@ -257,12 +257,12 @@ def evaluate_artifact(
     info = json.loads((Path(model_dir) / "model.json").read_text())
     config = info["training"]["config"]
     own = data is None
+    spec = InputSpec.from_dict(info["input"])
     split = load_data(
         config["data"] if own else data,
-        InputSpec.from_dict(info["input"]),
+        spec,
         label_depth=config.get("label_depth", 1) if label_depth is None else label_depth,
     )
-    spec = InputSpec.from_dict(info["input"])
     return evaluate_split(
         model_dir,
         split.limited(config.get("limit") if own and limit is None else limit),
