@@ -2,7 +2,7 @@
 
     python bench/decoder_bombs.py [--count 64] [--repeat 20] [--unguarded]
 
-Starts no server. The bombs are the "bomb-" files of tests/hostile_corpus.py, most of them
+Starts no server. The bombs are the "bomb-" files of testkit/hostile_corpus.py, most of them
 small pictures behind lying headers, plus a real one too slow to make in the tests: a flat
 8192×8192 AV1 picture behind a 64×64 ispe (about 5 s and 0.9 GB to encode). For each: the best
 of --repeat times of service.imaging.decode_image to its ImageTooLargeError (413); then, in a
@@ -31,7 +31,7 @@ from report import add_results_argument, table, write
 from service.errors import ApiError
 from service.imaging import DEFAULT_MAX_PIXELS, ImageError, InputSpec, decode_image
 from service.inputs import NamedImage, decode_all
-from tests.hostile_corpus import encode, header_size, specimens
+from testkit.hostile_corpus import encode, header_size, specimens
 
 SPEC = InputSpec(channels=1, height=28, width=28, colour_mode="L")  # the shipped model's input
 BUDGET = 200_000_000  # Settings.max_pixels_per_request's default

@@ -22,7 +22,7 @@ from report import add_results_argument, write
 
 from service.fashion_mnist import FASHION_MNIST_CLASSES, load_split
 from service.imaging import encode_png
-from tests.support import API_KEY, Server
+from testkit.server import API_KEY, Server
 
 
 def pixel_precision(

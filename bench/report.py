@@ -2,7 +2,7 @@
 
 Scripts print a table and write `RESULTS/<name>.json` (default `bench/results/`), whose
 `machine` block is what BENCHMARKS.md quotes. Importing this module also puts the repository
-root on sys.path, so `python bench/x.py` can use `reliability` and `tests.support`.
+root on sys.path, so `python bench/x.py` can use `reliability` and `testkit`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
-    sys.path.insert(1, str(ROOT))  # before site-packages, which may hold a stray `tests`
+    sys.path.insert(1, str(ROOT))  # before site-packages, which may hold a stray `testkit`
 RESULTS = ROOT / "bench" / "results"
 LIBRARIES = (
     "torch",

@@ -44,7 +44,7 @@ from service.config import Settings
 from service.encoder import Encoder, load_encoder, truncate
 from service.fashion_mnist import load_split
 from service.filters import parse_filter
-from service.index import Hit, VectorIndex, snapshot_bytes
+from service.index import Hit, IndexOptions, VectorIndex, snapshot_bytes
 from service.store.base import RowBatch
 
 K = 10
@@ -52,6 +52,7 @@ CHUNK = 10_000  # augmented images per seeded chunk
 BUCKETS = 10_000  # values of the "bucket" field
 OVERFETCH_K = (100, 1000)
 DEFAULTS = {name: field.default for name, field in Settings.model_fields.items()}
+OPTIONS = IndexOptions.from_settings(Settings.model_construct())  # the service's defaults
 PLANS = {  # the thresholds that force each way of filtered search (VectorIndex.plan)
     "brute force": {"brute_force_max_matches": 2**62},
     "oversample": {"brute_force_max_matches": 0, "oversample_min_share": 1e-12},
@@ -120,15 +121,7 @@ def corpus(encoder: Encoder, size: int, originals: int, seed: int, cache: Path) 
 # --- measuring ----------------------------------------------------------------------------------
 def build(kind: str, vectors: np.ndarray, buckets: np.ndarray) -> tuple[VectorIndex, float]:
     start = time.perf_counter()
-    index = VectorIndex(
-        vectors.shape[1],
-        kind,
-        hnsw_m=DEFAULTS["hnsw_m"],
-        ef_construction=DEFAULTS["hnsw_ef_construction"],
-        ef_search=DEFAULTS["hnsw_ef_search"],
-        brute_force_max_matches=DEFAULTS["filter_brute_force_max_matches"],
-        oversample_min_share=DEFAULTS["filter_oversample_min_share"],
-    )
+    index = VectorIndex(vectors.shape[1], kind, OPTIONS)
     labels = np.arange(len(vectors), dtype=np.int64)
     metadata = [f'{{"bucket":{b}}}' for b in buckets.tolist()]
     index.add(RowBatch(labels, vectors, [str(n) for n in labels.tolist()], metadata))
@@ -216,7 +209,7 @@ def unfiltered_rows(
         hnsw.tune(ef_search=ef)
         rows.append(row(hnsw, *measure(lambda q: hnsw.search(q, K)[0], queries), ef_search=ef))
         print(json.dumps(rows[-1]), flush=True)
-    hnsw.tune(ef_search=DEFAULTS["hnsw_ef_search"])
+    hnsw.tune(ef_search=OPTIONS.ef_search)
     return rows
 
 
@@ -262,8 +255,8 @@ def filtered_rows(
 
 def thresholds() -> dict:
     return {
-        "brute_force_max_matches": DEFAULTS["filter_brute_force_max_matches"],
-        "oversample_min_share": DEFAULTS["filter_oversample_min_share"],
+        "brute_force_max_matches": OPTIONS.brute_force_max_matches,
+        "oversample_min_share": OPTIONS.oversample_min_share,
     }
 
 

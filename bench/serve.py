@@ -56,8 +56,8 @@ from service.fashion_mnist import load_split
 from service.imaging import encode_png
 from service.store import open_store
 from service.workers import usable_cores
-from tests.postgres import Postgres
-from tests.support import API_KEY, Server
+from testkit.postgres import Postgres
+from testkit.server import API_KEY, Server
 
 BATCH_IMAGES = 64
 CEILING = "HTTP ceiling"

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import png_bytes
-from tests.support import API_KEY, Server
+from testkit.images import png_bytes
+from testkit.server import API_KEY, Server
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.support import Server
+from testkit.server import Server
 
 IN_A_ROW = 16
 

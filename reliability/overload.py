@@ -25,7 +25,7 @@ import httpx
 from reliability import wrk
 from service.fashion_mnist import load_split
 from service.imaging import encode_png
-from tests.support import Server
+from testkit.server import Server
 
 # Images that may wait beside the (up to 64) in the model: 128 single-image clients overflow it.
 QUEUE = 32

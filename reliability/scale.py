@@ -33,9 +33,9 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import png_bytes
-from tests.postgres import Postgres
-from tests.support import API_KEY, Server
+from testkit.images import png_bytes
+from testkit.postgres import Postgres
+from testkit.server import API_KEY, Server
 
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 

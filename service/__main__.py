@@ -54,12 +54,13 @@ def run_uvicorn(app: FastAPI, host: str, port: int) -> None:
     uvicorn.run(app, host=host, port=port, log_config=None, timeout_graceful_shutdown=10)
 
 
-def preflight(settings: Settings, encoder: Encoder) -> None:
+def preflight(settings: Settings, encoder: Encoder) -> int:
     """Before any worker starts: the store's schema is current and its vectors are this model's
-    (PostgreSQL refuses another model, in one line). Waits a while for a database to come up."""
+    (PostgreSQL refuses another model, in one line); how many images it holds. Waits a while for
+    a database to come up."""
     import logging
 
-    from service.gallery import check_model
+    from service.reembedding import check_model
     from service.store import ModelMismatch, StoreUnavailable, open_store
 
     log = logging.getLogger("service")
@@ -70,7 +71,7 @@ def preflight(settings: Settings, encoder: Encoder) -> None:
             try:
                 store.migrate()
                 check_model(store, encoder.info.name, encoder.info.version)
-                return
+                return store.count()
             except StoreUnavailable as exc:
                 if time.monotonic() > deadline:
                     raise SystemExit(f"error: {exc}") from None
@@ -84,7 +85,7 @@ def preflight(settings: Settings, encoder: Encoder) -> None:
 
 def serve(args: argparse.Namespace) -> int:
     from service.logs import configure_logging
-    from service.workers import resolve_workers, run_workers
+    from service.workers import resolve_workers, run_workers, share_cores
 
     overrides: dict[str, object] = {}
     if args.seed_demo_gallery is not None:
@@ -93,8 +94,9 @@ def serve(args: argparse.Namespace) -> int:
         overrides["workers"] = args.workers
     settings = _settings(**overrides)
     configure_logging(settings.log_level)
-    preflight(settings, _encoder(settings))
-    workers = resolve_workers(settings.workers)
+    images = preflight(settings, _encoder(settings))
+    workers = resolve_workers(settings.workers, images)
+    share_cores(settings, workers)
     if workers == 1:
         from service.app import create_app
 
@@ -140,8 +142,8 @@ def backup(argv: list[str]) -> int:
 
 def reembed(argv: list[str]) -> int:
     """python -m service reembed: move every stored vector to LOOKALIKE_MODEL_DIR's model."""
-    from service.gallery import Gallery
     from service.logs import configure_logging
+    from service.reembedding import upgrade_model
     from service.store import open_store
 
     argparse.ArgumentParser(
@@ -155,7 +157,7 @@ def reembed(argv: list[str]) -> int:
     store = open_store(settings)
     try:
         store.migrate()
-        Gallery(store, encoder, settings).upgrade_model()
+        upgrade_model(store, encoder)
     finally:
         store.close()
     print(f"the store now serves {encoder.info.name} {encoder.info.version}", file=sys.stderr)

@@ -137,7 +137,7 @@ async def _open_gallery(runtime: Runtime) -> None:
     if settings.seed_demo_gallery:
         await asyncio.to_thread(seed_demo_gallery, gallery, runtime.encoder, settings)
     runtime.metrics.store_size.set(await asyncio.to_thread(gallery.count))
-    log.info("ready", extra=await asyncio.to_thread(gallery.status))
+    log.info("ready", extra=(await asyncio.to_thread(gallery.status)).to_dict())
 
 
 def lifespan_for(settings: Settings, metrics: Metrics):

@@ -29,7 +29,8 @@ class Settings(BaseSettings):
     public_reads: bool = False  # true: reads and compute need no key, on purpose; writes still do
     public_metrics: bool = False  # true: /metrics needs no key (a scraper without one)
 
-    # Processes. "auto": one per core this process may use; each holds the whole index.
+    # Processes. "auto": one per core this process may use, as many as half the available
+    # memory holds (service/workers.py); each holds the whole index.
     workers: int | Literal["auto"] = "auto"
 
     # Limits on what one request may ask for.
@@ -56,6 +57,7 @@ class Settings(BaseSettings):
     inference_threads: int = Field(0, ge=0)  # ONNX Runtime intra-op threads; 0 = its default
 
     # Index.
+    search_threads: int = Field(0, ge=0)  # FAISS OpenMP threads per process; 0 = cores / workers
     index_kind: Literal["auto", "flat", "hnsw"] = "auto"
     approximate_index_min_vectors: int = Field(100_000, ge=1)  # auto: HNSW from this size
     hnsw_m: int = Field(32, ge=4)

@@ -1,7 +1,7 @@
 """What decoding an image costs, read from its headers before anything is decoded.
 
 Pixels: Pillow's own decoders (PNG, JPEG, GIF, WebP, BMP, striped TIFF) make the size that
-Pillow reports, and refuse data that disagrees with it (tests/hostile_corpus.py tries each
+Pillow reports, and refuse data that disagrees with it (testkit/hostile_corpus.py tries each
 lie). Three can make more than the reported size, so their headers are read here:
 
 - AVIF: libavif decodes each AV1 picture at the size its bitstream gives, whatever the ispe

@@ -34,8 +34,9 @@ import struct
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import faiss
 import numpy as np
@@ -46,6 +47,9 @@ from service.filters import Filter
 from service.metadata_index import MetadataIndex
 from service.store.base import Change, IndexedRow, RowBatch
 
+if TYPE_CHECKING:
+    from service.config import Settings
+
 log = logging.getLogger(__name__)
 
 MAGIC = b"LOOKALIKE-INDEX-3\n"  # 3: one snapshot holds every collection's index
@@ -53,6 +57,43 @@ MAGIC = b"LOOKALIKE-INDEX-3\n"  # 3: one snapshot holds every collection's index
 OVERSAMPLE = 2.0  # an oversampled search asks for k / share × this
 SELECTOR_EF = 2.0  # a selector search's efSearch: k / share × this …
 MAX_SELECTOR_EF = 4096  # … at most this
+
+
+IndexKind = Literal["flat", "hnsw"]
+SearchPlan = Literal["none", "brute force", "oversample", "selector"]
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    """How every index is chosen, built and searched; made once from the settings."""
+
+    kind: IndexKind | Literal["auto"] = "auto"
+    approximate_min_vectors: int = 100_000  # auto: HNSW from this size
+    tombstone_rebuild_ratio: float = 0.1
+    hnsw_m: int = 32
+    ef_construction: int = 80
+    ef_search: int = 192
+    brute_force_max_matches: int = 20_000
+    oversample_min_share: float = 0.25
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> IndexOptions:
+        return cls(
+            kind=settings.index_kind,
+            approximate_min_vectors=settings.approximate_index_min_vectors,
+            tombstone_rebuild_ratio=settings.tombstone_rebuild_ratio,
+            hnsw_m=settings.hnsw_m,
+            ef_construction=settings.hnsw_ef_construction,
+            ef_search=settings.hnsw_ef_search,
+            brute_force_max_matches=settings.filter_brute_force_max_matches,
+            oversample_min_share=settings.filter_oversample_min_share,
+        )
+
+    def kind_for(self, count: int) -> IndexKind:
+        """The kind an index of `count` vectors should be."""
+        if self.kind != "auto":
+            return self.kind
+        return "hnsw" if count >= self.approximate_min_vectors else "flat"
 
 
 @dataclass(frozen=True)
@@ -106,23 +147,10 @@ class ReadWriteLock:
 
 
 class VectorIndex:
-    def __init__(
-        self,
-        dim: int,
-        kind: str,
-        *,
-        hnsw_m: int = 32,
-        ef_construction: int = 80,
-        ef_search: int = 192,
-        brute_force_max_matches: int = 20_000,
-        oversample_min_share: float = 0.25,
-    ) -> None:
+    def __init__(self, dim: int, kind: IndexKind, options: IndexOptions = IndexOptions()) -> None:
         if kind not in ("flat", "hnsw"):
             raise ValueError(f"index kind must be 'flat' or 'hnsw', not {kind!r}")
-        self.dim, self.kind = dim, kind
-        self._hnsw = (hnsw_m, ef_construction, ef_search)
-        self._brute_force_max_matches = brute_force_max_matches
-        self._oversample_min_share = oversample_min_share
+        self.dim, self.kind, self.options = dim, kind, options
         self._index = self._empty()
         self._tombstones: set[int] = set()
         self._rows: dict[int, tuple[str, str]] = {}  # label → (id, metadata JSON)
@@ -135,10 +163,9 @@ class VectorIndex:
     def _empty(self) -> faiss.Index:
         if self.kind == "flat":
             return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
-        m, ef_construction, ef_search = self._hnsw
-        hnsw = faiss.IndexHNSWFlat(self.dim, m, faiss.METRIC_INNER_PRODUCT)
-        hnsw.hnsw.efConstruction = ef_construction
-        hnsw.hnsw.efSearch = ef_search
+        hnsw = faiss.IndexHNSWFlat(self.dim, self.options.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        hnsw.hnsw.efConstruction = self.options.ef_construction
+        hnsw.hnsw.efSearch = self.options.ef_search
         return faiss.IndexIDMap2(hnsw)
 
     def tune(
@@ -150,15 +177,26 @@ class VectorIndex:
     ) -> None:
         """Change search-time settings of a built index, without rebuilding it (bench/search.py
         measures several on one build). Callers hold lock.write()."""
-        if ef_search is not None:
-            m, ef_construction, _ = self._hnsw
-            self._hnsw = (m, ef_construction, ef_search)
-            if self.kind == "hnsw":
-                faiss.downcast_index(self._index.index).hnsw.efSearch = ef_search  # type: ignore[attr-defined]
-        if brute_force_max_matches is not None:
-            self._brute_force_max_matches = brute_force_max_matches
-        if oversample_min_share is not None:
-            self._oversample_min_share = oversample_min_share
+        options = self.options
+        self.options = replace(
+            options,
+            ef_search=options.ef_search if ef_search is None else ef_search,
+            brute_force_max_matches=(
+                options.brute_force_max_matches
+                if brute_force_max_matches is None
+                else brute_force_max_matches
+            ),
+            oversample_min_share=(
+                options.oversample_min_share
+                if oversample_min_share is None
+                else oversample_min_share
+            ),
+        )
+        self._set_ef_search()
+
+    def _set_ef_search(self) -> None:
+        if self.kind == "hnsw":
+            faiss.downcast_index(self._index.index).hnsw.efSearch = self.options.ef_search  # type: ignore[attr-defined]
 
     @property
     def count(self) -> int:
@@ -177,6 +215,14 @@ class VectorIndex:
     @property
     def tombstone_share(self) -> float:
         return len(self._tombstones) / max(1, self._index.ntotal)
+
+    @property
+    def due_for_rebuild(self) -> bool:
+        """Whether its size now calls for another kind, or its tombstones passed their share."""
+        return (
+            self.kind != self.options.kind_for(self.count)
+            or self.tombstone_share > self.options.tombstone_rebuild_ratio
+        )
 
     # --- writes (callers hold lock.write()) ------------------------------------------------
     def add(self, batch: RowBatch) -> None:
@@ -259,13 +305,13 @@ class VectorIndex:
         """(n,) bool over labels: True where a live image's metadata matches `where`."""
         return self._metadata.mask(where)
 
-    def plan(self, matches: int) -> str:
+    def plan(self, matches: int) -> SearchPlan:
         """How a filtered search with this many matching images runs."""
         if not matches:
             return "none"
-        if matches <= self._brute_force_max_matches:
+        if matches <= self.options.brute_force_max_matches:
             return "brute force"
-        if self.kind == "hnsw" and matches / self.count >= self._oversample_min_share:
+        if self.kind == "hnsw" and matches / self.count >= self.options.oversample_min_share:
             return "oversample"
         return "selector"
 
@@ -298,7 +344,7 @@ class VectorIndex:
         else:
             params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
             ef = math.ceil(k * self.count / matches * SELECTOR_EF)
-            params.efSearch = max(self._hnsw[2], min(ef, MAX_SELECTOR_EF))
+            params.efSearch = max(self.options.ef_search, min(ef, MAX_SELECTOR_EF))
         params.sel = selector
         scores, labels = self._index.search(queries, min(k, matches), params=params)
         return self._hits(scores, labels, k)
@@ -345,12 +391,13 @@ class VectorIndex:
         return header, vectors + rows
 
     @classmethod
-    def _from_snapshot(cls, header: dict, payload: memoryview, **options: int) -> VectorIndex:
-        index = cls(header["dim"], header["kind"], **options)
+    def _from_snapshot(
+        cls, header: dict, payload: memoryview, options: IndexOptions
+    ) -> VectorIndex:
+        index = cls(header["dim"], header["kind"], options)
         split = header["vector_bytes"]
         index._index = faiss.deserialize_index(np.frombuffer(payload[:split], dtype=np.uint8))
-        if header["kind"] == "hnsw":
-            faiss.downcast_index(index._index.index).hnsw.efSearch = index._hnsw[2]  # type: ignore[attr-defined]
+        index._set_ef_search()
         batch = orjson.loads(payload[split:])
         for label, image_id, metadata in batch:
             try:
@@ -396,7 +443,7 @@ def peek_seq(path: Path) -> int | None:
 
 
 def load_snapshot(
-    path: Path, *, model_version: str, **options: int
+    path: Path, *, model_version: str, options: IndexOptions = IndexOptions()
 ) -> tuple[dict[str, VectorIndex], int]:
     """Every collection's index from a snapshot file, and the log position it covers."""
     try:
@@ -417,7 +464,7 @@ def load_snapshot(
     indexes, at = {}, start + length
     for name, part in header["collections"].items():
         end = at + part["vector_bytes"] + part["row_bytes"]
-        indexes[name] = VectorIndex._from_snapshot(part, body[at:end], **options)
+        indexes[name] = VectorIndex._from_snapshot(part, body[at:end], options)
         at = end
     return indexes, header["seq"]
 

@@ -7,12 +7,15 @@ replaces a worker that dies and stops them all on SIGTERM. (Chosen over SO_REUSE
 uvicorn's manager does not offer per worker, and over gunicorn, one more dependency doing the
 same; bench/serve.py measures how evenly the kernel spreads connections.)
 
-The parent splits the cores between the workers' inference threads, and points
-prometheus_client at one folder so that /metrics on any worker adds up all of them.
+`auto` starts one worker per core, but never more than half the available memory holds: each
+worker holds the whole index today. The parent splits the cores between the workers' inference
+and search threads, and points prometheus_client at one folder so that /metrics on any worker
+adds up all of them.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
@@ -25,6 +28,18 @@ from fastapi import FastAPI
 
 from service.config import Settings
 from service.metrics import MULTIPROCESS_DIR
+
+log = logging.getLogger("service")
+
+# A worker's private memory before its index: measured 293 MB with models/icons after batches of
+# 64 (145 MB with fashion-mnist), read from /proc/PID/smaps_rollup.
+WORKER_BASE_BYTES = 350 * 2**20
+# Each worker's private index memory per stored image (ids, metadata and its index, vectors and
+# HNSW graph): 3.5 kB, measured with 2 workers over 100k uploads with metadata (issue 20).
+INDEX_BYTES_PER_IMAGE = 3_500
+# `auto` plans on half the available memory: the gallery grows after start, and the page cache
+# and the database need the rest.
+MEMORY_SHARE = 0.5
 
 
 def usable_cores() -> int:
@@ -39,8 +54,59 @@ def usable_cores() -> int:
     return cores
 
 
-def resolve_workers(value: int | str) -> int:
-    return usable_cores() if value == "auto" else int(value)
+def available_memory() -> int:
+    """Bytes this process may still use: its cgroup's limit less its usage (containers), else
+    the kernel's MemAvailable."""
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+            return max(0, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    raise OSError("cannot tell the available memory: no MemAvailable in /proc/meminfo")
+
+
+def resolve_workers(value: int | str, images: int) -> int:
+    """`auto`: one worker per usable core, but no more than MEMORY_SHARE of the available memory
+    holds at WORKER_BASE_BYTES + INDEX_BYTES_PER_IMAGE × images each; at least one."""
+    if value != "auto":
+        return int(value)
+    cores, available = usable_cores(), available_memory()
+    per_worker = WORKER_BASE_BYTES + INDEX_BYTES_PER_IMAGE * images
+    workers = max(1, min(cores, int(available * MEMORY_SHARE // per_worker)))
+    log.info(
+        "workers: auto",
+        extra={
+            "workers": workers,
+            "cores": cores,
+            "available_mb": available // 2**20,
+            "per_worker_mb": per_worker // 2**20,
+            "images": images,
+        },
+    )
+    if workers < cores:
+        log.warning(
+            "fewer workers than cores: each holds the whole index, and more would not fit in "
+            "memory (set LOOKALIKE_WORKERS to choose)",
+            extra={"workers": workers, "cores": cores},
+        )
+    return workers
+
+
+def share_cores(settings: Settings, workers: int) -> None:
+    """Split the cores between the workers' inference and search threads (workers × threads =
+    cores), unless the settings name a number. Call it before FAISS is imported: OpenMP reads
+    OMP_NUM_THREADS once, when it loads, and `omp_set_num_threads` binds only the calling
+    thread, not the threads that run searches. A search that wakes threads another worker needs
+    waits a scheduler tick."""
+    threads = str(max(1, usable_cores() // workers))
+    if not settings.inference_threads:
+        os.environ["LOOKALIKE_INFERENCE_THREADS"] = threads
+    os.environ["OMP_NUM_THREADS"] = str(settings.search_threads or threads)
 
 
 def run_workers(settings: Settings, *, host: str, port: int, workers: int) -> None:
@@ -49,9 +115,6 @@ def run_workers(settings: Settings, *, host: str, port: int, workers: int) -> No
 
     metrics_dir = tempfile.mkdtemp(prefix="lookalike-metrics-")
     os.environ[MULTIPROCESS_DIR] = metrics_dir
-    if not settings.inference_threads:  # workers × threads ≈ cores
-        threads = max(1, usable_cores() // workers)
-        os.environ["LOOKALIKE_INFERENCE_THREADS"] = str(threads)
     if settings.seed_demo_gallery:
         os.environ["LOOKALIKE_SEED_DEMO_GALLERY"] = settings.seed_demo_gallery
     try:

@@ -143,8 +143,7 @@ def test_nearest_precision(artifact: Path, tmp_path: Path) -> None:
 
 
 def test_fine_tune_compares_a_parent_with_training_from_scratch(tmp_path: Path) -> None:
-    from tests.folders import clip_art_folder
-    from tests.test_cross_style import two_styles
+    from testkit.images import clip_art_folder, two_styles
 
     parent = tmp_path / "models" / "icons"
     images = clip_art_folder(tmp_path / "parent_images", 24, first_seed=50)

@@ -1,6 +1,6 @@
 """The Python client (client/, import name `lookalike`) against real servers.
 
-The round trips live in tests/client_scenarios.py, so that the slow test here can run them
+The round trips live in testkit/client_scenarios.py, so that the slow test here can run them
 again from a fresh venv that has nothing but `pip install ./client`.
 """
 
@@ -44,10 +44,10 @@ from lookalike import (
 )
 from PIL import Image
 
-from tests import client_scenarios
-from tests.conftest import API_KEY, AUTH, png_bytes
-from tests.proxy import LOSE, Action, Proxy, Script
-from tests.support import Server, free_port
+from testkit import client_scenarios
+from testkit.images import png_bytes
+from testkit.proxy import LOSE, Action, Proxy, Script
+from testkit.server import API_KEY, AUTH, Server, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 T = TypeVar("T")
@@ -556,7 +556,7 @@ def test_pip_install_client_alone_in_a_fresh_venv_runs_every_scenario(
     images.mkdir()
     for i in range(8):
         (images / f"img{i}.png").write_bytes(png_bytes(300 + i))
-    scenarios = [str(ROOT / "tests" / "client_scenarios.py"), module_server.url, API_KEY]
+    scenarios = [str(ROOT / "testkit" / "client_scenarios.py"), module_server.url, API_KEY]
     done = subprocess.run(
         [python, *scenarios, str(images), tiny_queue_server.url],
         capture_output=True,

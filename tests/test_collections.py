@@ -12,9 +12,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from tests.conftest import AUTH, NO_KEY, make_settings, png_bytes, wait_ready
-from tests.support import API_KEY
-from tests.test_filters import LABELS, matches, random_filter
+from testkit.app import make_settings, wait_ready
+from testkit.filters import LABELS, matches, random_filter
+from testkit.images import png_bytes
+from testkit.server import API_KEY, AUTH, NO_KEY
 
 
 def upload(client: TestClient, prefix: str, ids: list[str], seeds: list[int], metadata=None):

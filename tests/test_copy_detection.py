@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from service.imaging import InputSpec
-from tests.folders import clip_art, clip_art_folder
+from testkit.images import clip_art, clip_art_folder
 from training.__main__ import main
 from training.copy_detection import CopyDetectionSet, copy_detection_metrics, strong_edit
 from training.data import holdout_count, load_data, load_image_folder

@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
 
 from service.imaging import InputSpec
-from tests.folders import clip_art
+from testkit.images import two_styles
 from training.__main__ import main
 from training.cross_style import cross_style_metrics, load_pair
 
@@ -27,22 +26,6 @@ def _main(args: list[str]) -> tuple[int, str]:
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(stderr):
         code = main(args)
     return code, stderr.getvalue()
-
-
-def two_styles(root: Path, shared: int, only_a: int = 0, only_b: int = 0) -> tuple[Path, Path]:
-    """a/ draws art{i} as is, b/ the same drawings inverted on dark blue; extra drawings in one
-    folder only (distractors) have names the other lacks."""
-    a, b = root / "a", root / "b"
-    for folder in (a, b):
-        folder.mkdir(parents=True)
-    for i in range(shared + only_a + only_b):
-        art = clip_art(i)
-        if i < shared + only_a:
-            art.save(a / f"art{i:03d}.png")
-        if i < shared or i >= shared + only_a:
-            flat = Image.alpha_composite(Image.new("RGBA", art.size, (20, 20, 90, 255)), art)
-            ImageOps.invert(flat.convert("RGB")).save(b / f"art{i:03d}.png")
-    return a, b
 
 
 def test_pairs_are_matched_by_stem_and_unpaired_images_stay_as_distractors(

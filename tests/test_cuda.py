@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.test_losses import reference_ntxent
+from testkit.losses import reference_ntxent
 from training.__main__ import main
 from training.augment import AugmentConfig, TwoViews
 from training.checkpoint import load_checkpoint, read_meta

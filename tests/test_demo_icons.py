@@ -14,7 +14,8 @@ from PIL import Image
 from service.app import create_app
 from service.config import Settings
 from service.demo import oxygen_icons
-from tests.conftest import AUTH, make_settings, wait_ready
+from testkit.app import make_settings, wait_ready
+from testkit.server import AUTH
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 # The colour model when it is there (its input is 128×128 RGB); the shipped one resizes too.

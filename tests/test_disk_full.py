@@ -14,7 +14,9 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from service.app import create_app
-from tests.conftest import API_KEY, AUTH, make_settings, png_bytes, wait_ready
+from testkit.app import make_settings, wait_ready
+from testkit.images import png_bytes
+from testkit.server import API_KEY, AUTH
 
 
 @pytest.fixture

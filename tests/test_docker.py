@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from service.config import Settings
-from tests.support import free_port
+from testkit.server import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SETTING_NAMES = {f"LOOKALIKE_{name.upper()}" for name in Settings.model_fields}

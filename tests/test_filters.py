@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from service.filters import FilterError, parse_filter
-from service.index import VectorIndex
+from service.index import IndexOptions, VectorIndex
 from service.metadata_index import MetadataIndex
 from service.store.base import RowBatch
+from testkit.filters import LABELS, matches, random_filter
 
 DOCS = {
     1: {"label": "boot", "price": 10, "tags": ["red", "big"]},
@@ -109,9 +110,6 @@ def test_deeply_nested_filters_are_refused_not_recursed_into() -> None:
         parse_filter(where)
 
 
-LABELS = ["boot", "shirt", "bag", "coat", "sandal"]
-
-
 def gallery(n: int = 2000, dim: int = 32, seed: int = 0) -> tuple[np.ndarray, list[dict]]:
     rng = np.random.default_rng(seed)
     vectors = rng.standard_normal((n, dim)).astype(np.float32)
@@ -119,50 +117,6 @@ def gallery(n: int = 2000, dim: int = 32, seed: int = 0) -> tuple[np.ndarray, li
     docs = [{"label": LABELS[i % 5], "price": int(rng.integers(0, 1000))} for i in range(n)]
     docs[7]["label"] = docs[1234]["label"] = docs[1999]["label"] = "rare"
     return vectors, docs
-
-
-def random_filter(rng: np.random.Generator) -> dict:
-    label, other = rng.choice(LABELS, 2, replace=False).tolist()
-    price = int(rng.integers(0, 1000))
-    kinds = [
-        {"label": label},
-        {"label": {"$eq": label}},
-        {"label": {"$ne": label}},
-        {"label": {"$in": [label, other]}},
-        {"label": {"$nin": [label, other]}},
-        {"price": {"$gt": price}},
-        {"price": {"$gte": price}},
-        {"price": {"$lt": price}},
-        {"price": {"$lte": price}},
-        {"price": {"$exists": True}},
-        {"$and": [{"label": label}, {"price": {"$lt": price}}]},
-        {"$or": [{"label": label}, {"price": {"$gt": price}}]},
-    ]
-    return kinds[int(rng.integers(len(kinds)))]
-
-
-def matches(doc: dict, where: dict) -> bool:
-    """An independent, slow reading of the filters the tests use."""
-    if "$and" in where:
-        return all(matches(doc, part) for part in where["$and"])
-    if "$or" in where:
-        return any(matches(doc, part) for part in where["$or"])
-    ((field, condition),) = where.items()
-    if not isinstance(condition, dict):
-        condition = {"$eq": condition}
-    ((op, operand),) = condition.items()
-    value = doc.get(field)
-    return {
-        "$eq": lambda: value == operand,
-        "$ne": lambda: value != operand,
-        "$in": lambda: value in operand,
-        "$nin": lambda: value not in operand,
-        "$gt": lambda: value > operand,
-        "$gte": lambda: value >= operand,
-        "$lt": lambda: value < operand,
-        "$lte": lambda: value <= operand,
-        "$exists": lambda: (field in doc) == operand,
-    }[op]()
 
 
 def exact_top_k(
@@ -177,7 +131,7 @@ def exact_top_k(
 def filled_index(kind: str, vectors: np.ndarray, docs: list[dict], **options) -> VectorIndex:
     import orjson
 
-    index = VectorIndex(vectors.shape[1], kind, **options)
+    index = VectorIndex(vectors.shape[1], kind, IndexOptions(**options))
     n = len(docs)
     index.add(
         RowBatch(

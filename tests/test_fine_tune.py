@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 
 import training.train
 from service.imaging import InputSpec
-from tests.folders import clip_art_folder
+from testkit.images import clip_art_folder
 from training.__main__ import build_parser, config_from_args, main
 from training.evaluate import evaluate_artifact, parent_embedder, resized
 from training.parent import FINE_TUNE_LR, Parent, locate

@@ -20,8 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import API_KEY
-from tests.support import Server, running
+from testkit.server import API_KEY, Server, running
 
 
 @pytest.fixture(scope="module")

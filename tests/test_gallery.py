@@ -13,7 +13,9 @@ from service.encoder import Encoder, load_encoder
 from service.gallery import Gallery
 from service.imaging import decode_image
 from service.store import ModelMismatch, NewImage, Store, open_store
-from tests.conftest import export_random_artifact, make_settings, png_bytes
+from testkit.app import make_settings
+from testkit.artifacts import export_random_artifact
+from testkit.images import png_bytes
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +85,7 @@ def test_two_galleries_over_one_store_see_each_others_writes_at_once(
     assert {h.id for h in a.search(np.stack([a.vector_of("img0")]), 50)[0]} == {
         f"img{n}" for n in range(20) if n != 5
     }
-    assert a.status()["indexed"] == b.status()["indexed"] == a.count() == 19
+    assert a.status().indexed == b.status().indexed == a.count() == 19
 
 
 def test_a_gallery_behind_the_pruned_log_rebuilds_and_misses_nothing(
@@ -97,7 +99,7 @@ def test_a_gallery_behind_the_pruned_log_rebuilds_and_misses_nothing(
     store.prune_log(retention_s=0)
     for n in range(5):
         assert top_id(slow, encoder, n) == f"x{n}"
-    assert slow.status()["indexed"] == 5
+    assert slow.status().indexed == 5
 
 
 def test_writes_while_closed_are_replayed_on_the_next_open(
@@ -113,7 +115,7 @@ def test_writes_while_closed_are_replayed_on_the_next_open(
     assert other.delete("before")
     again = galleries.add()  # loads the snapshot, then replays the log
     assert top_id(again, encoder, 2) == "meanwhile"
-    assert again.vector_of("before") is None and again.status()["indexed"] == 1
+    assert again.vector_of("before") is None and again.status().indexed == 1
 
 
 def test_postgres_refuses_another_model_until_reembedded(
@@ -137,9 +139,7 @@ def test_postgres_refuses_another_model_until_reembedded(
     upgraded.open()
     try:
         assert top_id(upgraded, other_encoder, 4) == "kept"
-        assert (
-            upgraded.status()["indexed"] == 1 and store.count_stale(other_encoder.info.version) == 0
-        )
+        assert upgraded.status().indexed == 1 and store.count_stale(other_encoder.info.version) == 0
     finally:
         upgraded.close()
         store.close()

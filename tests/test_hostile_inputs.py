@@ -10,9 +10,9 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.conftest import AUTH, png_bytes
-from tests.hostile_corpus import Specimen, encode, specimens
-from tests.support import Server
+from testkit.hostile_corpus import Specimen, encode, specimens
+from testkit.images import png_bytes
+from testkit.server import AUTH, Server
 
 PEAK_RSS_LIMIT_MB = 512  # the server's high-water mark after the whole corpus
 

@@ -21,7 +21,7 @@ from service.imaging import (
     decode_image,
 )
 from service.inputs import NamedImage, decode_all
-from tests.hostile_corpus import (
+from testkit.hostile_corpus import (
     Specimen,
     corrupt_coded_data,
     decoder_lies,

@@ -17,8 +17,9 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.keys import new_key
 from service.store import open_store
-from tests.conftest import AUTH, NO_KEY, make_settings, png_bytes, wait_ready
-from tests.support import API_KEY, running
+from testkit.app import make_settings, wait_ready
+from testkit.images import png_bytes
+from testkit.server import API_KEY, AUTH, NO_KEY, running
 
 OPEN_PATHS = {"/healthz", "/readyz"}
 PATH_VALUES = {"collection": "default", "name": "default", "image_id": "x", "model_id": "m"}

@@ -19,9 +19,9 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from tests.conftest import AUTH, png_bytes
-from tests.hostile_corpus import encode
-from tests.support import API_KEY, Server
+from testkit.hostile_corpus import encode
+from testkit.images import png_bytes
+from testkit.server import API_KEY, AUTH, Server
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "fashion-mnist"

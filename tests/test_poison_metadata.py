@@ -20,7 +20,9 @@ from service.app import create_app
 from service.durable import write_atomically
 from service.encoder import load_encoder
 from service.index import load_snapshot, snapshot_bytes
-from tests.conftest import AUTH, make_settings, png_bytes, wait_ready
+from testkit.app import make_settings, wait_ready
+from testkit.images import png_bytes
+from testkit.server import AUTH
 
 # Each was accepted by `json.loads` at upload and refused by the index's orjson, bricking the
 # gallery; the rest are what PostgreSQL's JSONB or orjson's writer refuse.

@@ -16,9 +16,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import AUTH, png_bytes
-from tests.postgres import Postgres
-from tests.support import Server
+from testkit.images import png_bytes
+from testkit.postgres import Postgres
+from testkit.server import AUTH, Server
 
 
 def upload(url: str, image_id: str, seed: int, **kwargs: object) -> httpx.Response:
@@ -245,7 +245,7 @@ def test_when_postgres_goes_away_writes_get_503_reads_go_on_and_all_recovers(
 def test_two_workers_re_embed_a_changed_model_once_and_both_serve_it(
     artifact: Path, tmp_path: Path
 ) -> None:
-    from tests.conftest import export_random_artifact
+    from testkit.artifacts import export_random_artifact
 
     first = Server(artifact, tmp_path / "data", LOOKALIKE_WORKERS="1")
     first.start()

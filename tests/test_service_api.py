@@ -24,8 +24,10 @@ from service.batcher import Overloaded
 from service.fashion_mnist import load_split
 from service.imaging import InputSpec, decode_image
 from service.routes.deps import get_runtime
-from tests.conftest import API_KEY, AUTH, NO_KEY, make_settings, png_bytes, wait_ready
-from tests.hostile_corpus import encode
+from testkit.app import make_settings, wait_ready
+from testkit.hostile_corpus import encode
+from testkit.images import png_bytes
+from testkit.server import API_KEY, AUTH, NO_KEY
 
 SHIPPED_MODEL = Path(__file__).resolve().parent.parent / "models" / "fashion-mnist"
 
@@ -373,7 +375,7 @@ print("ok")
 
 
 def test_a_changed_model_reembeds_the_gallery(artifact: Path, tmp_path: Path) -> None:
-    from tests.conftest import export_random_artifact
+    from testkit.artifacts import export_random_artifact
 
     data = tmp_path / "data"
     blobs = [png_bytes(i) for i in range(5)]

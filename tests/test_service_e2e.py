@@ -16,8 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import API_KEY, AUTH, png_bytes
-from tests.support import Server
+from testkit.images import png_bytes
+from testkit.server import API_KEY, AUTH, Server
 
 
 @pytest.fixture
@@ -254,7 +254,7 @@ def test_backup_writes_a_readable_copy_while_the_service_runs(
 def test_a_replica_with_another_model_refuses_in_one_line_until_reembedded(
     artifact: Path, tmp_path: Path, postgres
 ) -> None:
-    from tests.conftest import export_random_artifact
+    from testkit.artifacts import export_random_artifact
 
     url = postgres.new_database()
     first = Server(artifact, tmp_path / "a", LOOKALIKE_DATABASE_URL=url)

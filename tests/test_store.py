@@ -13,7 +13,8 @@ import pytest
 
 from service.store import LogTruncated, NewImage, Store, UnknownCollection, open_store
 from service.store.sqlite import SQLiteStore
-from tests.conftest import make_settings, png_bytes
+from testkit.app import make_settings
+from testkit.images import png_bytes
 
 MODEL = "model-a"
 

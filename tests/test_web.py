@@ -21,9 +21,9 @@ from service.app import create_app
 from service.fashion_mnist import FASHION_MNIST_CLASSES, load_split
 from service.imaging import encode_png
 from service.routes import WEB_DIR
-from tests.conftest import API_KEY, AUTH, make_settings, wait_ready
-from tests.proxy import Action, Proxy, Script
-from tests.support import Server
+from testkit.app import make_settings, wait_ready
+from testkit.proxy import Action, Proxy, Script
+from testkit.server import API_KEY, AUTH, Server
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "test-artifacts"

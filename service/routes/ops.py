@@ -74,7 +74,7 @@ async def readyz(runtime: RuntimeDep) -> Any:
     """Ready: the model is loaded and this worker's index has caught up with the store (a
     worker answers nothing before that)."""
     status = await asyncio.to_thread(runtime.gallery.status)
-    return {"status": "ready", "model": runtime.encoder.info.version, **status}
+    return {"status": "ready", "model": runtime.encoder.info.version, **status.to_dict()}
 
 
 @router.get("/info", responses={**AUTH_ERRORS, **example(INFO_EXAMPLE)}, dependencies=[ReadAccess])

@@ -1,4 +1,5 @@
-"""A real `python -m service` in a subprocess, for end-to-end tests and reliability scripts."""
+"""A real `python -m service` in a subprocess, for end-to-end tests, benchmarks and reliability
+scripts; the API key it takes and the headers that send it."""
 
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from pathlib import Path
 import httpx
 
 API_KEY = "test-key-0123456789"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+NO_KEY = {"Authorization": ""}  # a request without a key, from a client that has one
 
 
 def free_port() -> int:

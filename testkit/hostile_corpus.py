@@ -1,6 +1,6 @@
 """A corpus of hostile and odd image files, generated with Pillow and by hand.
 
-    python -m tests.hostile_corpus OUT_DIR     # write the files out, to look at or fuzz with
+    python -m testkit.hostile_corpus OUT_DIR   # write the files out, to look at or fuzz with
 
 Each entry: a name, the bytes, and the status every image endpoint must answer for it: 200 for
 odd-but-valid images, the specified 4xx otherwise. Never a 5xx, never a hang.

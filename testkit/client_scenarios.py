@@ -2,7 +2,7 @@
 standard library only, so that the same scenarios run both under pytest (tests/test_client.py)
 and in a fresh venv that has nothing but `pip install ./client`:
 
-    python tests/client_scenarios.py URL API_KEY IMAGE_DIR [OVERLOADED_URL]
+    python testkit/client_scenarios.py URL API_KEY IMAGE_DIR [OVERLOADED_URL]
 
 IMAGE_DIR holds 8 PNG files whose embeddings differ (each is its own nearest neighbour): the
 sync scenario uploads the first four, the async one the other four.

