@@ -99,10 +99,6 @@ class Gallery:
         with self._lifecycle:
             self._follower.finish()
 
-    def snapshot(self) -> None:
-        """Write the data dir's index snapshot now (follower.py)."""
-        self._follower.snapshot()
-
     # --- collections --------------------------------------------------------------------------
     def collections(self) -> list[dict]:
         """Every collection: its name, image count and this process's index kind."""

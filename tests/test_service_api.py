@@ -494,17 +494,18 @@ def test_a_size_crossed_during_a_snapshot_still_switches_the_index_without_anoth
     release = threading.Event()
     with TestClient(create_app(settings), headers=AUTH) as client:
         wait_ready(client)
-        gallery = client.app.state.runtime.gallery
-        snapshot = gallery.snapshot
+        follower = client.app.state.runtime.gallery._follower  # the thread doing the chores
+        snapshot, held = follower.snapshot, threading.Event()
 
         def slow_snapshot() -> None:
+            held.set()
             release.wait(30)
             snapshot()
 
-        gallery.snapshot = slow_snapshot
+        follower.snapshot = slow_snapshot
         client.post("/images", files=_files(*(png_bytes(700 + i) for i in range(4))))
-        # The snapshot is due and now held; these writes cross the HNSW size meanwhile.
-        client.post("/images", files=_files(*(png_bytes(800 + i) for i in range(4))))
+        assert held.wait(30)  # the snapshot fell due and is held; these writes cross the HNSW
+        client.post("/images", files=_files(*(png_bytes(800 + i) for i in range(4))))  # size
         assert client.get("/readyz").json()["index_kind"] == "flat"
         release.set()
         _wait_for(lambda: client.get("/readyz").json()["index_kind"] == "hnsw")
