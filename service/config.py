@@ -18,7 +18,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LOOKALIKE_", env_file=".env", extra="ignore")
 
     model_dir: Path = REPO_ROOT / "models" / "fashion-mnist"
-    data_dir: Path = Path("data")  # the SQLite truth, originals and this replica's index snapshot
+    data_dir: Path = Path("data")  # the SQLite truth, originals and this replica's index files
     # postgresql://user:password@host:5432/db — the truth then lives there, shared by replicas.
     database_url: SecretStr | None = None
     database_pool_size: int = Field(8, ge=1)  # connections per worker process
@@ -65,8 +65,9 @@ class Settings(BaseSettings):
     # 192: recall@10 0.9996 at 1M embeddings of augmented real images in bench/search.py (96:
     # 0.9976 there, but 0.947 on another run's harder corpus), p50 0.82 ms (BENCHMARKS.md §4).
     hnsw_ef_search: int = Field(192, ge=8)
-    snapshot_every_writes: int = Field(1000, ge=1)  # index snapshot after this many changes
-    tombstone_rebuild_ratio: float = Field(0.1, gt=0, le=1)
+    # A new index generation (mapped by every worker) once a collection has this many changes
+    # since the last; until then each worker keeps them in its own memory.
+    compact_after_changes: int = Field(10_000, ge=1)
     # Filtered /nearest (service/index.py): score the matches directly when at most this many
     # match; on an HNSW index, oversample an unfiltered search when at least this share does.
     filter_brute_force_max_matches: int = Field(20_000, ge=0)

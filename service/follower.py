@@ -6,48 +6,30 @@ the chores that keep the log short.
   reports this process's position to the log (its consumer entry).
 - **The store going away.** A failed store call marks the store down: reads then answer from the
   view as it stands, without waiting on the store, until the thread finds it back.
-- **Chores.** Rebuilds, when an index's size calls for another kind or its tombstones pass their
-  share; snapshots of the view, one writer per data dir (a file lock) and only every
-  `snapshot_every_writes` changes, each followed by pruning the log below its consumers.
+- **Generations** (generation.py). When a collection's delta holds `compact_after_changes`
+  changes, or its size calls for another index kind, the one process that takes the writer's
+  lock writes the next generation from its view; every process switches to a newer generation at
+  its next round. Each writes is followed by pruning the log below its consumers (this data
+  dir's newest generation is one, each process another).
 """
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 from service.config import Settings
-from service.durable import write_atomically
-from service.index import peek_seq
+from service.generation import Generations
 from service.index_view import IndexView
 from service.store import Store, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
-SNAPSHOT_FILE = "index.snapshot"
 ACK_EVERY_S = 5.0
-
-
-@contextmanager
-def file_lock(path: Path) -> Iterator[bool]:
-    """Try to hold an exclusive lock on `path`; yields whether it was taken."""
-    with open(path, "a+b") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def data_dir_id(data_dir: Path) -> str:
@@ -64,19 +46,14 @@ def data_dir_id(data_dir: Path) -> str:
 
 class Follower:
     def __init__(
-        self, store: Store, view: IndexView, settings: Settings, model_version: str
+        self, store: Store, view: IndexView, generations: Generations, settings: Settings
     ) -> None:
         self._store = store
         self._view = view
+        self._generations = generations
         self._settings = settings
-        self._model_version = model_version
-        data_dir = Path(settings.data_dir)
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self._snapshot_path = data_dir / SNAPSHOT_FILE
-        self._snapshot_lock = data_dir / ".snapshot.lock"
-        self._snapshot_consumer = f"snapshot:{data_dir_id(data_dir)}"
+        self._generation_consumer = f"generation:{data_dir_id(Path(settings.data_dir))}"
         self._process_consumer = f"process:{uuid.uuid4().hex}"
-        self._snapshot_seq = 0
         self._acked_at = 0.0
         self.store_down = False  # set by a failed store call; cleared by the thread
         self.stopping = threading.Event()
@@ -85,12 +62,9 @@ class Follower:
 
     # --- start and stop -----------------------------------------------------------------------
     def start(self) -> None:
-        """Load the view (from the snapshot, or built from the rows), then follow the log."""
-        covered = self._view.open(self._snapshot_path, self._model_version)
-        self._snapshot_seq = covered or 0
+        """Map the newest generation (or write one), catch up, then follow the log."""
+        self._view.load()
         self._ack()
-        if self._view.seq > self._snapshot_seq or not self._snapshot_path.exists():
-            self.snapshot()
         self._thread = threading.Thread(target=self._run, name="index-follower", daemon=True)
         self._thread.start()
 
@@ -100,15 +74,16 @@ class Follower:
         self._wake.set()
 
     def finish(self) -> None:
-        """After `stop`: wait for the thread, write a final snapshot, leave the consumer list."""
+        """After `stop`: wait for the thread, leave the consumer list, unmap the generation."""
         if self._thread is None:
             return  # never started
         self._thread.join()
         try:
-            self.snapshot()
             self._store.forget(self._process_consumer)
         except StoreUnavailable as exc:
             log.warning("closing without the store", extra={"why": str(exc)})
+        if self._view.generation is not None:
+            self._view.generation.release()
 
     # --- catching up --------------------------------------------------------------------------
     def fresh(self) -> int | None:
@@ -149,13 +124,13 @@ class Follower:
             if self.stopping.is_set():
                 return
             try:
+                if self._view.switch_if_newer():
+                    self._retire()
                 self._view.catch_up(self._store.last_seq())
                 if time.monotonic() - self._acked_at > ACK_EVERY_S:
                     self._ack()
-                work = self._due_work()
-                if work is not None:
-                    work()
-                    self._wake.set()  # then look again: more may have fallen due meanwhile
+                if self._view.due_for_compaction(self._settings.compact_after_changes):
+                    self.compact()
                 if self.store_down:
                     log.info("the store is back")
                     self.store_down = False
@@ -165,30 +140,34 @@ class Follower:
                 log.exception("index follower failed; it goes on")
 
     def _ack(self) -> None:
+        """Tell the log how far this process and the generation it maps have got."""
         self._store.ack(self._process_consumer, self._view.seq)
+        if self._view.generation is not None:
+            self._store.ack(self._generation_consumer, self._view.generation.seq)
         self._acked_at = time.monotonic()
 
     # --- chores -------------------------------------------------------------------------------
-    def _due_work(self) -> Callable[[], object] | None:
-        collection = self._view.due_for_rebuild()
-        if collection is not None:
-            return lambda: self._view.rebuild(collection)
-        if self._view.seq - self._snapshot_seq >= self._settings.snapshot_every_writes:
-            return self.snapshot
-        return None
-
-    def snapshot(self) -> None:
-        """Write this process's index as the data dir's snapshot, then prune the log below its
-        consumers. Skipped while another process holds the snapshot lock, or when the snapshot
-        on disk is less than `snapshot_every_writes` changes behind (workers share one)."""
-        with file_lock(self._snapshot_lock) as mine:
-            on_disk = peek_seq(self._snapshot_path)
-            cadence = self._settings.snapshot_every_writes
-            if not mine or (on_disk is not None and self._view.seq - on_disk < cadence):
-                self._snapshot_seq = self._view.seq if on_disk is None else on_disk
+    def compact(self) -> None:
+        """Write the next generation from this view, switch to it, and prune the log. Skipped
+        while another process writes one, or when a newer one than this view's is there (the
+        next round switches to it)."""
+        with self._generations.writing(wait=False) as mine:
+            current = self._view.generation
+            if not mine or current is None or self._generations.current() != current.name:
                 return
-            content, seq = self._view.snapshot(self._model_version)
-            write_atomically(self._snapshot_path, content)
-            self._snapshot_seq = seq
-        self._store.ack(self._snapshot_consumer, seq)
+            started = time.monotonic()
+            seq, sources = self._view.compaction_sources()
+            name = self._generations.write(seq, sources)
+            log.info(
+                "index generation written",
+                extra={"generation": name, "seconds": round(time.monotonic() - started, 2)},
+            )
+        self._view.switch_if_newer()
+        self._retire()
+        self._ack()
         self._store.prune_log(self._settings.log_retention_s)
+
+    def _retire(self) -> None:
+        with self._generations.writing(wait=False) as mine:
+            if mine:
+                self._generations.retire()

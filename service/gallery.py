@@ -21,6 +21,7 @@ import os
 import threading
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -28,6 +29,7 @@ from service.config import Settings
 from service.encoder import Encoder
 from service.filters import Filter
 from service.follower import Follower
+from service.generation import Generations
 from service.index import Hit, IndexKind, IndexOptions
 from service.index_view import IndexView
 from service.reembedding import check_model, upgrade_model
@@ -51,6 +53,7 @@ class GalleryStatus:
     index_tombstones: int
     index_unreadable: int
     index_seq: int  # the last log entry this process's index includes
+    index_generation: str | None  # the generation it maps (generation.py)
     collections: int
     store: str  # the backend
     store_available: bool
@@ -67,8 +70,10 @@ class Gallery:
         self._store = store
         self._encoder = encoder
         self.version = encoder.info.version
-        self._view = IndexView(store, encoder.info.dim, IndexOptions.from_settings(settings))
-        self._follower = Follower(store, self._view, settings, self.version)
+        dim, options = encoder.info.dim, IndexOptions.from_settings(settings)
+        generations = Generations(Path(settings.data_dir), dim, options, self.version)
+        self._view = IndexView(store, dim, options, generations)
+        self._follower = Follower(store, self._view, generations, settings)
         self._lifecycle = threading.Lock()  # close() waits for an open() in progress
 
     def chore(self, name: str) -> AbstractContextManager[None]:
@@ -233,6 +238,7 @@ class Gallery:
             index_tombstones=totals.tombstones,
             index_unreadable=totals.unreadable,
             index_seq=self._view.seq,
+            index_generation=generation.name if (generation := self._view.generation) else None,
             collections=totals.collections,
             store=self._store.backend,
             store_available=store_seq is not None,

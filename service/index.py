@@ -1,8 +1,12 @@
-"""The search index of one collection: FAISS over unit vectors (inner product = cosine score),
-derived from the store's change log. Labels are the store's version numbers (`seq`), so a stale
-label never resolves. Beside the vectors it keeps each label's id and metadata, and a
-`MetadataIndex` of that metadata, so a search, filtered or not, needs no database round trip,
-and keeps answering while the database is away.
+"""Search over one collection's vectors: FAISS over unit vectors (inner product = cosine score).
+`SearchableIndex` holds how a search runs, filtered or not; two kinds of index share it:
+- `VectorIndex` (here): in memory and writable, derived from the store's change log. Its FAISS
+  ids are labels, the store's version numbers (`seq`), so a stale label never resolves. Beside the
+  vectors it keeps each label's id and metadata, and a `MetadataIndex` of that metadata, so a
+  search needs no database round trip, and keeps answering while the database is away. A
+  process's delta since its generation is one (collection_index.py).
+- `MappedIndex` (mapped_index.py): one collection's part of a generation, read-only and mapped
+  from files that every worker shares; its FAISS ids are positions.
 
 - `flat`: exact, IndexFlatIP in an IndexIDMap2; removal is real.
 - `hnsw`: approximate, IndexHNSWFlat; HNSW cannot remove, so removed labels become tombstones,
@@ -21,21 +25,16 @@ match). The filter becomes a mask over labels; how the search runs depends on ho
 The two thresholds are settings (`filter_*`); bench/ measures where they should sit.
 
 Searches run concurrently (FAISS releases the GIL); writes take the lock exclusively.
-Snapshots carry the last seq they cover and a checksum; a snapshot that fails to load is
-reported, and the owner rebuilds from the store.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
-import struct
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import faiss
@@ -52,8 +51,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"LOOKALIKE-INDEX-3\n"  # 3: one snapshot holds every collection's index
-
 OVERSAMPLE = 2.0  # an oversampled search asks for k / share × this
 SELECTOR_EF = 2.0  # a selector search's efSearch: k / share × this …
 MAX_SELECTOR_EF = 4096  # … at most this
@@ -69,7 +66,6 @@ class IndexOptions:
 
     kind: IndexKind | Literal["auto"] = "auto"
     approximate_min_vectors: int = 100_000  # auto: HNSW from this size
-    tombstone_rebuild_ratio: float = 0.1
     hnsw_m: int = 32
     ef_construction: int = 80
     ef_search: int = 192
@@ -81,7 +77,6 @@ class IndexOptions:
         return cls(
             kind=settings.index_kind,
             approximate_min_vectors=settings.approximate_index_min_vectors,
-            tombstone_rebuild_ratio=settings.tombstone_rebuild_ratio,
             hnsw_m=settings.hnsw_m,
             ef_construction=settings.hnsw_ef_construction,
             ef_search=settings.hnsw_ef_search,
@@ -101,10 +96,6 @@ class Hit:
     id: str
     score: float
     metadata: dict
-
-
-class SnapshotError(ValueError):
-    """The snapshot file is missing, truncated, corrupt or for another model."""
 
 
 class ReadWriteLock:
@@ -146,27 +137,47 @@ class ReadWriteLock:
                 self._cond.notify_all()
 
 
-class VectorIndex:
-    def __init__(self, dim: int, kind: IndexKind, options: IndexOptions = IndexOptions()) -> None:
-        if kind not in ("flat", "hnsw"):
-            raise ValueError(f"index kind must be 'flat' or 'hnsw', not {kind!r}")
-        self.dim, self.kind, self.options = dim, kind, options
-        self._index = self._empty()
-        self._tombstones: set[int] = set()
-        self._rows: dict[int, tuple[str, str]] = {}  # label → (id, metadata JSON)
-        self._labels: dict[str, int] = {}  # id → its live label
-        self._metadata = MetadataIndex()
-        self._unreadable: dict[int, str] = {}  # label → id: rows left out, metadata unreadable
-        self.lock = ReadWriteLock()
-        self.seq = 0  # the last store change this index includes
+def log_left_out(image_id: str, exc: Exception) -> None:
+    """One row whose stored metadata the strict parser refuses: left out of search, not fatal."""
+    log.error(
+        "image %r is left out of search: %s (re-upload it with valid metadata)", image_id, exc
+    )
 
-    def _empty(self) -> faiss.Index:
-        if self.kind == "flat":
-            return faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
-        hnsw = faiss.IndexHNSWFlat(self.dim, self.options.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        hnsw.hnsw.efConstruction = self.options.ef_construction
-        hnsw.hnsw.efSearch = self.options.ef_search
-        return faiss.IndexIDMap2(hnsw)
+
+def new_faiss_index(dim: int, kind: IndexKind, options: IndexOptions) -> faiss.Index:
+    """An empty FAISS index of `kind` over unit vectors; its ids are positions."""
+    if kind == "flat":
+        return faiss.IndexFlatIP(dim)
+    hnsw = faiss.IndexHNSWFlat(dim, options.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+    hnsw.hnsw.efConstruction = options.ef_construction
+    hnsw.hnsw.efSearch = options.ef_search
+    return hnsw
+
+
+class SearchableIndex:
+    """How a search runs over FAISS ids (module docstring); subclasses say what an id holds."""
+
+    kind: IndexKind
+    options: IndexOptions
+    _index: faiss.Index
+
+    @property
+    def count(self) -> int:
+        """Live images."""
+        raise NotImplementedError
+
+    @property
+    def _dead(self) -> int:
+        """Ids FAISS still holds whose image is gone (they are skipped)."""
+        raise NotImplementedError
+
+    def _row(self, fid: int) -> tuple[str, str] | None:
+        """The live image at FAISS id `fid`: its id and metadata JSON; None when gone."""
+        raise NotImplementedError
+
+    def matching(self, where: Filter) -> np.ndarray:
+        """(n,) bool over FAISS ids: True where a live image's metadata matches `where`."""
+        raise NotImplementedError
 
     def tune(
         self,
@@ -196,12 +207,132 @@ class VectorIndex:
 
     def _set_ef_search(self) -> None:
         if self.kind == "hnsw":
-            faiss.downcast_index(self._index.index).hnsw.efSearch = self.options.ef_search  # type: ignore[attr-defined]
+            inner = self._index.index if isinstance(self._index, faiss.IndexIDMap2) else self._index
+            faiss.downcast_index(inner).hnsw.efSearch = self.options.ef_search  # type: ignore[attr-defined]
+
+    # --- reads (callers hold lock.read()) --------------------------------------------------
+    def search(self, queries: np.ndarray, k: int, where: Filter | None = None) -> list[list[Hit]]:
+        """Per query, up to k hits, best first, tombstones dropped; with `where`, the top k
+        among the images whose metadata matches it (see the module docstring)."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if not self.count:
+            return [[] for _ in queries]
+        if where is None:
+            return self._unfiltered(queries, k)
+        mask = self.matching(where)
+        matches = int(np.count_nonzero(mask))
+        plan = self.plan(matches)
+        if plan == "none":
+            return [[] for _ in queries]
+        if plan == "brute force":
+            return self._brute_force(queries, k, mask)
+        if plan == "oversample":
+            found = self._oversampled(queries, k, mask, matches)
+            if all(len(hits) >= min(k, matches) for hits in found):
+                return found
+        return self._selected(queries, k, mask, matches)
+
+    def _unfiltered(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
+        want = min(k + self._dead, self._index.ntotal)
+        return self._hits(*self._index.search(queries, want), k)
+
+    def plan(self, matches: int) -> SearchPlan:
+        """How a filtered search with this many matching images runs."""
+        if not matches:
+            return "none"
+        if matches <= self.options.brute_force_max_matches:
+            return "brute force"
+        if self.kind == "hnsw" and matches / self.count >= self.options.oversample_min_share:
+            return "oversample"
+        return "selector"
+
+    def _brute_force(self, queries: np.ndarray, k: int, mask: np.ndarray) -> list[list[Hit]]:
+        labels = np.flatnonzero(mask)
+        vectors = self._index.reconstruct_batch(labels)  # (m, D)
+        scores = queries @ vectors.T  # (nq, m)
+        top = min(k, len(labels))
+        best = np.argpartition(-scores, top - 1, axis=1)[:, :top]
+        best_scores = np.take_along_axis(scores, best, axis=1)
+        order = np.argsort(-best_scores, axis=1, kind="stable")
+        best = np.take_along_axis(best, order, axis=1)
+        return self._hits(np.take_along_axis(scores, best, axis=1), labels[best], k)
+
+    def _oversampled(
+        self, queries: np.ndarray, k: int, mask: np.ndarray, matches: int
+    ) -> list[list[Hit]]:
+        share = matches / self.count
+        want = math.ceil(k / share * OVERSAMPLE) + self._dead
+        scores, labels = self._index.search(queries, min(want, self._index.ntotal))
+        return self._hits(scores, labels, k, mask)
+
+    def _selected(
+        self, queries: np.ndarray, k: int, mask: np.ndarray, matches: int
+    ) -> list[list[Hit]]:
+        bitmap = np.packbits(mask, bitorder="little")  # kept alive: the selector points into it
+        selector = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))
+        if self.kind == "flat":
+            params = faiss.SearchParameters()
+        else:
+            params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
+            ef = math.ceil(k * self.count / matches * SELECTOR_EF)
+            params.efSearch = max(self.options.ef_search, min(ef, MAX_SELECTOR_EF))
+        params.sel = selector
+        scores, labels = self._index.search(queries, min(k, matches), params=params)
+        return self._hits(scores, labels, k)
+
+    def _hits(
+        self, scores: np.ndarray, labels: np.ndarray, k: int, mask: np.ndarray | None = None
+    ) -> list[list[Hit]]:
+        """FAISS's (scores, labels) rows → up to k live hits each, best first (and, with a
+        mask, only its labels)."""
+        results = []
+        for s_row, l_row in zip(scores, labels, strict=True):
+            hits = []
+            for score, label in zip(s_row.tolist(), l_row.tolist(), strict=True):
+                if mask is not None and not (0 <= label < len(mask) and mask[label]):
+                    continue
+                row = self._row(label)
+                if row is not None:
+                    hits.append(Hit(row[0], score, orjson.loads(row[1])))
+                    if len(hits) == k:
+                        break
+            results.append(hits)
+        return results
+
+
+class VectorIndex(SearchableIndex):
+    """In memory and writable: FAISS ids are labels (seqs)."""
+
+    def __init__(self, dim: int, kind: IndexKind, options: IndexOptions = IndexOptions()) -> None:
+        if kind not in ("flat", "hnsw"):
+            raise ValueError(f"index kind must be 'flat' or 'hnsw', not {kind!r}")
+        self.dim, self.kind, self.options = dim, kind, options
+        self._index = self._empty()
+        self._tombstones: set[int] = set()
+        self._rows: dict[int, tuple[str, str]] = {}  # label → (id, metadata JSON)
+        self._labels: dict[str, int] = {}  # id → its live label
+        self._metadata = MetadataIndex()
+        self._unreadable: dict[int, str] = {}  # label → id: rows left out, metadata unreadable
+        self.lock = ReadWriteLock()
+        self.seq = 0  # the last store change this index includes
+
+    def _empty(self) -> faiss.Index:
+        return faiss.IndexIDMap2(new_faiss_index(self.dim, self.kind, self.options))
 
     @property
     def count(self) -> int:
         """Live vectors (tombstones excluded)."""
         return len(self._rows)
+
+    @property
+    def _dead(self) -> int:
+        return len(self._tombstones)
+
+    def _row(self, fid: int) -> tuple[str, str] | None:
+        return self._rows.get(fid)
+
+    def matching(self, where: Filter) -> np.ndarray:
+        return self._metadata.mask(where)
 
     @property
     def unreadable(self) -> int:
@@ -211,18 +342,6 @@ class VectorIndex:
     @property
     def tombstones(self) -> int:
         return len(self._tombstones)
-
-    @property
-    def tombstone_share(self) -> float:
-        return len(self._tombstones) / max(1, self._index.ntotal)
-
-    @property
-    def due_for_rebuild(self) -> bool:
-        """Whether its size now calls for another kind, or its tombstones passed their share."""
-        return (
-            self.kind != self.options.kind_for(self.count)
-            or self.tombstone_share > self.options.tombstone_rebuild_ratio
-        )
 
     # --- writes (callers hold lock.write()) ------------------------------------------------
     def add(self, batch: RowBatch) -> None:
@@ -238,11 +357,7 @@ class VectorIndex:
                 keep.append(i)
             except strict_json.InvalidJSON as exc:
                 self._unreadable[label] = image_id
-                log.error(
-                    "image %r is left out of search: %s (re-upload it with valid metadata)",
-                    image_id,
-                    exc,
-                )
+                log_left_out(image_id, exc)
         if not keep:
             return
         seqs = batch.seqs[keep].astype(np.int64)
@@ -278,195 +393,27 @@ class VectorIndex:
             self.add(_one_row(change.seq, change.row))
         self.seq = max(self.seq, change.seq)
 
-    # --- reads (callers hold lock.read()) --------------------------------------------------
-    def search(self, queries: np.ndarray, k: int, where: Filter | None = None) -> list[list[Hit]]:
-        """Per query, up to k hits, best first, tombstones dropped; with `where`, the top k
-        among the images whose metadata matches it (see the module docstring)."""
-        queries = np.ascontiguousarray(queries, dtype=np.float32)
-        if not self.count:
-            return [[] for _ in queries]
-        if where is None:
-            want = min(k + len(self._tombstones), self._index.ntotal)
-            return self._hits(*self._index.search(queries, want), k)
-        mask = self.matching(where)
-        matches = int(np.count_nonzero(mask))
-        plan = self.plan(matches)
-        if plan == "none":
-            return [[] for _ in queries]
-        if plan == "brute force":
-            return self._brute_force(queries, k, mask)
-        if plan == "oversample":
-            found = self._oversampled(queries, k, mask, matches)
-            if all(len(hits) >= min(k, matches) for hits in found):
-                return found
-        return self._selected(queries, k, mask, matches)
+    def live_rows(self) -> RowBatch:
+        """Its live rows, in label order (callers hold lock.read())."""
+        labels = np.array(sorted(self._rows), dtype=np.int64)
+        vectors = (
+            self._index.reconstruct_batch(labels)
+            if len(labels)
+            else np.zeros((0, self.dim), dtype=np.float32)
+        )
+        rows = [self._rows[label] for label in labels.tolist()]
+        return RowBatch(labels, vectors, [r[0] for r in rows], [r[1] for r in rows])
 
-    def matching(self, where: Filter) -> np.ndarray:
-        """(n,) bool over labels: True where a live image's metadata matches `where`."""
-        return self._metadata.mask(where)
-
-    def plan(self, matches: int) -> SearchPlan:
-        """How a filtered search with this many matching images runs."""
-        if not matches:
-            return "none"
-        if matches <= self.options.brute_force_max_matches:
-            return "brute force"
-        if self.kind == "hnsw" and matches / self.count >= self.options.oversample_min_share:
-            return "oversample"
-        return "selector"
-
-    def _brute_force(self, queries: np.ndarray, k: int, mask: np.ndarray) -> list[list[Hit]]:
-        labels = np.flatnonzero(mask)
-        vectors = self._index.reconstruct_batch(labels)  # (m, D)
-        scores = queries @ vectors.T  # (nq, m)
-        top = min(k, len(labels))
-        best = np.argpartition(-scores, top - 1, axis=1)[:, :top]
-        best_scores = np.take_along_axis(scores, best, axis=1)
-        order = np.argsort(-best_scores, axis=1, kind="stable")
-        best = np.take_along_axis(best, order, axis=1)
-        return self._hits(np.take_along_axis(scores, best, axis=1), labels[best], k)
-
-    def _oversampled(
-        self, queries: np.ndarray, k: int, mask: np.ndarray, matches: int
-    ) -> list[list[Hit]]:
-        share = matches / self.count
-        want = math.ceil(k / share * OVERSAMPLE) + len(self._tombstones)
-        scores, labels = self._index.search(queries, min(want, self._index.ntotal))
-        return self._hits(scores, labels, k, mask)
-
-    def _selected(
-        self, queries: np.ndarray, k: int, mask: np.ndarray, matches: int
-    ) -> list[list[Hit]]:
-        bitmap = np.packbits(mask, bitorder="little")  # kept alive: the selector points into it
-        selector = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))
-        if self.kind == "flat":
-            params = faiss.SearchParameters()
-        else:
-            params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
-            ef = math.ceil(k * self.count / matches * SELECTOR_EF)
-            params.efSearch = max(self.options.ef_search, min(ef, MAX_SELECTOR_EF))
-        params.sel = selector
-        scores, labels = self._index.search(queries, min(k, matches), params=params)
-        return self._hits(scores, labels, k)
-
-    def _hits(
-        self, scores: np.ndarray, labels: np.ndarray, k: int, mask: np.ndarray | None = None
-    ) -> list[list[Hit]]:
-        """FAISS's (scores, labels) rows → up to k live hits each, best first (and, with a
-        mask, only its labels)."""
-        results = []
-        for s_row, l_row in zip(scores, labels, strict=True):
-            hits = []
-            for score, label in zip(s_row.tolist(), l_row.tolist(), strict=True):
-                if mask is not None and not (0 <= label < len(mask) and mask[label]):
-                    continue
-                row = self._rows.get(label)
-                if row is not None:
-                    hits.append(Hit(row[0], score, orjson.loads(row[1])))
-                    if len(hits) == k:
-                        break
-            results.append(hits)
-        return results
+    @property
+    def unreadable_rows(self) -> dict[int, str]:
+        """Rows left out because their metadata is unreadable: label → id."""
+        return dict(self._unreadable)
 
     def vector_of(self, image_id: str) -> np.ndarray | None:
         label = self._labels.get(image_id)
         if label is None:
             return None
         return np.asarray(self._index.reconstruct(label), dtype=np.float32)
-
-    # --- snapshots (callers hold a lock so the parts are consistent) -----------------------
-    def _snapshot_parts(self) -> tuple[dict, bytes]:
-        vectors = faiss.serialize_index(self._index).tobytes()
-        rows = orjson.dumps([[label, *row] for label, row in self._rows.items()])
-        header = {
-            "seq": self.seq,
-            "kind": self.kind,
-            "dim": self.dim,
-            "count": self.count,
-            "tombstones": sorted(self._tombstones),
-            "unreadable": sorted(self._unreadable.items()),
-            "vector_bytes": len(vectors),
-            "row_bytes": len(rows),
-        }
-        return header, vectors + rows
-
-    @classmethod
-    def _from_snapshot(
-        cls, header: dict, payload: memoryview, options: IndexOptions
-    ) -> VectorIndex:
-        index = cls(header["dim"], header["kind"], options)
-        split = header["vector_bytes"]
-        index._index = faiss.deserialize_index(np.frombuffer(payload[:split], dtype=np.uint8))
-        index._set_ef_search()
-        batch = orjson.loads(payload[split:])
-        for label, image_id, metadata in batch:
-            try:
-                parsed = strict_json.loads(metadata, "metadata")
-            except strict_json.InvalidJSON as exc:  # written by an older, lenient lookalike
-                raise SnapshotError(f"image {image_id!r} has unreadable metadata: {exc}") from exc
-            index._rows[label] = (image_id, metadata)
-            index._labels[image_id] = label
-            index._metadata.add(label, parsed)
-        index._unreadable = {label: image_id for label, image_id in header.get("unreadable", [])}
-        index._tombstones = set(header["tombstones"])
-        index.seq = header["seq"]
-        return index
-
-
-def snapshot_bytes(indexes: dict[str, VectorIndex], *, seq: int, model_version: str) -> bytes:
-    """One snapshot file's content: every collection's index, as of log position `seq`."""
-    parts = {name: index._snapshot_parts() for name, index in indexes.items()}
-    header = orjson.dumps(
-        {
-            "seq": seq,
-            "model_version": model_version,
-            "collections": {name: part[0] for name, part in parts.items()},
-        }
-    )
-    body = b"".join(
-        [MAGIC, struct.pack("<Q", len(header)), header, *(part[1] for part in parts.values())]
-    )
-    return body + hashlib.sha256(body).digest()
-
-
-def peek_seq(path: Path) -> int | None:
-    """The seq a snapshot file covers, from its header alone; None if there is none."""
-    try:
-        with open(path, "rb") as f:
-            start = f.read(len(MAGIC) + 8)
-            if len(start) < len(MAGIC) + 8 or not start.startswith(MAGIC):
-                return None
-            (length,) = struct.unpack("<Q", start[len(MAGIC) :])
-            return int(orjson.loads(f.read(length))["seq"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def load_snapshot(
-    path: Path, *, model_version: str, options: IndexOptions = IndexOptions()
-) -> tuple[dict[str, VectorIndex], int]:
-    """Every collection's index from a snapshot file, and the log position it covers."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise SnapshotError(f"no readable snapshot at {path}") from exc
-    body, digest = memoryview(data)[:-32], data[-32:]
-    if not data.startswith(MAGIC) or hashlib.sha256(body).digest() != digest:
-        raise SnapshotError(f"snapshot {path} is truncated, corrupt or of an older format")
-    (length,) = struct.unpack("<Q", body[len(MAGIC) : len(MAGIC) + 8])
-    start = len(MAGIC) + 8
-    try:
-        header = orjson.loads(body[start : start + length])
-    except orjson.JSONDecodeError as exc:
-        raise SnapshotError(f"snapshot {path} has a corrupt header") from exc
-    if header["model_version"] != model_version:
-        raise SnapshotError(f"snapshot {path} holds vectors of another model")
-    indexes, at = {}, start + length
-    for name, part in header["collections"].items():
-        end = at + part["vector_bytes"] + part["row_bytes"]
-        indexes[name] = VectorIndex._from_snapshot(part, body[at:end], options)
-        at = end
-    return indexes, header["seq"]
 
 
 def _one_row(seq: int, row: IndexedRow) -> RowBatch:

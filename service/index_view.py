@@ -1,40 +1,36 @@
-"""This process's view of the gallery: one search index per collection, all derived from the
-store's one change log.
+"""This process's view of the gallery: one index per collection, all derived from the store's
+one change log.
 
-Each process (each worker, each replica) keeps its own. Before a read, the gallery calls
-`catch_up(store.last_seq())`; the view replays the changes it has not seen, in seq order, each
-into its collection's index (made on a collection's first change; a `drop` forgets it). Labels
-are seqs and an index skips what it already includes, so replaying is idempotent. A view whose
-position fell below the log's truncation point rebuilds from the rows. A rebuild (of every
-index, or of one whose kind or tombstones call for it) builds beside the live indexes, catches
-up and swaps, so searches never wait for it.
+Each process (each worker, each replica) keeps its own, over the newest generation it has
+switched to (generation.py: every collection's index in files that all the data dir's processes
+map). Before a read, the gallery calls `catch_up(store.last_seq())`; the view replays the changes
+it has not seen, in seq order, each into its collection's index (collection_index.py: the
+generation's part and this process's delta since; made on a collection's first change, a `drop`
+forgets it). Labels are seqs and an index skips what it already includes, so replaying is
+idempotent.
+
+A newer generation is switched to whole: its indexes are made and caught up beside the live ones,
+then swapped in, so a search runs on one generation from start to end. The first process to find
+no usable generation (or its view fallen below the pruned log) writes one from the store's rows.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
+from service.collection_index import CollectionIndex
 from service.filters import Filter
-from service.index import (
-    Hit,
-    IndexKind,
-    IndexOptions,
-    SnapshotError,
-    VectorIndex,
-    load_snapshot,
-    snapshot_bytes,
-)
+from service.generation import Generation, GenerationError, Generations, PartSource
+from service.index import Hit, IndexKind, IndexOptions
 from service.store.base import Change, LogTruncated, Store
 
 log = logging.getLogger(__name__)
 
-Indexes = dict[str, VectorIndex]
+Indexes = dict[str, CollectionIndex]
 
 
 @dataclass(frozen=True)
@@ -48,126 +44,140 @@ class IndexTotals:
 
 
 class IndexView:
-    def __init__(self, store: Store, dim: int, options: IndexOptions) -> None:
+    def __init__(
+        self, store: Store, dim: int, options: IndexOptions, generations: Generations
+    ) -> None:
         self._store = store
         self._dim = dim
         self._options = options
+        self._generations = generations
+        self._generation: Generation | None = None
         self._indexes: Indexes = {}  # collection → its index; one without images may be absent
         self.seq = 0  # the last log entry this view has applied
         self._catching = threading.Lock()  # one catch-up or swap at a time
 
-    # --- building ---------------------------------------------------------------------------
-    def _new_index(self, kind: IndexKind) -> VectorIndex:
-        return VectorIndex(self._dim, kind, self._options)
+    # --- generations ------------------------------------------------------------------------
+    @property
+    def generation(self) -> Generation | None:
+        return self._generation
 
-    def _build_one(self, collection: str, upto: int) -> VectorIndex:
-        """A fresh index of `collection`'s rows up to seq `upto` (not yet visible)."""
-        index = self._new_index(self._options.kind_for(self._store.count(collection)))
-        for batch in self._store.rows(collection, max_seq=upto):
-            index.add(batch)
-        index.seq = upto
-        return index
+    def load(self) -> None:
+        """Map the newest generation (written from the store when there is none, or it is
+        damaged), and catch up from its position."""
+        newest = self._generations.open_current()
+        self._switch_to(newest or self._write_from_store(unless_usable=True))
 
-    def _build(self) -> tuple[Indexes, int]:
-        """Fresh indexes of every collection up to the store's current seq."""
-        upto = self._store.last_seq()
-        return {name: self._build_one(name, upto) for name, _ in self._store.collections()}, upto
+    def _write_from_store(self, *, unless_usable: bool) -> Generation:
+        """Write a generation of the store's rows and map it. One process at a time: with
+        `unless_usable`, one that waited maps what the other wrote."""
+        with self._generations.writing(wait=True):
+            written = self._generations.open_current() if unless_usable else None
+            if written is not None:
+                return written
+            upto = self._store.last_seq()
+            log.info("writing an index generation from the store", extra={"seq": upto})
+            sources = {
+                name: PartSource(count, self._store.rows(name, max_seq=upto), {})
+                for name, count in self._store.collections()
+            }
+            self._generations.write(upto, sources)
+            self._generations.retire()
+            written = self._generations.open_current()
+        if written is None:
+            raise GenerationError("the index generation just written cannot be opened")
+        return written
 
-    def _install(self, indexes: Indexes, seq: int) -> None:
-        """Make `indexes` (loaded from a snapshot, or built) the live ones, caught up."""
-        with self._catching:
-            self._indexes, self.seq, _ = self._caught_up(indexes, seq)
+    def switch_if_newer(self) -> bool:
+        """Switch to the newest generation when another process has written one."""
+        newest = self._generations.current()
+        if newest is None or self._generation is None or newest == self._generation.name:
+            return False
+        generation = self._generations.open_current()
+        if generation is None:
+            return False
+        if generation.seq <= self._generation.seq:
+            generation.release()
+            return False
+        self._switch_to(generation)
+        return True
 
-    def open(self, snapshot: Path, model_version: str) -> int | None:
-        """Load the snapshot file (or, when it is missing, damaged or of another model, build
-        from the rows) and catch up; the seq the snapshot covered, None when built."""
+    def _switch_to(self, generation: Generation) -> None:
+        indexes = {
+            name: CollectionIndex(self._dim, self._options, part, generation.seq)
+            for name, part in generation.parts.items()
+        }
         try:
-            indexes, seq = load_snapshot(
-                snapshot, model_version=model_version, options=self._options
-            )
-            covered: int | None = seq
-        except SnapshotError as exc:
-            log.warning("rebuilding the index from the store", extra={"why": str(exc)})
-            (indexes, seq), covered = self._build(), None
-        self._install(indexes, seq)
-        log.info(
-            "index ready",
-            extra={
-                "vectors": self.totals().vectors,
-                "replayed": self.seq - seq,
-                "collections": len(self._indexes),
-            },
-        )
-        return covered
-
-    def rebuild(self, collection: str | None = None) -> None:
-        """Rebuild one collection's index, or (None) every one."""
-        started = time.monotonic()
-        try:
-            if collection is None:
-                self._install(*self._build())
-            else:
-                self._rebuild_one(collection)
+            seq = self._replay(indexes, generation.seq)  # most of it, beside the live indexes
+            with self._catching:
+                seq = self._replay(indexes, seq)
+                old, self._generation = self._generation, generation
+                self._indexes, self.seq = indexes, max(seq, self.seq)
         except LogTruncated:
-            self._install(*self._build())
+            generation.release()
+            log.warning("the log no longer reaches back to the index generation; rewriting it")
+            self._switch_to(self._write_from_store(unless_usable=False))
+            return
+        if old is not None:
+            old.release()
         log.info(
-            "index rebuilt",
+            "index generation mapped",
             extra={
-                "collection": collection or "(all)",
+                "generation": generation.name,
                 "vectors": self.totals().vectors,
-                "seconds": round(time.monotonic() - started, 1),
+                "replayed": self.seq - generation.seq,
+                "collections": len(indexes),
             },
         )
 
-    def _rebuild_one(self, collection: str) -> None:
-        fresh = {collection: self._build_one(collection, self._store.last_seq())}
-        with self._catching:  # no catch-up between reading the changes and the swap
-            changes = self._store.changes_since(fresh[collection].seq)
-            self._apply(fresh, changes, only=collection)
-            if collection in fresh:  # else it was dropped meanwhile
-                self._indexes[collection] = fresh[collection]
+    def due_for_compaction(self, compact_after_changes: int) -> bool:
+        return any(index.due(compact_after_changes) for index in list(self._indexes.values()))
 
-    def due_for_rebuild(self) -> str | None:
-        """A collection whose index its size or tombstones call to rebuild, if any."""
-        for name, index in list(self._indexes.items()):
-            if index.due_for_rebuild:
-                return name
-        return None
+    def compaction_sources(self) -> tuple[int, dict[str, PartSource]]:
+        """What the next generation is written from, consistent at one log position."""
+        with self._catching:  # every write to a live index happens under it
+            states = {}
+            for name, index in self._indexes.items():
+                with index.lock.read():
+                    states[name] = index.state()
+            seq = self.seq
+        return seq, {
+            name: PartSource(state.count, state.rows(), state.unreadable)
+            for name, state in states.items()
+        }
 
     # --- following the log ------------------------------------------------------------------
     def catch_up(self, upto: int) -> int:
         """Apply every change up to at least `upto`; how many were applied."""
         if self.seq >= upto:
             return 0
-        with self._catching:
-            if self.seq >= upto:
-                return 0
-            self._indexes, self.seq, applied = self._caught_up(self._indexes, self.seq)
-            return applied
-
-    def _caught_up(self, indexes: Indexes, seq: int) -> tuple[Indexes, int, int]:
-        """`indexes` at `seq` with every change since applied, or fresh ones when the log no
-        longer reaches back that far; the new position and how many changes. Callers hold
-        `_catching`."""
         try:
-            changes = self._store.changes_since(seq)
-        except LogTruncated as exc:
-            log.warning("index fell behind the pruned log; rebuilding", extra={"why": str(exc)})
-            indexes, seq = self._build()
-            changes = self._store.changes_since(seq)
-        self._apply(indexes, changes)
-        return indexes, max([seq, *(c.seq for c in changes)]), len(changes)
+            with self._catching:
+                if self.seq >= upto:
+                    return 0
+                before = self.seq
+                self.seq = self._replay(self._indexes, self.seq)
+                return self.seq - before
+        except LogTruncated:
+            log.warning("the index fell behind the pruned log; rewriting the generation")
+            self._switch_to(self._write_from_store(unless_usable=False))
+            return 0
 
-    def _apply(self, indexes: Indexes, changes: list[Change], only: str | None = None) -> None:
+    def _replay(self, indexes: Indexes, seq: int) -> int:
+        """Apply every change after `seq` to `indexes`; the new position."""
+        changes = self._store.changes_since(seq)
+        self._apply(indexes, changes)
+        return max([seq, *(c.seq for c in changes)])
+
+    def _apply(self, indexes: Indexes, changes: list[Change]) -> None:
         for change in changes:
-            if only is not None and change.collection != only:
-                continue
             if change.drop:
                 indexes.pop(change.collection, None)
                 continue
             index = indexes.get(change.collection)
             if index is None:
-                index = indexes[change.collection] = self._new_index(self._options.kind_for(0))
+                index = indexes[change.collection] = CollectionIndex(
+                    self._dim, self._options, None, change.seq - 1
+                )
             with index.lock.write():
                 index.apply(change)
 
@@ -178,7 +188,7 @@ class IndexView:
 
     def kind_of(self, collection: str) -> IndexKind:
         index = self._indexes.get(collection)
-        return index.kind if index is not None else self._options.kind_for(0)
+        return index.kind if index is not None else "flat"
 
     def totals(self) -> IndexTotals:
         indexes = list(self._indexes.values())
@@ -204,7 +214,7 @@ class IndexView:
         if index is None:
             return np.zeros(0, dtype=np.int64)
         with index.lock.read():
-            return np.flatnonzero(index.matching(where))
+            return index.labels_matching(where)
 
     def vector_of(self, collection: str, image_id: str) -> np.ndarray | None:
         index = self._indexes.get(collection)
@@ -212,9 +222,3 @@ class IndexView:
             return None
         with index.lock.read():
             return index.vector_of(image_id)
-
-    def snapshot(self, model_version: str) -> tuple[bytes, int]:
-        """A snapshot file's content of every index, consistent at one log position."""
-        with self._catching:  # every write to a live index happens under it
-            content = snapshot_bytes(self._indexes, seq=self.seq, model_version=model_version)
-            return content, self.seq

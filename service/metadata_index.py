@@ -12,6 +12,9 @@ beside them (numbers added, labels removed) and a range query reads both. When P
 piled up, the writer merges them in (O(n), about 10 ms at a million numbers). So a gallery taking
 writes never re-sorts on the read path.
 
+A filter tree is evaluated by `evaluate`, over any `MetadataSource`: this index, or a generation's
+frozen, memory-mapped one (frozen_metadata.py), so both answer every filter alike.
+
 Callers hold the vector index's lock: reads under its read lock, writes under its write lock.
 The caches are filled under the read lock; two readers may both fill one, with equal arrays.
 """
@@ -20,15 +23,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from service.filters import And, Equals, Exists, Filter, Not, Range, Scalar
+from service.filters import And, Equals, Exists, Filter, Not, Range
 
 Key = tuple[str, Any]  # a scalar, tagged with its type: true and 1 are different values
 
 PENDING_MAX = 4096  # writes piled up beside a field's sorted numbers before they are merged in
+_NO_LABELS = np.zeros(0, dtype=np.int64)
 
 
 def value_key(value: Any) -> Key | None:
@@ -158,7 +162,7 @@ class MetadataIndex:
             entry.present.add(label)
             entry.present_array = None
             numbers = []
-            for key in _keys(value):
+            for key in value_keys(value):
                 entry.postings.setdefault(key, set()).add(label)
                 entry.posting_arrays.pop(key, None)
                 if key[0] == "number":
@@ -175,7 +179,7 @@ class MetadataIndex:
                 continue
             entry.present.discard(label)
             entry.present_array = None
-            for key in _keys(value):
+            for key in value_keys(value):
                 labels = entry.postings.get(key)
                 if labels is not None:
                     labels.discard(label)
@@ -186,64 +190,88 @@ class MetadataIndex:
             if not entry.present:
                 del self._fields[name]
 
-    # --- reads --------------------------------------------------------------------------------
+    # --- reads (a MetadataSource) ------------------------------------------------------------
     def mask(self, where: Filter) -> np.ndarray:
         """(size,) bool: True at the live labels whose metadata matches."""
-        if isinstance(where, Equals):
-            return self._equals(where.field, where.values)
-        if isinstance(where, Range):
-            return self._range(where)
-        if isinstance(where, Exists):
-            entry = self._fields.get(where.field)
-            mask = self._empty()
-            if entry is not None:
-                mask[entry.with_field()] = True
-            return mask if where.present else self._live_mask() & ~mask
-        if isinstance(where, Not):
-            return self._live_mask() & ~self.mask(where.inner)
-        if isinstance(where, And):
-            mask = self._live_mask()
-            for part in where.parts:
-                mask &= self.mask(part)
-            return mask
-        mask = self._empty()
-        for part in where.parts:
-            mask |= self.mask(part)
-        return mask
+        return evaluate(self, where)
 
-    def _empty(self) -> np.ndarray:
-        return np.zeros(self.size, dtype=bool)
+    def posting(self, name: str, key: Key) -> np.ndarray:
+        entry = self._fields.get(name)
+        return _NO_LABELS if entry is None else entry.posting(key)
 
-    def _live_mask(self) -> np.ndarray:
+    def with_field(self, name: str) -> np.ndarray:
+        entry = self._fields.get(name)
+        return _NO_LABELS if entry is None else entry.with_field()
+
+    def within(self, where: Range) -> tuple[np.ndarray, np.ndarray]:
+        entry = self._fields.get(where.field)
+        return (_NO_LABELS, _NO_LABELS) if entry is None else entry.within(where)
+
+    def live(self) -> np.ndarray:
         if self._live_array is None:
             self._live_array = _labels(self._live)
-        mask = self._empty()
-        mask[self._live_array] = True
-        return mask
+        return self._live_array
 
-    def _equals(self, name: str, values: tuple[Scalar, ...]) -> np.ndarray:
-        entry = self._fields.get(name)
-        mask = self._empty()
-        for value in values:
+
+class MetadataSource(Protocol):
+    """What a filter reads: the labels (positions) of a field's values, as int arrays."""
+
+    @property
+    def size(self) -> int: ...  # masks cover labels 0 .. size-1
+
+    def posting(self, name: str, key: Key) -> np.ndarray:
+        """The labels whose field `name` has the scalar `key` (or, a list, has it among them)."""
+
+    def with_field(self, name: str) -> np.ndarray:
+        """The labels that have field `name`, whatever its value."""
+
+    def within(self, where: Range) -> tuple[np.ndarray, np.ndarray]:
+        """The labels with a number in `where.field` in range, and labels to leave out of those
+        (removed since the numbers were sorted)."""
+
+    def live(self) -> np.ndarray:
+        """The labels of live images."""
+
+
+def evaluate(source: MetadataSource, where: Filter) -> np.ndarray:
+    """(source.size,) bool: True at the live labels whose metadata matches `where`."""
+    if isinstance(where, Equals):
+        mask = _mask(source, _NO_LABELS)
+        for value in where.values:
             key = value_key(value)
             if key == ("null", None):  # MongoDB: null also matches a missing field
-                mask |= self.mask(Exists(name, False))
-            if entry is not None and key is not None:
-                mask[entry.posting(key)] = True
+                mask |= evaluate(source, Exists(where.field, False))
+            if key is not None:
+                mask[source.posting(where.field, key)] = True
         return mask
-
-    def _range(self, where: Range) -> np.ndarray:
-        mask = self._empty()
-        entry = self._fields.get(where.field)
-        if entry is None:
-            return mask
-        found, removed = entry.within(where)
-        mask[found] = True
-        mask[removed] = False
+    if isinstance(where, Range):
+        found, left_out = source.within(where)
+        mask = _mask(source, found)
+        mask[left_out] = False
         return mask
+    if isinstance(where, Exists):
+        mask = _mask(source, source.with_field(where.field))
+        return mask if where.present else _mask(source, source.live()) & ~mask
+    if isinstance(where, Not):
+        return _mask(source, source.live()) & ~evaluate(source, where.inner)
+    if isinstance(where, And):
+        mask = _mask(source, source.live())
+        for part in where.parts:
+            mask &= evaluate(source, part)
+        return mask
+    mask = _mask(source, _NO_LABELS)
+    for part in where.parts:
+        mask |= evaluate(source, part)
+    return mask
 
 
-def _keys(value: Any) -> list[Key]:
+def _mask(source: MetadataSource, labels: np.ndarray) -> np.ndarray:
+    mask = np.zeros(source.size, dtype=bool)
+    mask[labels] = True
+    return mask
+
+
+def value_keys(value: Any) -> list[Key]:
     """A metadata value's posting keys: its own, or its scalar elements' when it is a list."""
     values = value if isinstance(value, list) else [value]
     keys = [value_key(v) for v in values]

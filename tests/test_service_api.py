@@ -6,6 +6,7 @@ import base64
 import dataclasses
 import io
 import json
+import shutil
 import struct
 import subprocess
 import sys
@@ -433,11 +434,11 @@ def _wait_for(predicate, timeout_s: float = 60) -> None:
         time.sleep(0.05)
 
 
-def test_hnsw_index_filters_tombstones_and_rebuilds_past_their_share(
+def test_deleted_images_are_filtered_until_the_next_generation_leaves_them_out(
     artifact: Path, tmp_path: Path
 ) -> None:
     settings = make_settings(
-        artifact, tmp_path / "data", api_key=API_KEY, index_kind="hnsw", tombstone_rebuild_ratio=0.5
+        artifact, tmp_path / "data", api_key=API_KEY, index_kind="hnsw", compact_after_changes=8
     )
     blobs = [png_bytes(300 + i) for i in range(10)]
     with TestClient(create_app(settings), headers=AUTH) as client:
@@ -448,16 +449,17 @@ def test_hnsw_index_filters_tombstones_and_rebuilds_past_their_share(
             data={"ids": [f"h{i}" for i in range(10)]},
             headers=AUTH,
         )
+        _wait_for(lambda: _generation_seq(client) == 10)  # 10 changes: written to a generation
         for i in range(3):
             assert client.delete(f"/images/h{i}", headers=AUTH).status_code == 204
-        # 3 tombstones of 10: below the share, so they are filtered at query time.
+        # 3 changes since the generation, below the 8 that write the next: filtered at query time.
         ready = client.get("/readyz").json()
-        assert ready["index_kind"] == "hnsw" and ready["indexed"] == ready["images"] == 7
+        assert ready["index_tombstones"] == 3 and ready["indexed"] == ready["images"] == 7
         ids = [
             r["id"] for r in client.post("/nearest", json={"id": "h5", "k": 10}).json()["results"]
         ]
         assert sorted(ids) == sorted(f"h{i}" for i in range(3, 10))
-        # Upserts tombstone the old version too; past half the index it is rebuilt without them.
+        # Upserts delete the old version too; at 8 changes the next generation leaves them out.
         client.post(
             "/images",
             files=_files(*blobs[3:8]),
@@ -485,26 +487,26 @@ def test_auto_index_switches_to_hnsw_past_the_configured_size(
         assert ready["indexed"] == ready["images"] == 8, ready
 
 
-def test_a_size_crossed_during_a_snapshot_still_switches_the_index_without_another_write(
+def test_a_size_crossed_during_a_compaction_still_switches_the_index_without_another_write(
     artifact: Path, tmp_path: Path
 ) -> None:
     settings = make_settings(
-        artifact, tmp_path / "data", approximate_index_min_vectors=8, snapshot_every_writes=4
+        artifact, tmp_path / "data", approximate_index_min_vectors=8, compact_after_changes=4
     )
     release = threading.Event()
     with TestClient(create_app(settings), headers=AUTH) as client:
         wait_ready(client)
         follower = client.app.state.runtime.gallery._follower  # the thread doing the chores
-        snapshot, held = follower.snapshot, threading.Event()
+        compact, held = follower.compact, threading.Event()
 
-        def slow_snapshot() -> None:
+        def slow_compact() -> None:
             held.set()
             release.wait(30)
-            snapshot()
+            compact()
 
-        follower.snapshot = slow_snapshot
+        follower.compact = slow_compact
         client.post("/images", files=_files(*(png_bytes(700 + i) for i in range(4))))
-        assert held.wait(30)  # the snapshot fell due and is held; these writes cross the HNSW
+        assert held.wait(30)  # the compaction fell due and is held; these writes cross the HNSW
         client.post("/images", files=_files(*(png_bytes(800 + i) for i in range(4))))  # size
         assert client.get("/readyz").json()["index_kind"] == "flat"
         release.set()
@@ -512,32 +514,35 @@ def test_a_size_crossed_during_a_snapshot_still_switches_the_index_without_anoth
         assert client.get("/readyz").json()["indexed"] == 8
 
 
+def _generation_seq(client: TestClient) -> int:
+    return int(client.get("/readyz").json()["index_generation"].split("-")[0])
+
+
 @pytest.mark.parametrize("damage", ["truncate", "corrupt", "delete"])
-def test_a_damaged_index_snapshot_is_rebuilt_from_the_store(
+def test_a_damaged_index_generation_is_rebuilt_from_the_store(
     artifact: Path, tmp_path: Path, damage: str
 ) -> None:
     data = tmp_path / "data"
     blobs = [png_bytes(600 + i) for i in range(5)]
-    with TestClient(
-        create_app(make_settings(artifact, data, api_key=API_KEY)), headers=AUTH
-    ) as client:
+    settings = make_settings(artifact, data, api_key=API_KEY, compact_after_changes=1)
+    with TestClient(create_app(settings), headers=AUTH) as client:
         wait_ready(client)
         client.post(
             "/images", files=_files(*blobs), data={"ids": [f"s{i}" for i in range(5)]}, headers=AUTH
         )
-    snapshot = data / "index.snapshot"
-    content = snapshot.read_bytes()
+        _wait_for(lambda: _generation_seq(client) == 5)  # all five in the generation's files
+    generations = data / "generations"
+    (vectors,) = generations.glob("*/c0/index.faiss")
+    content = vectors.read_bytes()
     if damage == "truncate":
-        snapshot.write_bytes(content[: len(content) // 2])
+        vectors.write_bytes(content[: len(content) // 2])
     elif damage == "corrupt":
-        snapshot.write_bytes(
+        vectors.write_bytes(
             content[:100] + bytes(b ^ 0xFF for b in content[100:200]) + content[200:]
         )
     else:
-        snapshot.unlink()
-    with TestClient(
-        create_app(make_settings(artifact, data, api_key=API_KEY)), headers=AUTH
-    ) as client:
+        shutil.rmtree(generations)
+    with TestClient(create_app(settings), headers=AUTH) as client:
         wait_ready(client)
         ready = client.get("/readyz").json()
         assert ready["indexed"] == ready["images"] == 5
@@ -545,7 +550,8 @@ def test_a_damaged_index_snapshot_is_rebuilt_from_the_store(
         assert top["results"][0]["id"] == "s3"
         upload = client.post("/images", files=_files(png_bytes(700)), headers=AUTH)
         assert upload.status_code == 201
-    assert snapshot.exists()  # written again
+    current = (generations / "CURRENT").read_text()
+    assert (generations / current / "manifest.json").exists()  # written again
 
 
 class FullBatcher:

@@ -1,0 +1,209 @@
+"""Generations: every collection's index written to immutable files at one log position, and
+mapped read-only by every process of the data dir (mapped_index.py), so that the index's pages
+exist once in memory however many workers serve it.
+
+    DATA_DIR/generations/
+      CURRENT           the newest generation's folder name, replaced atomically
+      <seq>-<id>/       a generation: manifest.json, lock, a folder per collection (c0, c1, …)
+      .write.lock       held by the one process writing a generation
+
+- **Writing** goes into `tmp-<id>/`: every file is fsynced, the manifest (each file's size and
+  CRC-32) comes last, then the folder is renamed and CURRENT replaced. A crash at any moment
+  leaves the CURRENT before it, and a `tmp-` folder the next writer deletes.
+- **Opening** checks the manifest against the model and every file against its size and
+  checksum. A missing or damaged generation is rebuilt from the store.
+- **Retiring.** Each process holds a shared lock on the generation it maps. A writer deletes
+  every other generation whose lock it can take exclusively: no process maps it any more.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import shutil
+import uuid
+import zlib
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+import orjson
+
+from service.durable import fsync_dir, write_atomically
+from service.index import IndexOptions
+from service.mapped_index import MappedIndex, write_part
+from service.store.base import RowBatch
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+CHUNK = 1 << 22
+
+
+class GenerationError(ValueError):
+    """A generation is missing, damaged, or of another model or format."""
+
+
+@dataclass(frozen=True)
+class PartSource:
+    """What one collection's part is written from."""
+
+    count: int  # its rows, to choose the index kind
+    rows: Iterable[RowBatch]  # in label order
+    unreadable: dict[int, str]  # rows left out before: label → id
+
+
+@dataclass
+class Generation:
+    name: str
+    seq: int  # the last store change it includes
+    parts: dict[str, MappedIndex]  # collection → its part
+    _hold: BinaryIO  # open with a shared lock while this process maps it
+
+    def release(self) -> None:
+        """Let a writer retire it (searches still running keep their mapping)."""
+        self._hold.close()
+
+
+def checksum(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(CHUNK):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+class Generations:
+    def __init__(self, data_dir: Path, dim: int, options: IndexOptions, model_version: str):
+        self.root = data_dir / "generations"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._dim, self._options, self._model_version = dim, options, model_version
+
+    def current(self) -> str | None:
+        """The newest generation's name (one small read: followers call it every round)."""
+        try:
+            return (self.root / "CURRENT").read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    # --- opening ------------------------------------------------------------------------------
+    def open_current(self) -> Generation | None:
+        """The newest generation, mapped; None when there is none or it is damaged (logged)."""
+        for _ in range(3):  # a writer may retire the one just named before it is locked
+            name = self.current()
+            if name is None:
+                return None
+            try:
+                return self._open(name)
+            except FileNotFoundError:
+                continue
+            except GenerationError as exc:
+                log.warning("the index generation is unusable", extra={"why": str(exc)})
+                return None
+        return None
+
+    def _open(self, name: str) -> Generation:
+        folder = self.root / name
+        hold = open(folder / "lock", "rb")  # noqa: SIM115 (held until release())
+        try:
+            fcntl.flock(hold, fcntl.LOCK_SH)
+            manifest = self._checked(folder)
+            parts = {
+                collection: MappedIndex(folder / part["folder"], part["kind"], self._options)
+                for collection, part in manifest["collections"].items()
+            }
+        except BaseException:
+            hold.close()
+            raise
+        return Generation(name, manifest["seq"], parts, hold)
+
+    def _checked(self, folder: Path) -> dict:
+        try:
+            manifest = orjson.loads((folder / "manifest.json").read_bytes())
+        except orjson.JSONDecodeError as exc:
+            raise GenerationError(f"{folder.name}: its manifest is damaged") from exc
+        if manifest.get("format") != FORMAT or manifest.get("dim") != self._dim:
+            raise GenerationError(f"{folder.name}: written by another version of lookalike")
+        if manifest.get("model_version") != self._model_version:
+            raise GenerationError(f"{folder.name}: holds vectors of another model")
+        for relative, (size, crc) in manifest["files"].items():
+            path = folder / relative
+            if path.stat().st_size != size or checksum(path) != crc:
+                raise GenerationError(f"{folder.name}: {relative} is damaged")
+        return manifest
+
+    # --- writing ------------------------------------------------------------------------------
+    @contextmanager
+    def writing(self, *, wait: bool) -> Iterator[bool]:
+        """Hold the writer's lock; yields whether it was taken (at once, unless `wait`)."""
+        with open(self.root / ".write.lock", "a+b") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def write(self, seq: int, sources: dict[str, PartSource]) -> str:
+        """Write a generation at log position `seq` and make it the newest; its name. Callers
+        hold `writing`."""
+        tmp = self.root / f"tmp-{uuid.uuid4().hex}"
+        tmp.mkdir()
+        collections = {}
+        for i, (collection, source) in enumerate(sorted(sources.items())):
+            folder = f"c{i}"
+            (tmp / folder).mkdir()
+            kind = self._options.kind_for(source.count)
+            write_part(tmp / folder, self._dim, kind, self._options, source.rows, source.unreadable)
+            collections[collection] = {"folder": folder, "kind": kind}
+        (tmp / "lock").touch()
+        files = {
+            str(path.relative_to(tmp)): [path.stat().st_size, checksum(path)]
+            for path in sorted(tmp.rglob("*"))
+            if path.is_file()
+        }
+        manifest = {
+            "format": FORMAT,
+            "seq": seq,
+            "dim": self._dim,
+            "model_version": self._model_version,
+            "collections": collections,
+            "files": files,
+        }
+        write_atomically(tmp / "manifest.json", orjson.dumps(manifest))
+        for written in [tmp, *(p for p in tmp.rglob("*") if p.is_dir())]:
+            fsync_dir(written)
+        name = f"{seq:012d}-{uuid.uuid4().hex[:8]}"
+        tmp.rename(self.root / name)
+        fsync_dir(self.root)
+        write_atomically(self.root / "CURRENT", name.encode())
+        return name
+
+    def retire(self) -> None:
+        """Delete every generation but the newest that no process maps, and what crashed
+        writers left. Callers hold `writing`."""
+        newest = self.current()
+        for folder in self.root.iterdir():
+            if not folder.is_dir() or folder.name == newest:
+                continue
+            if folder.name.startswith("tmp-") or not _mapped(folder):
+                shutil.rmtree(folder, ignore_errors=True)
+                log.info("index generation retired", extra={"generation": folder.name})
+
+
+def _mapped(folder: Path) -> bool:
+    try:
+        handle = open(folder / "lock", "rb")  # noqa: SIM115
+    except FileNotFoundError:
+        return False
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        return False

@@ -1,0 +1,171 @@
+"""One collection's part of a generation (generation.py): written once, then mapped read-only by
+every process (FAISS's IO_FLAG_MMAP_IFC, numpy's mmap), so its pages exist once in memory however
+many workers search it.
+
+The part's folder holds:
+- `index.faiss`: IndexFlatIP or IndexHNSWFlat; FAISS ids are positions 0 … n-1;
+- `labels.npy`: each position's label (its row's seq), ascending;
+- `ids.*`, `metadata.*`: each position's image id and metadata JSON (blobs.py), read only for
+  the hits a search returns; `ids.order.npy`: the positions by id, to find one;
+- `filters/`: the metadata index that filters read (frozen_metadata.py);
+- `unreadable.json`: rows left out because their stored metadata is unreadable, {label: id}.
+
+What a process keeps of its own is one flag per position it saw deleted since the generation was
+written (a page of zeros costs nothing until a deletion touches it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import faiss
+import numpy as np
+import orjson
+
+from service import strict_json
+from service.blobs import Blobs, BlobWriter, find, load_array, save_array, sorted_order
+from service.durable import fsync_file
+from service.filters import Filter
+from service.frozen_metadata import FrozenMetadata, write_frozen_metadata
+from service.index import (
+    Hit,
+    IndexKind,
+    IndexOptions,
+    SearchableIndex,
+    log_left_out,
+    new_faiss_index,
+)
+from service.store.base import RowBatch
+
+BATCH = 20_000  # rows per chunk when a part is read back to write the next generation
+
+
+def write_part(
+    directory: Path,
+    dim: int,
+    kind: IndexKind,
+    options: IndexOptions,
+    rows: Iterable[RowBatch],
+    unreadable: dict[int, str],
+) -> int:
+    """Write a part of `rows`, given in label order, into the empty folder `directory`; how many
+    rows it holds. A row whose metadata the strict parser refuses is left out, and listed with
+    `unreadable` (rows left out before)."""
+    index = new_faiss_index(dim, kind, options)
+    labels: list[np.ndarray] = []
+    docs: list[dict] = []
+    unreadable = dict(unreadable)
+    with BlobWriter(directory, "ids") as ids, BlobWriter(directory, "metadata") as metadata:
+        for batch in rows:
+            keep = []
+            for i, (label, image_id, text) in enumerate(
+                zip(batch.seqs.tolist(), batch.ids, batch.metadata, strict=True)
+            ):
+                try:
+                    docs.append(strict_json.loads(text, "metadata"))
+                except strict_json.InvalidJSON as exc:
+                    unreadable[label] = image_id
+                    log_left_out(image_id, exc)
+                    continue
+                keep.append(i)
+                ids.add(image_id.encode())
+                metadata.add(text.encode())
+            if keep:
+                index.add(np.ascontiguousarray(batch.vectors[keep], dtype=np.float32))
+                labels.append(batch.seqs[keep].astype(np.int64))
+    faiss.write_index(index, str(directory / "index.faiss"))
+    fsync_file(directory / "index.faiss")
+    save_array(directory / "labels.npy", np.concatenate([np.zeros(0, np.int64), *labels]))
+    save_array(directory / "ids.order.npy", sorted_order(Blobs(directory, "ids")))
+    (directory / "filters").mkdir()
+    write_frozen_metadata(directory / "filters", docs)
+    listed = orjson.dumps({str(label): image_id for label, image_id in unreadable.items()})
+    (directory / "unreadable.json").write_bytes(listed)
+    fsync_file(directory / "unreadable.json")
+    return len(docs)
+
+
+class MappedIndex(SearchableIndex):
+    def __init__(self, directory: Path, kind: IndexKind, options: IndexOptions) -> None:
+        self.kind, self.options = kind, options
+        flags = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY
+        self._index = faiss.read_index(str(directory / "index.faiss"), flags)
+        self._set_ef_search()
+        self._labels = load_array(directory / "labels.npy")
+        self._ids = Blobs(directory, "ids")
+        self._metadata = Blobs(directory, "metadata")
+        self._id_order = load_array(directory / "ids.order.npy")
+        self._filters = FrozenMetadata.open(directory / "filters")
+        unreadable = orjson.loads((directory / "unreadable.json").read_bytes())
+        self.unreadable: dict[int, str] = {int(k): v for k, v in unreadable.items()}
+        self._deleted = np.zeros(len(self._labels), dtype=bool)  # this process's own
+        self._deleted_count = 0
+
+    # --- what SearchableIndex asks ------------------------------------------------------------
+    @property
+    def count(self) -> int:
+        return len(self._labels) - self._deleted_count
+
+    @property
+    def _dead(self) -> int:
+        return self._deleted_count
+
+    def _row(self, fid: int) -> tuple[str, str] | None:
+        if not 0 <= fid < len(self._labels) or self._deleted[fid]:
+            return None
+        return self._ids[fid].decode(), self._metadata[fid].decode()
+
+    def matching(self, where: Filter) -> np.ndarray:
+        return self._filters.mask(where) & ~self._deleted
+
+    def _unfiltered(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
+        if not self._deleted_count:
+            return self._hits(*self._index.search(queries, min(k, len(self._labels))), k)
+        return self._selected(queries, k, ~self._deleted, self.count)
+
+    # --- this process's deletions (callers hold the collection's write lock) ------------------
+    def delete(self, label: int) -> None:
+        """Its row changed or went away after the generation was written."""
+        self.unreadable.pop(label, None)
+        position = self._position(label)
+        if position is not None and not self._deleted[position]:
+            self._deleted[position] = True
+            self._deleted_count += 1
+
+    def _position(self, label: int) -> int | None:
+        at = int(np.searchsorted(self._labels, label))
+        return at if at < len(self._labels) and self._labels[at] == label else None
+
+    # --- reads --------------------------------------------------------------------------------
+    @property
+    def deleted(self) -> int:
+        return self._deleted_count
+
+    def labels_matching(self, where: Filter) -> np.ndarray:
+        """The labels of the live images matching `where`, ascending."""
+        return np.asarray(self._labels[self.matching(where)])
+
+    def vector_of(self, image_id: str) -> np.ndarray | None:
+        position = find(self._ids, self._id_order, image_id.encode())
+        if position is None or self._deleted[position]:
+            return None
+        return np.asarray(self._index.reconstruct(position), dtype=np.float32)
+
+    def deletions(self) -> np.ndarray:
+        """A copy of this process's deletion flags (callers hold the read lock)."""
+        return self._deleted.copy()
+
+    def live_rows(self, deleted: np.ndarray) -> Iterator[RowBatch]:
+        """The rows not flagged in `deleted` (from `deletions`), in label order and in chunks, to
+        write the next generation. Needs no lock: the files never change."""
+        for start in range(0, len(self._labels), BATCH):
+            positions = np.flatnonzero(~deleted[start : start + BATCH]) + start
+            if not len(positions):
+                continue
+            yield RowBatch(
+                seqs=np.asarray(self._labels[positions]),
+                vectors=self._index.reconstruct_batch(positions),
+                ids=[self._ids[p].decode() for p in positions.tolist()],
+                metadata=[self._metadata[p].decode() for p in positions.tolist()],
+            )
