@@ -29,10 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+import faiss
+import numpy as np
 import orjson
 
 from service.durable import fsync_dir, write_atomically
-from service.index import IndexOptions
+from service.index import IndexOptions, new_faiss_index
 from service.mapped_index import MappedIndex, write_part
 from service.store.base import RowBatch
 
@@ -48,11 +50,13 @@ class GenerationError(ValueError):
 
 @dataclass(frozen=True)
 class PartSource:
-    """What one collection's part is written from."""
+    """What one collection's part is written from (mapped_index.write_part)."""
 
-    count: int  # its rows, to choose the index kind
+    count: int  # its live rows, to choose the index kind
     rows: Iterable[RowBatch]  # in label order
     unreadable: dict[int, str]  # rows left out before: label → id
+    extends: Path | None = None  # a part whose index this one extends: its rows come first
+    dead: np.ndarray | None = None  # with `extends`: which of its rows were deleted
 
 
 @dataclass
@@ -159,7 +163,11 @@ class Generations:
             folder = f"c{i}"
             (tmp / folder).mkdir()
             kind = self._options.kind_for(source.count)
-            write_part(tmp / folder, self._dim, kind, self._options, source.rows, source.unreadable)
+            if source.extends is not None:
+                index = faiss.read_index(str(source.extends / "index.faiss"))
+            else:
+                index = new_faiss_index(self._dim, kind, self._options)
+            write_part(tmp / folder, index, source.rows, source.unreadable, source.dead)
             collections[collection] = {"folder": folder, "kind": kind}
         (tmp / "lock").touch()
         files = {

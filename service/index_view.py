@@ -140,10 +140,7 @@ class IndexView:
                 with index.lock.read():
                     states[name] = index.state()
             seq = self.seq
-        return seq, {
-            name: PartSource(state.count, state.rows(), state.unreadable)
-            for name, state in states.items()
-        }
+        return seq, {name: state.source(self._options) for name, state in states.items()}
 
     # --- following the log ------------------------------------------------------------------
     def catch_up(self, upto: int) -> int:

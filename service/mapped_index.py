@@ -34,7 +34,6 @@ from service.index import (
     IndexOptions,
     SearchableIndex,
     log_left_out,
-    new_faiss_index,
 )
 from service.store.base import RowBatch
 
@@ -43,52 +42,60 @@ BATCH = 20_000  # rows per chunk when a part is read back to write the next gene
 
 def write_part(
     directory: Path,
-    dim: int,
-    kind: IndexKind,
-    options: IndexOptions,
+    index: faiss.Index,
     rows: Iterable[RowBatch],
     unreadable: dict[int, str],
-) -> int:
-    """Write a part of `rows`, given in label order, into the empty folder `directory`; how many
-    rows it holds. A row whose metadata the strict parser refuses is left out, and listed with
-    `unreadable` (rows left out before)."""
-    index = new_faiss_index(dim, kind, options)
+    dead: np.ndarray | None = None,
+) -> None:
+    """Write a part into the empty folder `directory`: `rows` in label order, and their vectors in
+    `index`. An index that already holds vectors (a part being extended) holds those of the first
+    rows, and `dead` flags which of those were deleted since: they stay in the files, skipped by
+    searches. A new row whose metadata the strict parser refuses is left out, logged, and listed
+    with `unreadable` (rows left out before)."""
+    held, position = index.ntotal, 0
     labels: list[np.ndarray] = []
-    docs: list[dict] = []
+    docs: list[dict | None] = []
     unreadable = dict(unreadable)
     with BlobWriter(directory, "ids") as ids, BlobWriter(directory, "metadata") as metadata:
         for batch in rows:
-            keep = []
+            keep, new = [], []
             for i, (label, image_id, text) in enumerate(
                 zip(batch.seqs.tolist(), batch.ids, batch.metadata, strict=True)
             ):
-                try:
-                    docs.append(strict_json.loads(text, "metadata"))
-                except strict_json.InvalidJSON as exc:
-                    unreadable[label] = image_id
-                    log_left_out(image_id, exc)
-                    continue
+                if position < held and dead is not None and dead[position]:
+                    docs.append(None)
+                else:
+                    try:
+                        docs.append(strict_json.loads(text, "metadata"))
+                    except strict_json.InvalidJSON as exc:
+                        unreadable[label] = image_id
+                        log_left_out(image_id, exc)
+                        continue
                 keep.append(i)
+                if position >= held:
+                    new.append(i)
                 ids.add(image_id.encode())
                 metadata.add(text.encode())
-            if keep:
-                index.add(np.ascontiguousarray(batch.vectors[keep], dtype=np.float32))
-                labels.append(batch.seqs[keep].astype(np.int64))
+                position += 1
+            if new:
+                index.add(np.ascontiguousarray(batch.vectors[new], dtype=np.float32))
+            labels.append(batch.seqs[keep].astype(np.int64))
     faiss.write_index(index, str(directory / "index.faiss"))
     fsync_file(directory / "index.faiss")
     save_array(directory / "labels.npy", np.concatenate([np.zeros(0, np.int64), *labels]))
     save_array(directory / "ids.order.npy", sorted_order(Blobs(directory, "ids")))
+    tombstones = np.flatnonzero(dead) if dead is not None else np.zeros(0, np.int64)
+    save_array(directory / "tombstones.npy", tombstones.astype(np.int64))
     (directory / "filters").mkdir()
     write_frozen_metadata(directory / "filters", docs)
     listed = orjson.dumps({str(label): image_id for label, image_id in unreadable.items()})
     (directory / "unreadable.json").write_bytes(listed)
     fsync_file(directory / "unreadable.json")
-    return len(docs)
 
 
 class MappedIndex(SearchableIndex):
     def __init__(self, directory: Path, kind: IndexKind, options: IndexOptions) -> None:
-        self.kind, self.options = kind, options
+        self.kind, self.options, self.directory = kind, options, directory
         flags = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY
         self._index = faiss.read_index(str(directory / "index.faiss"), flags)
         self._set_ef_search()
@@ -100,7 +107,8 @@ class MappedIndex(SearchableIndex):
         unreadable = orjson.loads((directory / "unreadable.json").read_bytes())
         self.unreadable: dict[int, str] = {int(k): v for k, v in unreadable.items()}
         self._deleted = np.zeros(len(self._labels), dtype=bool)  # this process's own
-        self._deleted_count = 0
+        self._deleted[load_array(directory / "tombstones.npy")] = True  # deleted before it
+        self._deleted_count = int(np.count_nonzero(self._deleted))
 
     # --- what SearchableIndex asks ------------------------------------------------------------
     @property
@@ -156,11 +164,19 @@ class MappedIndex(SearchableIndex):
         """A copy of this process's deletion flags (callers hold the read lock)."""
         return self._deleted.copy()
 
-    def live_rows(self, deleted: np.ndarray) -> Iterator[RowBatch]:
-        """The rows not flagged in `deleted` (from `deletions`), in label order and in chunks, to
-        write the next generation. Needs no lock: the files never change."""
+    @property
+    def size(self) -> int:
+        """Positions, deleted ones included."""
+        return len(self._labels)
+
+    def rows(self, skip: np.ndarray | None) -> Iterator[RowBatch]:
+        """Its rows in label order and in chunks, but those flagged in `skip` (from
+        `deletions`), to write the next generation. Needs no lock: the files never change."""
         for start in range(0, len(self._labels), BATCH):
-            positions = np.flatnonzero(~deleted[start : start + BATCH]) + start
+            chunk = np.ones(min(BATCH, len(self._labels) - start), dtype=bool)
+            if skip is not None:
+                chunk = ~skip[start : start + BATCH]
+            positions = np.flatnonzero(chunk) + start
             if not len(positions):
                 continue
             yield RowBatch(
