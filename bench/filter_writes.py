@@ -11,8 +11,8 @@ at most FILTER_BRUTE_FORCE_MAX_MATCHES images scores them directly and never wal
 has each image with metadata {"price": p}, p
 uniform in [0, 1). One thread searches back to back, k=10, with the filter
 {"price": {"$lt": share}} under the index's read lock, as IndexView.search does. Another upserts
-a random image with a new price `--writes-per-s` times a second under the write lock, as the
-follower applies a change from the log. Reports the search p50/p99 with and without the writes,
+a random image with a new price `--writes-per-s` times a second under the write lock, as a
+worker applies a change from the log. Reports the search p50/p99 with and without the writes,
 and the write p50/p99. Run it from another checkout to measure that code (BENCHMARKS.md: before
 and after). Writes RESULTS/filter_writes.json.
 """
@@ -20,14 +20,19 @@ and after). Writes RESULTS/filter_writes.json.
 from __future__ import annotations
 
 import argparse
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 from report import add_results_argument, table, write
 
+from service.collection_index import CollectionIndex
 from service.filters import parse_filter
-from service.index import IndexOptions, VectorIndex
+from service.generation import Generations, PartSource
+from service.index import IndexOptions
 from service.store.base import Change, IndexedRow, RowBatch
 
 DIM = 256
@@ -48,22 +53,27 @@ def unit_vectors(rng: np.random.Generator, n: int) -> np.ndarray:
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
-def build(size: int, rng: np.random.Generator) -> VectorIndex:
-    index = VectorIndex(DIM, "hnsw", IndexOptions(hnsw_m=8, ef_construction=16))
+def rows(size: int, rng: np.random.Generator) -> Iterator[RowBatch]:
     chunk = 100_000
     for start in range(0, size, chunk):
         n = min(chunk, size - start)
         labels = np.arange(start + 1, start + n + 1, dtype=np.int64)
-        prices = rng.random(n).tolist()
-        index.add(
-            RowBatch(
-                labels,
-                unit_vectors(rng, n),
-                [f"img{label}" for label in labels.tolist()],
-                [f'{{"price":{price!r}}}' for price in prices],
-            )
+        yield RowBatch(
+            labels,
+            unit_vectors(rng, n),
+            [f"img{label}" for label in labels.tolist()],
+            [f'{{"price":{price!r}}}' for price in rng.random(n).tolist()],
         )
-    return index
+
+
+def build(size: int, rng: np.random.Generator, folder: Path) -> CollectionIndex:
+    options = IndexOptions(kind="hnsw", hnsw_m=8, ef_construction=16)
+    generations = Generations(folder, DIM, options, "bench")
+    with generations.writing(wait=True):
+        generations.write(size, {"bench": PartSource(size, rows(size, rng), {})})
+    generation = generations.open_current()
+    assert generation is not None
+    return CollectionIndex(DIM, options, generation.parts["bench"], size)
 
 
 def percentiles(seconds: list[float]) -> tuple[float, float]:
@@ -73,7 +83,7 @@ def percentiles(seconds: list[float]) -> tuple[float, float]:
     return round(float(np.percentile(ms, 50)), 3), round(float(np.percentile(ms, 99)), 3)
 
 
-def run(index: VectorIndex, size: int, args: argparse.Namespace, writes_per_s: float) -> dict:
+def run(index: CollectionIndex, size: int, args: argparse.Namespace, writes_per_s: float) -> dict:
     rng = np.random.default_rng(1)
     where = parse_filter({"price": {"$lt": args.share}})
     queries = unit_vectors(rng, 64)
@@ -83,7 +93,7 @@ def run(index: VectorIndex, size: int, args: argparse.Namespace, writes_per_s: f
     stop, write_seconds = threading.Event(), []
 
     def writer() -> None:
-        seq = int(index.seq) or size
+        seq = index.seq
         while not stop.wait(1 / writes_per_s):
             seq += 1
             slot = int(rng.integers(size))
@@ -136,18 +146,21 @@ def main() -> None:
     parser.add_argument("--share", type=float, default=0.01, help="images the filter matches")
     add_results_argument(parser)
     args = parser.parse_args()
-    rows = []
+    results = []
     for size in [int(s) for s in args.sizes.split(",")]:
         started = time.perf_counter()
-        index = build(size, np.random.default_rng(0))
-        print(f"built {size:,} in {time.perf_counter() - started:.1f} s", flush=True)
-        for rate in (0.0, args.writes_per_s):
-            rows.append(run(index, size, args, rate))
-            print(rows[-1], flush=True)
-        del index
-    print("\n" + table(rows, COLUMNS))
+        with tempfile.TemporaryDirectory() as folder:
+            index = build(size, np.random.default_rng(0), Path(folder))
+            print(f"built {size:,} in {time.perf_counter() - started:.1f} s", flush=True)
+            for rate in (0.0, args.writes_per_s):
+                results.append(run(index, size, args, rate))
+                print(results[-1], flush=True)
+            del index
+    print("\n" + table(results, COLUMNS))
     write(
-        args.results, "filter_writes", {"share": args.share, "seconds": args.seconds, "rows": rows}
+        args.results,
+        "filter_writes",
+        {"share": args.share, "seconds": args.seconds, "rows": results},
     )
 
 

@@ -44,7 +44,7 @@ from service.config import Settings
 from service.encoder import Encoder, load_encoder, truncate
 from service.fashion_mnist import load_split
 from service.filters import parse_filter
-from service.index import Hit, IndexOptions, VectorIndex, snapshot_bytes
+from service.index import Hit, IndexOptions, VectorIndex
 from service.store.base import RowBatch
 
 K = 10
@@ -186,10 +186,7 @@ def unfiltered_rows(
     flat: VectorIndex, hnsw: VectorIndex, queries: np.ndarray, efs: list[int], built: dict
 ) -> list[dict]:
     """Flat (the truth) and HNSW at each efSearch, on the same build; efSearch is then reset."""
-    mb = {
-        index.kind: len(snapshot_bytes({"bench": index}, seq=0, model_version="bench")) / 2**20
-        for index in (flat, hnsw)
-    }
+    mb = {index.kind: index.index_bytes / 2**20 for index in (flat, hnsw)}
 
     def row(index: VectorIndex, found: list[list[int]], latency: dict, **extra: int) -> dict:
         return {

@@ -179,6 +179,11 @@ class SearchableIndex:
         """(n,) bool over FAISS ids: True where a live image's metadata matches `where`."""
         raise NotImplementedError
 
+    @property
+    def index_bytes(self) -> int:
+        """The FAISS index, serialised (about what a generation's index.faiss holds)."""
+        return int(faiss.serialize_index(self._index).nbytes)
+
     def tune(
         self,
         *,

@@ -178,3 +178,20 @@ def test_gpu_icons_probes_fit_what_comes_back_from_the_device() -> None:
     assert argv[argv.index("--temperature") + 1] == "0.1"
     assert "time_budget_s=170" in argv and "evaluate=false" in argv
     assert argv[-2:] == ["--out", "/w/g128t01/icons"]
+
+
+def test_filter_writes(tmp_path: Path) -> None:
+    args = ("--sizes", "3000", "--seconds", "1", "--writes-per-s", "20", "--share", "0.1")
+    result = run_script("filter_writes", *args, results=tmp_path)
+    quiet, writing = result["rows"]
+    assert quiet["writes_per_s"] == 0 and writing["writes_per_s"] == 20
+    assert quiet["searches"] > 0 and writing["searches"] > 0 and writing["write_p50_ms"] > 0
+
+
+def test_worker_memory(artifact: Path, tmp_path: Path) -> None:
+    args = ("--model", str(artifact), "--images", "600", "--churn", "200", "--workers", "2")
+    result = run_script("worker_memory", *args, results=tmp_path)
+    assert result["checks"] == {"own_top_hit": 50, "deleted_checked": 100, "filters": 2}
+    assert len(result["generations"]) == 1  # every worker maps the same, newest one
+    assert len(result["private_bytes_per_image"]) == 2
+    assert result["restart_full_s"] > 0 and result["restart_empty_s"] > 0

@@ -33,7 +33,10 @@ READY_EXAMPLE = {
     "index_tombstones": 0,
     "index_unreadable": 0,
     "index_seq": 3000,
+    "index_generation": "000000002000-5f0c2b1a",
+    "collections": 1,
     "store": "sqlite",
+    "store_available": True,
     "images": 3000,
     "store_seq": 3000,
 }
