@@ -3,12 +3,15 @@ start-up time on a full gallery.
 
     python bench/worker_memory.py [--images 100000] [--workers 2] [--churn 20000]
 
-Starts `python -m service --workers N` (the shipped Fashion-MNIST model, a temporary data dir)
-and reads each worker's private and proportional memory from /proc/PID/smaps_rollup, empty. Then
-uploads `--images` distinct 28×28 PNGs with metadata {"label": i % 10, "n": i} (256 a request,
-4 requests at a time), waits until every worker has caught up, and reads them again: the growth
-per image. Checks every worker (each request on a fresh connection, so the kernel spreads them):
-sampled uploads are their own top hit, deleted images never come back, and a filter's hits all
+Starts `python -m service --workers N` (the shipped Fashion-MNIST model, a temporary data dir),
+uploads `--warm-up` distinct 28×28 PNGs with metadata {"label": i % 10, "n": i} (256 a request,
+4 requests at a time), so that every worker's model, batcher and threads have grown to their
+working size, and reads each worker's memory from /proc/PID/smaps_rollup: anonymous (its own
+heap), private (what no other process maps: anonymous, and file pages only it has touched) and
+proportional (Pss: each shared page split among those mapping it). Then uploads the rest up to
+`--images`, waits until every worker has caught up, and reads them again: the growth per image.
+Checks every worker (each request on a fresh connection, so the kernel spreads them): sampled
+uploads are their own top hit, deleted images never come back, and a filter's hits all
 match, best first, the same from every worker. Then `--churn` more changes (half uploads, half
 deletes; past COMPACT_AFTER_CHANGES) and every worker must map the same newest generation.
 Finally the service is stopped and started again on that gallery and on an empty data dir: the
@@ -36,17 +39,27 @@ from testkit.server import AUTH, Server
 BATCH = 256
 
 
-def private_and_pss(pid: int) -> tuple[int, int]:
-    """Bytes only this process holds, and its proportional share of all it maps."""
+def smaps(pid: int) -> dict[str, int]:
+    """Anonymous, private (clean + dirty) and proportional bytes of one process."""
     fields = {}
     for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
         name, value = line.split(":")
         fields[name] = int(value.split()[0]) * 1024
-    return fields["Private_Clean"] + fields["Private_Dirty"], fields["Pss"]
+    private = fields["Private_Clean"] + fields["Private_Dirty"]
+    return {"anonymous": fields["Anonymous"], "private": private, "pss": fields["Pss"]}
 
 
-def memory(server: Server) -> dict[int, tuple[int, int]]:
-    return {pid: private_and_pss(pid) for pid in sorted(server.worker_pids())}
+def memory(server: Server) -> dict[int, dict[str, int]]:
+    return {pid: smaps(pid) for pid in sorted(server.worker_pids())}
+
+
+def growth(before: dict, after: dict, images: int) -> dict[str, list[int]]:
+    """Bytes per image, per worker, of each kind of memory."""
+    pids = [pid for pid in after if pid in before]
+    return {
+        kind: [round((after[pid][kind] - before[pid][kind]) / images) for pid in pids]
+        for kind in ("anonymous", "private", "pss")
+    }
 
 
 def upload(server: Server, first: int, count: int) -> None:
@@ -125,6 +138,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=100_000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--churn", type=int, default=20_000)
+    parser.add_argument("--warm-up", type=int, default=10_000)
     add_results_argument(parser)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
@@ -134,18 +148,19 @@ def main() -> None:
         server = Server(args.model, data, LOOKALIKE_WORKERS=str(args.workers))
         server.start(timeout_s=120)
         try:
-            empty = memory(server)
             started = time.monotonic()
-            upload(server, 0, args.images)
+            upload(server, 0, args.warm_up)
+            caught_up(server)
+            warm = memory(server)
+            upload(server, args.warm_up, args.images - args.warm_up)
             result["upload_s"] = round(time.monotonic() - started, 1)
             caught_up(server)
-            time.sleep(5)  # a compaction in flight settles
+            time.sleep(10)  # a compaction in flight settles
             caught_up(server)
             full = memory(server)
-            growth = [(full[pid][0] - empty[pid][0]) / args.images for pid in full if pid in empty]
-            result["private_bytes_per_image"] = [round(g) for g in growth]
-            result["pss_total_mb"] = round(sum(v[1] for v in full.values()) / 2**20)
-            result["private_mb"] = {pid: round(v[0] / 2**20) for pid, v in full.items()}
+            result["bytes_per_image"] = growth(warm, full, args.images - args.warm_up)
+            result["pss_total_mb"] = round(sum(m["pss"] for m in full.values()) / 2**20)
+            result["anonymous_mb"] = [round(m["anonymous"] / 2**20) for m in full.values()]
             print(json.dumps(result), flush=True)
             deleted = [int(i) for i in rng.choice(args.images, args.churn // 2, replace=False)]
             delete(server, deleted)

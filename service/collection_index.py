@@ -10,48 +10,13 @@ switches to it.
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterator
-from dataclasses import dataclass
-
 import numpy as np
 
+from service.compaction import CollectionState
 from service.filters import Filter
-from service.generation import PartSource
 from service.index import Hit, IndexKind, IndexOptions, ReadWriteLock, VectorIndex
 from service.mapped_index import MappedIndex
-from service.store.base import Change, RowBatch
-
-MAX_DEAD_SHARE = 0.1  # of an HNSW part's rows, deleted, before it is built again without them
-
-
-@dataclass(frozen=True)
-class CollectionState:
-    """What the next generation is written from, copied at one log position."""
-
-    base: MappedIndex | None
-    deleted: np.ndarray | None  # the base's deletion flags
-    delta: RowBatch
-    unreadable: dict[int, str]
-    count: int
-
-    def source(self, options: IndexOptions) -> PartSource:
-        """How its part of the next generation is written. An HNSW part is extended (its graph
-        read back, the delta added, deleted rows kept as tombstones) until MAX_DEAD_SHARE of it
-        is deleted rows; anything else is built again from the live rows."""
-        kind = options.kind_for(self.count)
-        base, deleted, delta = self.base, self.deleted, self.delta
-        if base is not None and deleted is not None and base.kind == kind == "hnsw":
-            dead = np.concatenate([deleted, np.zeros(len(delta.seqs), dtype=bool)])
-            if np.count_nonzero(dead) <= MAX_DEAD_SHARE * len(dead):
-                rows = itertools.chain(base.rows(None), [delta])
-                return PartSource(self.count, rows, self.unreadable, base.directory, dead)
-        return PartSource(self.count, self._live_rows(), self.unreadable)
-
-    def _live_rows(self) -> Iterator[RowBatch]:
-        if self.base is not None:
-            yield from self.base.rows(self.deleted)
-        yield self.delta
+from service.store.base import Change
 
 
 class CollectionIndex:
@@ -133,7 +98,8 @@ class CollectionIndex:
         if base is not None:
             unreadable |= base.unreadable
         return CollectionState(
-            base=base,
+            base=base.directory if base is not None else None,
+            base_kind=base.kind if base is not None else None,
             deleted=base.deletions() if base is not None else None,
             delta=self.delta.live_rows(),
             unreadable=unreadable,

@@ -22,6 +22,7 @@ import time
 import uuid
 from pathlib import Path
 
+from service.compaction import Compaction, compact
 from service.config import Settings
 from service.generation import Generations
 from service.index_view import IndexView
@@ -148,20 +149,31 @@ class Follower:
 
     # --- chores -------------------------------------------------------------------------------
     def compact(self) -> None:
-        """Write the next generation from this view, switch to it, and prune the log. Skipped
-        while another process writes one, or when a newer one than this view's is there (the
-        next round switches to it)."""
-        with self._generations.writing(wait=False) as mine:
-            current = self._view.generation
-            if not mine or current is None or self._generations.current() != current.name:
-                return
-            started = time.monotonic()
-            seq, sources = self._view.compaction_sources()
-            name = self._generations.write(seq, sources)
-            log.info(
-                "index generation written",
-                extra={"generation": name, "seconds": round(time.monotonic() - started, 2)},
-            )
+        """Write the next generation from this view (in a child process: compaction.py), switch
+        to it, and prune the log. Skipped while another process writes one, or when a newer one
+        than this view's is there (the next round switches to it)."""
+        current = self._view.generation
+        if current is None or self._generations.current() != current.name:
+            return
+        started = time.monotonic()
+        seq, states = self._view.compaction_states()
+        generations = self._generations
+        job = Compaction(
+            data_dir=generations.data_dir,
+            dim=generations.dim,
+            options=generations.options,
+            model_version=generations.model_version,
+            log_level=self._settings.log_level,
+            newest=current.name,
+            seq=seq,
+            states=states,
+        )
+        if not compact(job):
+            return
+        log.info(
+            "index generation written",
+            extra={"seq": seq, "seconds": round(time.monotonic() - started, 2)},
+        )
         self._view.switch_if_newer()
         self._retire()
         self._ack()

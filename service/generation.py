@@ -81,9 +81,9 @@ def checksum(path: Path) -> int:
 
 class Generations:
     def __init__(self, data_dir: Path, dim: int, options: IndexOptions, model_version: str):
-        self.root = data_dir / "generations"
+        self.data_dir, self.root = data_dir, data_dir / "generations"
         self.root.mkdir(parents=True, exist_ok=True)
-        self._dim, self._options, self._model_version = dim, options, model_version
+        self.dim, self.options, self.model_version = dim, options, model_version
 
     def current(self) -> str | None:
         """The newest generation's name (one small read: followers call it every round)."""
@@ -115,7 +115,7 @@ class Generations:
             fcntl.flock(hold, fcntl.LOCK_SH)
             manifest = self._checked(folder)
             parts = {
-                collection: MappedIndex(folder / part["folder"], part["kind"], self._options)
+                collection: MappedIndex(folder / part["folder"], part["kind"], self.options)
                 for collection, part in manifest["collections"].items()
             }
         except BaseException:
@@ -128,9 +128,9 @@ class Generations:
             manifest = orjson.loads((folder / "manifest.json").read_bytes())
         except orjson.JSONDecodeError as exc:
             raise GenerationError(f"{folder.name}: its manifest is damaged") from exc
-        if manifest.get("format") != FORMAT or manifest.get("dim") != self._dim:
+        if manifest.get("format") != FORMAT or manifest.get("dim") != self.dim:
             raise GenerationError(f"{folder.name}: written by another version of lookalike")
-        if manifest.get("model_version") != self._model_version:
+        if manifest.get("model_version") != self.model_version:
             raise GenerationError(f"{folder.name}: holds vectors of another model")
         for relative, (size, crc) in manifest["files"].items():
             path = folder / relative
@@ -162,11 +162,11 @@ class Generations:
         for i, (collection, source) in enumerate(sorted(sources.items())):
             folder = f"c{i}"
             (tmp / folder).mkdir()
-            kind = self._options.kind_for(source.count)
+            kind = self.options.kind_for(source.count)
             if source.extends is not None:
                 index = faiss.read_index(str(source.extends / "index.faiss"))
             else:
-                index = new_faiss_index(self._dim, kind, self._options)
+                index = new_faiss_index(self.dim, kind, self.options)
             write_part(tmp / folder, index, source.rows, source.unreadable, source.dead)
             collections[collection] = {"folder": folder, "kind": kind}
         (tmp / "lock").touch()
@@ -178,8 +178,8 @@ class Generations:
         manifest = {
             "format": FORMAT,
             "seq": seq,
-            "dim": self._dim,
-            "model_version": self._model_version,
+            "dim": self.dim,
+            "model_version": self.model_version,
             "collections": collections,
             "files": files,
         }

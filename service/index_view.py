@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.collection_index import CollectionIndex
+from service.compaction import CollectionState
 from service.filters import Filter
 from service.generation import Generation, GenerationError, Generations, PartSource
 from service.index import Hit, IndexKind, IndexOptions
@@ -132,15 +133,14 @@ class IndexView:
     def due_for_compaction(self, compact_after_changes: int) -> bool:
         return any(index.due(compact_after_changes) for index in list(self._indexes.values()))
 
-    def compaction_sources(self) -> tuple[int, dict[str, PartSource]]:
+    def compaction_states(self) -> tuple[int, dict[str, CollectionState]]:
         """What the next generation is written from, consistent at one log position."""
         with self._catching:  # every write to a live index happens under it
             states = {}
             for name, index in self._indexes.items():
                 with index.lock.read():
                     states[name] = index.state()
-            seq = self.seq
-        return seq, {name: state.source(self._options) for name, state in states.items()}
+            return self.seq, states
 
     # --- following the log ------------------------------------------------------------------
     def catch_up(self, upto: int) -> int:

@@ -1,0 +1,94 @@
+"""Compaction: the next generation written from one process's view, in a child process of its
+own. The worker's heap then never holds a whole collection (the child's memory goes back when it
+exits), and its searches keep the GIL while the child builds and writes.
+
+The child takes the writer's lock itself, and writes only when the generation the view maps is
+still the newest: a worker killed meanwhile leaves no writer without the lock.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import multiprocessing
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from service.generation import Generations, PartSource
+from service.index import IndexKind, IndexOptions
+from service.logs import configure_logging
+from service.mapped_index import MappedIndex
+from service.store.base import RowBatch
+
+log = logging.getLogger(__name__)
+
+MAX_DEAD_SHARE = 0.1  # of an HNSW part's rows, deleted, before it is built again without them
+SKIPPED = 3  # the child's exit code when another writer came first
+
+
+@dataclass(frozen=True)
+class CollectionState:
+    """What a collection's next part is written from, copied at one log position."""
+
+    base: Path | None  # the folder of its part of the generation mapped now
+    base_kind: IndexKind | None
+    deleted: np.ndarray | None  # the base's deletion flags
+    delta: RowBatch
+    unreadable: dict[int, str]
+    count: int
+
+    def source(self, options: IndexOptions) -> PartSource:
+        """How its part is written. An HNSW part is extended (its graph read back, the delta
+        added, deleted rows kept as tombstones) until MAX_DEAD_SHARE of it is deleted rows;
+        anything else is built again from the live rows."""
+        kind = options.kind_for(self.count)
+        if self.base is not None and self.deleted is not None and self.base_kind == kind == "hnsw":
+            dead = np.concatenate([self.deleted, np.zeros(len(self.delta.seqs), dtype=bool)])
+            if np.count_nonzero(dead) <= MAX_DEAD_SHARE * len(dead):
+                base = MappedIndex(self.base, kind, options)
+                rows = itertools.chain(base.rows(None), [self.delta])
+                return PartSource(self.count, rows, self.unreadable, self.base, dead)
+        return PartSource(self.count, self._live_rows(options), self.unreadable)
+
+    def _live_rows(self, options: IndexOptions) -> Iterator[RowBatch]:
+        if self.base is not None and self.base_kind is not None:
+            yield from MappedIndex(self.base, self.base_kind, options).rows(self.deleted)
+        yield self.delta
+
+
+@dataclass(frozen=True)
+class Compaction:
+    data_dir: Path
+    dim: int
+    options: IndexOptions
+    model_version: str
+    log_level: str
+    newest: str  # the generation the view maps: the next is written only while it is newest
+    seq: int
+    states: dict[str, CollectionState]
+
+
+def compact(job: Compaction) -> bool:
+    """Write the next generation in a child process; whether it was written."""
+    child = multiprocessing.get_context("spawn").Process(
+        target=_write, args=(job,), name="compaction", daemon=True
+    )
+    child.start()
+    child.join()
+    if child.exitcode not in (0, SKIPPED):
+        log.error("the compaction process failed", extra={"exit_code": child.exitcode})
+    return child.exitcode == 0
+
+
+def _write(job: Compaction) -> None:
+    configure_logging(job.log_level)
+    generations = Generations(job.data_dir, job.dim, job.options, job.model_version)
+    with generations.writing(wait=False) as mine:
+        if not mine or generations.current() != job.newest:
+            raise SystemExit(SKIPPED)
+        sources = {name: state.source(job.options) for name, state in job.states.items()}
+        generations.write(job.seq, sources)
+        generations.retire()
