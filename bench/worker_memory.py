@@ -62,6 +62,15 @@ def growth(before: dict, after: dict, images: int) -> dict[str, list[int]]:
     }
 
 
+def generation_mb(data: Path) -> float | None:
+    """The size of the newest index generation's files (what the workers map)."""
+    try:
+        folder = data / "generations" / (data / "generations" / "CURRENT").read_text()
+    except FileNotFoundError:
+        return None
+    return round(sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20, 1)
+
+
 def upload(server: Server, first: int, count: int) -> None:
     def one(start: int) -> None:
         ids = range(start, min(start + BATCH, first + count))
@@ -169,6 +178,7 @@ def main() -> None:
             time.sleep(5)
             readies = caught_up(server)
             result["generations"] = sorted({str(r.get("index_generation")) for r in readies})
+            result["generation_mb"] = generation_mb(data)
             live = sorted(set(range(args.images + args.churn // 2)) - set(deleted))
             result["checks"] = check(server, live, deleted, rng)
         finally:

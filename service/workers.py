@@ -7,8 +7,9 @@ replaces a worker that dies and stops them all on SIGTERM. (Chosen over SO_REUSE
 uvicorn's manager does not offer per worker, and over gunicorn, one more dependency doing the
 same; bench/serve.py measures how evenly the kernel spreads connections.)
 
-`auto` starts one worker per core, but never more than half the available memory holds: each
-worker holds the whole index today. The parent splits the cores between the workers' inference
+`auto` starts one worker per core, but never more than half the available memory holds: the
+index generation's files once (every worker maps them), and per worker its model, its own
+changes since the generation and what it keeps per image. The parent splits the cores between the workers' inference
 and search threads, and points prometheus_client at one folder so that /metrics on any worker
 adds up all of them.
 """
@@ -34,9 +35,14 @@ log = logging.getLogger("service")
 # A worker's private memory before its index: measured 293 MB with models/icons after batches of
 # 64 (145 MB with fashion-mnist), read from /proc/PID/smaps_rollup.
 WORKER_BASE_BYTES = 350 * 2**20
-# Each worker's private index memory per stored image (ids, metadata and its index, vectors and
-# HNSW graph): 3.5 kB, measured with 2 workers over 100k uploads with metadata (issue 20).
-INDEX_BYTES_PER_IMAGE = 3_500
+# The generation's files, in memory once however many workers map them: measured 1.14 kB per
+# image for a flat 256-d index with two metadata fields at 100k; HNSW's graph (M 32) adds ~0.26.
+SHARED_BYTES_PER_IMAGE = 1_400
+# What each worker's memory grew by per image from 10k to 100k uploads with metadata, 2 workers
+# (bench/worker_memory.py: 1.28 and 1.42 kB; 3.8 and 4.4 kB before generations, BENCHMARKS §6).
+# It holds its changes since the generation (at most COMPACT_AFTER_CHANGES) and what the
+# allocator keeps of them.
+PRIVATE_BYTES_PER_IMAGE = 1_400
 # `auto` plans on half the available memory: the gallery grows after start, and the page cache
 # and the database need the rest.
 MEMORY_SHARE = 0.5
@@ -72,12 +78,14 @@ def available_memory() -> int:
 
 def resolve_workers(value: int | str, images: int) -> int:
     """`auto`: one worker per usable core, but no more than MEMORY_SHARE of the available memory
-    holds at WORKER_BASE_BYTES + INDEX_BYTES_PER_IMAGE × images each; at least one."""
+    holds: SHARED_BYTES_PER_IMAGE × images once, and WORKER_BASE_BYTES + PRIVATE_BYTES_PER_IMAGE
+    × images per worker; at least one."""
     if value != "auto":
         return int(value)
     cores, available = usable_cores(), available_memory()
-    per_worker = WORKER_BASE_BYTES + INDEX_BYTES_PER_IMAGE * images
-    workers = max(1, min(cores, int(available * MEMORY_SHARE // per_worker)))
+    budget = available * MEMORY_SHARE - SHARED_BYTES_PER_IMAGE * images
+    per_worker = WORKER_BASE_BYTES + PRIVATE_BYTES_PER_IMAGE * images
+    workers = max(1, min(cores, int(budget // per_worker)))
     log.info(
         "workers: auto",
         extra={
@@ -90,8 +98,8 @@ def resolve_workers(value: int | str, images: int) -> int:
     )
     if workers < cores:
         log.warning(
-            "fewer workers than cores: each holds the whole index, and more would not fit in "
-            "memory (set LOOKALIKE_WORKERS to choose)",
+            "fewer workers than cores: more would not fit in memory with this gallery "
+            "(set LOOKALIKE_WORKERS to choose)",
             extra={"workers": workers, "cores": cores},
         )
     return workers
