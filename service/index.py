@@ -344,10 +344,6 @@ class VectorIndex(SearchableIndex):
         """Current rows left out of this index because their stored metadata is unreadable."""
         return len(self._unreadable)
 
-    @property
-    def tombstones(self) -> int:
-        return len(self._tombstones)
-
     # --- writes (callers hold lock.write()) ------------------------------------------------
     def add(self, batch: RowBatch) -> None:
         """Index a batch of rows. A row whose stored metadata the strict parser refuses (one
