@@ -9,9 +9,9 @@ same; bench/serve.py measures how evenly the kernel spreads connections.)
 
 `auto` starts one worker per core, but never more than half the available memory holds: the
 index generation's files once (every worker maps them), and per worker its model, its own
-changes since the generation and what it keeps per image. The parent splits the cores between the workers' inference
-and search threads, and points prometheus_client at one folder so that /metrics on any worker
-adds up all of them.
+changes since the generation and what it keeps per image. The parent splits the cores between
+the workers' inference and search threads, and points prometheus_client at one folder so that
+/metrics on any worker adds up all of them.
 """
 
 from __future__ import annotations
