@@ -74,8 +74,8 @@ class Settings(BaseSettings):
     filter_oversample_min_share: float = Field(0.25, gt=0, le=1)
     # The index follows the store's change log before every read and at least this often.
     follow_interval_s: float = Field(1.0, gt=0)
-    # The log is kept for every consumer (snapshot, process) seen within this time; one gone
-    # longer rebuilds its index from the rows when it comes back.
+    # The log is kept for every consumer (a data dir's generation, a process) seen within this
+    # time; one gone longer rebuilds its index from the rows when it comes back.
     log_retention_s: float = Field(3600.0, gt=0)
 
     cors_origins: list[str] = []  # e.g. ["https://app.example.com"]; empty = CORS off

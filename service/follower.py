@@ -34,7 +34,7 @@ ACK_EVERY_S = 5.0
 
 
 def data_dir_id(data_dir: Path) -> str:
-    """This data dir's stable name in the log's consumer list (its snapshot is a consumer)."""
+    """This data dir's stable name in the log's consumer list (its generations are a consumer)."""
     path = data_dir / "instance.id"
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)

@@ -98,7 +98,7 @@ class Gallery:
         return upgrade_model(self._store, self._encoder, self._follower.stopping)
 
     def close(self) -> None:
-        """Stop following, write a final snapshot, and leave the log's consumer list. Waits for
+        """Stop following, unmap the index generation, and leave the log's consumer list. Waits for
         an `open` in progress to stop at its next step."""
         self._follower.stop()
         with self._lifecycle:

@@ -1,5 +1,5 @@
 """The one JSON parser for what requests send and what the gallery stores: strict, so that
-whatever it accepts every later reader accepts too (the index, the snapshot, PostgreSQL's
+whatever it accepts every later reader accepts too (the index, its generations, PostgreSQL's
 JSONB, the responses' orjson).
 
 It refuses what Python's `json` lets through and the rest of the service cannot read back:

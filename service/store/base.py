@@ -294,7 +294,8 @@ class Store(Protocol):
 
     # --- the log's consumers --------------------------------------------------------------
     def ack(self, consumer: str, seq: int) -> None:
-        """`consumer` (a snapshot, a process's index) has applied every change up to `seq`."""
+        """`consumer` (a data dir's generation, a process's index) has applied every change up
+        to `seq`."""
 
     def forget(self, consumer: str) -> None: ...
 
