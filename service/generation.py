@@ -93,14 +93,16 @@ class Generations:
             return None
 
     # --- opening ------------------------------------------------------------------------------
-    def open_current(self) -> Generation | None:
-        """The newest generation, mapped; None when there is none or it is damaged (logged)."""
+    def open_current(self, *, read_back: bool = True) -> Generation | None:
+        """The newest generation, mapped; None when there is none or it is damaged (logged).
+        Without `read_back`, file sizes are checked but not checksums: for a generation just
+        written and fsynced, whose files a switch would otherwise read whole in every worker."""
         for _ in range(3):  # a writer may retire the one just named before it is locked
             name = self.current()
             if name is None:
                 return None
             try:
-                return self._open(name)
+                return self._open(name, read_back)
             except FileNotFoundError:
                 continue
             except GenerationError as exc:
@@ -108,12 +110,12 @@ class Generations:
                 return None
         return None
 
-    def _open(self, name: str) -> Generation:
+    def _open(self, name: str, read_back: bool) -> Generation:
         folder = self.root / name
         hold = open(folder / "lock", "rb")  # noqa: SIM115 (held until release())
         try:
             fcntl.flock(hold, fcntl.LOCK_SH)
-            manifest = self._checked(folder)
+            manifest = self._checked(folder, read_back)
             parts = {
                 collection: MappedIndex(folder / part["folder"], part["kind"], self.options)
                 for collection, part in manifest["collections"].items()
@@ -123,7 +125,7 @@ class Generations:
             raise
         return Generation(name, manifest["seq"], parts, hold)
 
-    def _checked(self, folder: Path) -> dict:
+    def _checked(self, folder: Path, read_back: bool) -> dict:
         try:
             manifest = orjson.loads((folder / "manifest.json").read_bytes())
         except orjson.JSONDecodeError as exc:
@@ -134,7 +136,7 @@ class Generations:
             raise GenerationError(f"{folder.name}: holds vectors of another model")
         for relative, (size, crc) in manifest["files"].items():
             path = folder / relative
-            if path.stat().st_size != size or checksum(path) != crc:
+            if path.stat().st_size != size or (read_back and checksum(path) != crc):
                 raise GenerationError(f"{folder.name}: {relative} is damaged")
         return manifest
 

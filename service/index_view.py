@@ -83,7 +83,7 @@ class IndexView:
             }
             self._generations.write(upto, sources)
             self._generations.retire()
-            written = self._generations.open_current()
+            written = self._generations.open_current(read_back=False)
         if written is None:
             raise GenerationError("the index generation just written cannot be opened")
         return written
@@ -93,7 +93,7 @@ class IndexView:
         newest = self._generations.current()
         if newest is None or self._generation is None or newest == self._generation.name:
             return False
-        generation = self._generations.open_current()
+        generation = self._generations.open_current(read_back=False)
         if generation is None:
             return False
         if generation.seq <= self._generation.seq:

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from service.generation import Generations, PartSource
 from service.index import IndexOptions
 from service.store import NewImage, Store, open_store
 from service.store.base import RowBatch
-from testkit.app import make_settings
+from testkit.app import make_settings, wait_until
 from testkit.images import png_bytes
 
 DIM = 16
@@ -30,13 +29,6 @@ DIM = 16
 def unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
     vectors = rng.standard_normal((n, dim)).astype(np.float32)
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 class Workers:
@@ -110,8 +102,8 @@ def test_workers_share_a_generation_and_all_switch_to_the_next(workers, tmp_path
     w.upload(first, [f"a{i}" for i in range(20, 30)])  # replaced: a new version of each
     store_seq = first.status().store_seq
     for gallery in (first, second):  # 100 changes: one of them writes, both switch
-        wait_for(lambda g=gallery: generation_seq(g) >= 50)
-    wait_for(lambda: first.status().index_generation == second.status().index_generation)
+        wait_until(lambda g=gallery: generation_seq(g) >= 50)
+    wait_until(lambda: first.status().index_generation == second.status().index_generation)
     rng = np.random.default_rng(1)
     for gallery in (first, second):
         assert gallery.status().indexed == len(w.rows) == 70
@@ -123,20 +115,20 @@ def test_workers_share_a_generation_and_all_switch_to_the_next(workers, tmp_path
         assert gallery.vector_of("a5") is None and gallery.vector_of("a25") is not None
     assert first.status().store_seq == store_seq
     newest = (tmp_path / "data" / "generations" / "CURRENT").read_text()
-    wait_for(lambda: {p.name for p in (tmp_path / "data" / "generations").glob("0*")} == {newest})
+    wait_until(lambda: {p.name for p in (tmp_path / "data" / "generations").glob("0*")} == {newest})
 
 
 def test_an_hnsw_part_is_extended_until_a_tenth_of_it_is_deleted(workers) -> None:
     w = workers(compact_after_changes=20, index_kind="hnsw")
     gallery = w.add()
     w.upload(gallery, [f"i{i}" for i in range(100)])
-    wait_for(lambda: generation_seq(gallery) >= 100)
+    wait_until(lambda: generation_seq(gallery) >= 100)
     w.delete(gallery, [f"i{i}" for i in range(5)])
     w.upload(gallery, [f"n{i}" for i in range(15)])  # 20 changes: the next generation
-    wait_for(lambda: generation_seq(gallery) >= 120)
+    wait_until(lambda: generation_seq(gallery) >= 120)
     assert gallery.status().index_tombstones == 5  # extended: 5 of 115 rows deleted, kept
     w.delete(gallery, [f"i{i}" for i in range(5, 25)])  # 25 of 115: past a tenth
-    wait_for(lambda: generation_seq(gallery) >= 140)
+    wait_until(lambda: generation_seq(gallery) >= 140)
     assert gallery.status().index_tombstones == 0  # built again without them
     rng = np.random.default_rng(2)
     for query in unit(rng, 5, w.encoder.info.dim):

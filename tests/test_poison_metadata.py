@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import sqlite3
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,7 +18,7 @@ from hypothesis import strategies as st
 
 from service import strict_json
 from service.app import create_app
-from testkit.app import make_settings, wait_ready
+from testkit.app import generation_seq, make_settings, wait_ready, wait_until
 from testkit.images import png_bytes
 from testkit.server import AUTH
 
@@ -142,7 +141,7 @@ def test_a_generation_holding_a_poisoned_row_is_rebuilt_not_fatal(
     with _app(artifact, data_dir, compact_after_changes=1) as client:
         for i in range(3):
             assert _upload(client, f"img{i}", json.dumps({"n": i}), seed=i).status_code == 201
-        _wait_until(lambda: _generation_seq(client) == 3)  # all three in the shared files
+        wait_until(lambda: generation_seq(client) == 3)  # all three in the shared files
     _poison_sqlite_row(data_dir, "img2", '{"n": "\\ud800"}')
     (metadata,) = (data_dir / "generations").glob("*/c0/metadata.bin")
     assert b'{"n":2}' in metadata.read_bytes()
@@ -151,17 +150,6 @@ def test_a_generation_holding_a_poisoned_row_is_rebuilt_not_fatal(
         assert client.get("/readyz").json()["index_unreadable"] == 1
         assert [hit["id"] for hit in _nearest(client, seed=2).json()["results"]][:1] != ["img2"]
         assert client.get("/images", headers=AUTH).status_code == 200
-
-
-def _generation_seq(client: TestClient) -> int:
-    return int(client.get("/readyz").json()["index_generation"].split("-")[0])
-
-
-def _wait_until(predicate, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
 
 
 def test_a_too_deep_postgres_row_is_skipped_and_the_rest_serves(

@@ -25,7 +25,7 @@ from service.batcher import Overloaded
 from service.fashion_mnist import load_split
 from service.imaging import InputSpec, decode_image
 from service.routes.deps import get_runtime
-from testkit.app import make_settings, wait_ready
+from testkit.app import generation_seq, make_settings, wait_ready, wait_until
 from testkit.hostile_corpus import encode
 from testkit.images import png_bytes
 from testkit.server import API_KEY, AUTH, NO_KEY
@@ -425,15 +425,6 @@ def test_cors_is_off_by_default_and_configurable(artifact: Path, tmp_path: Path)
         assert allowed["access-control-allow-origin"] == "https://app.example.com"
 
 
-def _wait_for(predicate, timeout_s: float = 60) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)
-
-
 def test_deleted_images_are_filtered_until_the_next_generation_leaves_them_out(
     artifact: Path, tmp_path: Path
 ) -> None:
@@ -449,7 +440,7 @@ def test_deleted_images_are_filtered_until_the_next_generation_leaves_them_out(
             data={"ids": [f"h{i}" for i in range(10)]},
             headers=AUTH,
         )
-        _wait_for(lambda: _generation_seq(client) == 10)  # 10 changes: written to a generation
+        wait_until(lambda: generation_seq(client) == 10)  # 10 changes: written to a generation
         for i in range(3):
             assert client.delete(f"/images/h{i}", headers=AUTH).status_code == 204
         # 3 changes since the generation, below the 8 that write the next: filtered at query time.
@@ -466,7 +457,7 @@ def test_deleted_images_are_filtered_until_the_next_generation_leaves_them_out(
             data={"ids": [f"h{i}" for i in range(3, 8)]},
             headers=AUTH,
         )
-        _wait_for(lambda: client.get("/readyz").json()["index_tombstones"] == 0)
+        wait_until(lambda: client.get("/readyz").json()["index_tombstones"] == 0)
         top = client.post("/nearest", files=_files(blobs[4], field="file"), data={"k": "1"}).json()
         assert top["results"][0]["id"] == "h4"
         assert client.get("/readyz").json()["indexed"] == 7
@@ -482,7 +473,7 @@ def test_auto_index_switches_to_hnsw_past_the_configured_size(
         ready = client.get("/readyz").json()
         assert ready["index_kind"] == "flat" and ready["indexed"] == 4, ready
         client.post("/images", files=_files(*(png_bytes(500 + i) for i in range(4))))
-        _wait_for(lambda: client.get("/readyz").json()["index_kind"] == "hnsw")
+        wait_until(lambda: client.get("/readyz").json()["index_kind"] == "hnsw")
         ready = client.get("/readyz").json()
         assert ready["indexed"] == ready["images"] == 8, ready
 
@@ -510,12 +501,8 @@ def test_a_size_crossed_during_a_compaction_still_switches_the_index_without_ano
         client.post("/images", files=_files(*(png_bytes(800 + i) for i in range(4))))  # size
         assert client.get("/readyz").json()["index_kind"] == "flat"
         release.set()
-        _wait_for(lambda: client.get("/readyz").json()["index_kind"] == "hnsw")
+        wait_until(lambda: client.get("/readyz").json()["index_kind"] == "hnsw")
         assert client.get("/readyz").json()["indexed"] == 8
-
-
-def _generation_seq(client: TestClient) -> int:
-    return int(client.get("/readyz").json()["index_generation"].split("-")[0])
 
 
 @pytest.mark.parametrize("damage", ["truncate", "corrupt", "delete"])
@@ -530,7 +517,7 @@ def test_a_damaged_index_generation_is_rebuilt_from_the_store(
         client.post(
             "/images", files=_files(*blobs), data={"ids": [f"s{i}" for i in range(5)]}, headers=AUTH
         )
-        _wait_for(lambda: _generation_seq(client) == 5)  # all five in the generation's files
+        wait_until(lambda: generation_seq(client) == 5)  # all five in the generation's files
     generations = data / "generations"
     (vectors,) = generations.glob("*/c0/index.faiss")
     content = vectors.read_bytes()
