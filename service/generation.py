@@ -10,8 +10,8 @@ exist once in memory however many workers serve it.
 - **Writing** goes into `tmp-<id>/`: every file is fsynced, the manifest (each file's size and
   CRC-32) comes last, then the folder is renamed and CURRENT replaced. A crash at any moment
   leaves the CURRENT before it, and a `tmp-` folder the next writer deletes.
-- **Opening** checks the manifest against the model and every file against its size and
-  checksum. A missing or damaged generation is rebuilt from the store.
+- **Opening** checks the manifest against the model and every file against its size and (at
+  start) its checksum. A missing or damaged generation is rebuilt from the store.
 - **Retiring.** Each process holds a shared lock on the generation it maps. A writer deletes
   every other generation whose lock it can take exclusively: no process maps it any more.
 """
