@@ -58,13 +58,16 @@ class Settings(BaseSettings):
 
     # Index.
     search_threads: int = Field(0, ge=0)  # FAISS OpenMP threads per process; 0 = cores / workers
-    index_kind: Literal["auto", "flat", "hnsw"] = "auto"
+    index_kind: Literal["auto", "flat", "hnsw", "ivf"] = "auto"
     approximate_index_min_vectors: int = Field(100_000, ge=1)  # auto: HNSW from this size
+    # auto: IVF over 8-bit codes from this size (a quarter of HNSW's memory; BENCHMARKS.md §7).
+    compressed_index_min_vectors: int = Field(2_000_000, ge=1)
     hnsw_m: int = Field(32, ge=4)
     hnsw_ef_construction: int = Field(80, ge=8)
     # 192: recall@10 0.9996 at 1M embeddings of augmented real images in bench/search.py (96:
     # 0.9976 there, but 0.947 on another run's harder corpus), p50 0.82 ms (BENCHMARKS.md §4).
     hnsw_ef_search: int = Field(192, ge=8)
+    ivf_nprobe: int = Field(32, ge=1)  # IVF lists scanned per query (BENCHMARKS.md §7)
     # A new index generation (mapped by every worker) once a collection has this many changes
     # since the last; until then each worker keeps them in its own memory.
     compact_after_changes: int = Field(10_000, ge=1)

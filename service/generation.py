@@ -165,9 +165,10 @@ class Generations:
             folder = f"c{i}"
             (tmp / folder).mkdir()
             kind = self.options.kind_for(source.count)
+            index: faiss.Index | None = None  # ivf: built over the rows once they are written
             if source.extends is not None:
                 index = faiss.read_index(str(source.extends / "index.faiss"))
-            else:
+            elif kind != "ivf":
                 index = new_faiss_index(self.dim, kind, self.options)
             write_part(tmp / folder, index, source.rows, source.unreadable, source.dead)
             collections[collection] = {"folder": folder, "kind": kind}

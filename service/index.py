@@ -1,5 +1,5 @@
 """Search over one collection's vectors: FAISS over unit vectors (inner product = cosine score).
-`SearchableIndex` holds how a search runs, filtered or not; two kinds of index share it:
+`SearchableIndex` holds how a search runs, filtered or not; two classes of index share it:
 - `VectorIndex` (here): in memory and writable, derived from the store's change log. Its FAISS
   ids are labels, the store's version numbers (`seq`), so a stale label never resolves. Beside the
   vectors it keeps each label's id and metadata, and a `MetadataIndex` of that metadata, so a
@@ -12,11 +12,17 @@
 - `hnsw`: approximate, IndexHNSWFlat; HNSW cannot remove, so removed labels become tombstones,
   filtered at query time (search k + tombstones, drop them), and the owner rebuilds the index
   once tombstones pass a share of it.
+- `ivf`: compressed, for big galleries, and only as a generation's part: IVF over 8-bit scalar
+  codes (IndexIVFScalarQuantizer, 256 bytes a 256-d vector instead of 1 kB), `ivf_lists(n)`
+  lists, `ivf_nprobe` of them scanned per query. Its scores are the codes' (about 1e-3 off);
+  the exact vectors stay in a file beside it, read only for what is scored directly.
 
 A filtered search returns the true top k among the matching images (all of them when fewer
 match). The filter becomes a mask over labels; how the search runs depends on how many match:
 - at most `brute_force_max_matches`: score the matching vectors directly (exact, any kind);
 - otherwise, `flat`: a FAISS search with an ID selector (exact);
+- `ivf`: a search with an ID selector, scanning more lists the fewer images match
+  (`ivf_nprobe` × SELECTOR_EF / share, at most every list);
 - `hnsw`, when at least `oversample_min_share` of the images match: an unfiltered search for
   enough more than k that k matches survive (k / share × OVERSAMPLE), then the mask; if fewer
   than k survive, the selector search below;
@@ -54,9 +60,12 @@ log = logging.getLogger(__name__)
 OVERSAMPLE = 2.0  # an oversampled search asks for k / share × this
 SELECTOR_EF = 2.0  # a selector search's efSearch: k / share × this …
 MAX_SELECTOR_EF = 4096  # … at most this
+IVF_MIN_VECTORS = 1024  # fewer: an index asked to be `ivf` is `flat` (too few to train on)
+IVF_TRAINING_PER_LIST = 64  # vectors k-means sees per list (a seeded sample)
+IVF_TRAINING_ITERATIONS = 10
 
 
-IndexKind = Literal["flat", "hnsw"]
+IndexKind = Literal["flat", "hnsw", "ivf"]
 SearchPlan = Literal["none", "brute force", "oversample", "selector"]
 
 
@@ -66,9 +75,11 @@ class IndexOptions:
 
     kind: IndexKind | Literal["auto"] = "auto"
     approximate_min_vectors: int = 100_000  # auto: HNSW from this size
+    compressed_min_vectors: int = 2_000_000  # auto: IVF from this size
     hnsw_m: int = 32
     ef_construction: int = 80
     ef_search: int = 192
+    ivf_nprobe: int = 32
     brute_force_max_matches: int = 20_000
     oversample_min_share: float = 0.25
 
@@ -77,18 +88,24 @@ class IndexOptions:
         return cls(
             kind=settings.index_kind,
             approximate_min_vectors=settings.approximate_index_min_vectors,
+            compressed_min_vectors=settings.compressed_index_min_vectors,
             hnsw_m=settings.hnsw_m,
             ef_construction=settings.hnsw_ef_construction,
             ef_search=settings.hnsw_ef_search,
+            ivf_nprobe=settings.ivf_nprobe,
             brute_force_max_matches=settings.filter_brute_force_max_matches,
             oversample_min_share=settings.filter_oversample_min_share,
         )
 
     def kind_for(self, count: int) -> IndexKind:
         """The kind an index of `count` vectors should be."""
-        if self.kind != "auto":
-            return self.kind
-        return "hnsw" if count >= self.approximate_min_vectors else "flat"
+        kind = self.kind
+        if kind == "auto":
+            if count >= self.compressed_min_vectors:
+                kind = "ivf"
+            else:
+                kind = "hnsw" if count >= self.approximate_min_vectors else "flat"
+        return "flat" if kind == "ivf" and count < IVF_MIN_VECTORS else kind
 
 
 @dataclass(frozen=True)
@@ -145,13 +162,45 @@ def log_left_out(image_id: str, exc: Exception) -> None:
 
 
 def new_faiss_index(dim: int, kind: IndexKind, options: IndexOptions) -> faiss.Index:
-    """An empty FAISS index of `kind` over unit vectors; its ids are positions."""
+    """An empty FAISS index of `kind` (flat or hnsw) over unit vectors; its ids are positions.
+    An `ivf` index is trained on its vectors: `ivf_over`."""
+    if kind == "ivf":
+        raise ValueError("an ivf index is built from its vectors (ivf_over)")
     if kind == "flat":
         return faiss.IndexFlatIP(dim)
     hnsw = faiss.IndexHNSWFlat(dim, options.hnsw_m, faiss.METRIC_INNER_PRODUCT)
     hnsw.hnsw.efConstruction = options.ef_construction
     hnsw.hnsw.efSearch = options.ef_search
     return hnsw
+
+
+def ivf_lists(count: int) -> int:
+    """Inverted lists for `count` vectors: the power of two nearest 4·√count (FAISS's guidance
+    is 4–16·√n), at least 16, at most one per 39 vectors (k-means needs that many a centroid)."""
+    nearest = 2 ** round(math.log2(4 * math.sqrt(max(count, 1))))
+    return max(1, min(nearest, 65_536, max(16, count // 39)))
+
+
+def ivf_over(vectors: np.ndarray, chunk: int = 65_536) -> faiss.Index:
+    """An `ivf` index over `vectors` (unit, float32, ids = positions): k-means on a seeded
+    sample for the lists, then every vector added in chunks (so a mapped array is read once)."""
+    count, dim = vectors.shape
+    lists = ivf_lists(count)
+    index = faiss.IndexIVFScalarQuantizer(
+        faiss.IndexFlatIP(dim),
+        dim,
+        lists,
+        faiss.ScalarQuantizer.QT_8bit,
+        faiss.METRIC_INNER_PRODUCT,
+    )
+    index.cp.niter = IVF_TRAINING_ITERATIONS
+    index.cp.max_points_per_centroid = IVF_TRAINING_PER_LIST
+    sample_size = min(count, lists * IVF_TRAINING_PER_LIST)
+    sample = np.sort(np.random.default_rng(0).choice(count, sample_size, replace=False))
+    index.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
+    for start in range(0, count, chunk):
+        index.add(np.ascontiguousarray(vectors[start : start + chunk], dtype=np.float32))
+    return index
 
 
 class SearchableIndex:
@@ -175,6 +224,10 @@ class SearchableIndex:
         """The live image at FAISS id `fid`: its id and metadata JSON; None when gone."""
         raise NotImplementedError
 
+    def _vectors(self, fids: np.ndarray) -> np.ndarray:
+        """The exact vectors at these FAISS ids, (m, D) float32."""
+        return self._index.reconstruct_batch(fids)
+
     def matching(self, where: Filter) -> np.ndarray:
         """(n,) bool over FAISS ids: True where a live image's metadata matches `where`."""
         raise NotImplementedError
@@ -188,6 +241,7 @@ class SearchableIndex:
         self,
         *,
         ef_search: int | None = None,
+        ivf_nprobe: int | None = None,
         brute_force_max_matches: int | None = None,
         oversample_min_share: float | None = None,
     ) -> None:
@@ -197,6 +251,7 @@ class SearchableIndex:
         self.options = replace(
             options,
             ef_search=options.ef_search if ef_search is None else ef_search,
+            ivf_nprobe=options.ivf_nprobe if ivf_nprobe is None else ivf_nprobe,
             brute_force_max_matches=(
                 options.brute_force_max_matches
                 if brute_force_max_matches is None
@@ -208,12 +263,15 @@ class SearchableIndex:
                 else oversample_min_share
             ),
         )
-        self._set_ef_search()
+        self._set_search_depth()
 
-    def _set_ef_search(self) -> None:
+    def _set_search_depth(self) -> None:
+        """efSearch of an HNSW index, nprobe of an IVF one, from the options."""
+        inner = self._index.index if isinstance(self._index, faiss.IndexIDMap2) else self._index
         if self.kind == "hnsw":
-            inner = self._index.index if isinstance(self._index, faiss.IndexIDMap2) else self._index
             faiss.downcast_index(inner).hnsw.efSearch = self.options.ef_search  # type: ignore[attr-defined]
+        elif self.kind == "ivf":
+            faiss.downcast_index(inner).nprobe = self.options.ivf_nprobe  # type: ignore[attr-defined]
 
     # --- reads (callers hold lock.read()) --------------------------------------------------
     def search(self, queries: np.ndarray, k: int, where: Filter | None = None) -> list[list[Hit]]:
@@ -253,7 +311,7 @@ class SearchableIndex:
 
     def _brute_force(self, queries: np.ndarray, k: int, mask: np.ndarray) -> list[list[Hit]]:
         labels = np.flatnonzero(mask)
-        vectors = self._index.reconstruct_batch(labels)  # (m, D)
+        vectors = self._vectors(labels)  # (m, D)
         scores = queries @ vectors.T  # (nq, m)
         top = min(k, len(labels))
         best = np.argpartition(-scores, top - 1, axis=1)[:, :top]
@@ -277,6 +335,11 @@ class SearchableIndex:
         selector = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))
         if self.kind == "flat":
             params = faiss.SearchParameters()
+        elif self.kind == "ivf":
+            params = faiss.SearchParametersIVF()  # type: ignore[attr-defined]
+            lists = faiss.downcast_index(self._index).nlist  # type: ignore[attr-defined]
+            nprobe = math.ceil(self.options.ivf_nprobe * self.count / matches * SELECTOR_EF)
+            params.nprobe = max(self.options.ivf_nprobe, min(nprobe, lists))
         else:
             params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
             ef = math.ceil(k * self.count / matches * SELECTOR_EF)
@@ -310,7 +373,7 @@ class VectorIndex(SearchableIndex):
 
     def __init__(self, dim: int, kind: IndexKind, options: IndexOptions = IndexOptions()) -> None:
         if kind not in ("flat", "hnsw"):
-            raise ValueError(f"index kind must be 'flat' or 'hnsw', not {kind!r}")
+            raise ValueError(f"an index in memory is 'flat' or 'hnsw', not {kind!r}")
         self.dim, self.kind, self.options = dim, kind, options
         self._index = self._empty()
         self._tombstones: set[int] = set()

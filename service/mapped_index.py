@@ -3,7 +3,10 @@ every process (FAISS's IO_FLAG_MMAP_IFC, numpy's mmap), so its pages exist once 
 many workers search it.
 
 The part's folder holds:
-- `index.faiss`: IndexFlatIP or IndexHNSWFlat; FAISS ids are positions 0 … n-1;
+- `index.faiss`: IndexFlatIP, IndexHNSWFlat or an `ivf` index (its lists mapped too); FAISS ids
+  are positions 0 … n-1;
+- `vectors.f32` (`ivf` only): each position's exact vector, float32, for what is scored
+  directly and for the next generation; read only where asked;
 - `labels.npy`: each position's label (its row's seq), ascending;
 - `ids.*`, `metadata.*`: each position's image id and metadata JSON (blobs.py), read only for
   the hits a search returns; `ids.order.npy`: the positions by id, to find one;
@@ -33,6 +36,7 @@ from service.index import (
     IndexKind,
     IndexOptions,
     SearchableIndex,
+    ivf_over,
     log_left_out,
 )
 from service.store.base import RowBatch
@@ -42,22 +46,25 @@ BATCH = 20_000  # rows per chunk when a part is read back to write the next gene
 
 def write_part(
     directory: Path,
-    index: faiss.Index,
+    index: faiss.Index | None,
     rows: Iterable[RowBatch],
     unreadable: dict[int, str],
     dead: np.ndarray | None = None,
 ) -> None:
     """Write a part into the empty folder `directory`: `rows` in label order, and their vectors in
-    `index`. An index that already holds vectors (a part being extended) holds those of the first
-    rows, and `dead` flags which of those were deleted since: they stay in the files, skipped by
-    searches. A new row whose metadata the strict parser refuses is left out, logged, and listed
-    with `unreadable` (rows left out before)."""
-    held, position = index.ntotal, 0
+    `index`, or, without one, in `vectors.f32` and then an `ivf` index built over them. An index
+    that already holds vectors (a part being extended) holds those of the first rows, and `dead`
+    flags which of those were deleted since: they stay in the files, skipped by searches. A new
+    row whose metadata the strict parser refuses is left out, logged, and listed with
+    `unreadable` (rows left out before)."""
+    held, position, dim = (index.ntotal if index is not None else 0), 0, 0
     labels: list[np.ndarray] = []
     docs: list[dict | None] = []
     unreadable = dict(unreadable)
+    exact = open(directory / "vectors.f32", "wb") if index is None else None  # noqa: SIM115
     with BlobWriter(directory, "ids") as ids, BlobWriter(directory, "metadata") as metadata:
         for batch in rows:
+            dim = batch.vectors.shape[1]
             keep, new = [], []
             for i, (label, image_id, text) in enumerate(
                 zip(batch.seqs.tolist(), batch.ids, batch.metadata, strict=True)
@@ -78,8 +85,17 @@ def write_part(
                 metadata.add(text.encode())
                 position += 1
             if new:
-                index.add(np.ascontiguousarray(batch.vectors[new], dtype=np.float32))
+                vectors = np.ascontiguousarray(batch.vectors[new], dtype=np.float32)
+                if exact is not None:
+                    exact.write(vectors.tobytes())
+                else:
+                    index.add(vectors)  # type: ignore[union-attr]
             labels.append(batch.seqs[keep].astype(np.int64))
+    if exact is not None:
+        exact.close()
+        fsync_file(directory / "vectors.f32")
+        index = ivf_over(_exact_vectors(directory, position, dim))
+    assert index is not None
     faiss.write_index(index, str(directory / "index.faiss"))
     fsync_file(directory / "index.faiss")
     save_array(directory / "labels.npy", np.concatenate([np.zeros(0, np.int64), *labels]))
@@ -93,13 +109,25 @@ def write_part(
     fsync_file(directory / "unreadable.json")
 
 
+def _exact_vectors(directory: Path, count: int, dim: int) -> np.ndarray:
+    """An `ivf` part's exact vectors, mapped read-only."""
+    if not count:
+        return np.zeros((0, dim), np.float32)
+    return np.memmap(directory / "vectors.f32", np.float32, mode="r", shape=(count, dim))
+
+
 class MappedIndex(SearchableIndex):
     def __init__(self, directory: Path, kind: IndexKind, options: IndexOptions) -> None:
         self.kind, self.options, self.directory = kind, options, directory
-        flags = faiss.IO_FLAG_MMAP_IFC | faiss.IO_FLAG_READ_ONLY
-        self._index = faiss.read_index(str(directory / "index.faiss"), flags)
-        self._set_ef_search()
+        mapped = faiss.IO_FLAG_MMAP if kind == "ivf" else faiss.IO_FLAG_MMAP_IFC  # lists / codes
+        self._index = faiss.read_index(
+            str(directory / "index.faiss"), mapped | faiss.IO_FLAG_READ_ONLY
+        )
+        self._set_search_depth()
         self._labels = load_array(directory / "labels.npy")
+        self._exact = (
+            _exact_vectors(directory, len(self._labels), self._index.d) if kind == "ivf" else None
+        )
         self._ids = Blobs(directory, "ids")
         self._metadata = Blobs(directory, "metadata")
         self._id_order = load_array(directory / "ids.order.npy")
@@ -126,6 +154,11 @@ class MappedIndex(SearchableIndex):
 
     def matching(self, where: Filter) -> np.ndarray:
         return self._filters.mask(where) & ~self._deleted
+
+    def _vectors(self, fids: np.ndarray) -> np.ndarray:
+        if self._exact is None:
+            return super()._vectors(fids)
+        return np.array(self._exact[fids], dtype=np.float32)
 
     def _unfiltered(self, queries: np.ndarray, k: int) -> list[list[Hit]]:
         if not self._deleted_count:
@@ -158,7 +191,7 @@ class MappedIndex(SearchableIndex):
         position = find(self._ids, self._id_order, image_id.encode())
         if position is None or self._deleted[position]:
             return None
-        return np.asarray(self._index.reconstruct(position), dtype=np.float32)
+        return self._vectors(np.array([position], dtype=np.int64))[0]
 
     def deletions(self) -> np.ndarray:
         """A copy of this process's deletion flags (callers hold the read lock)."""
@@ -181,7 +214,7 @@ class MappedIndex(SearchableIndex):
                 continue
             yield RowBatch(
                 seqs=np.asarray(self._labels[positions]),
-                vectors=self._index.reconstruct_batch(positions),
+                vectors=self._vectors(positions),
                 ids=[self._ids[p].decode() for p in positions.tolist()],
                 metadata=[self._metadata[p].decode() for p in positions.tolist()],
             )

@@ -135,6 +135,31 @@ def test_an_hnsw_part_is_extended_until_a_tenth_of_it_is_deleted(workers) -> Non
         assert [h.id for h in gallery.search(query[None], 10)[0]] == w.exact(query, 10)
 
 
+def test_a_gallery_past_the_compressed_threshold_is_served_from_an_ivf_part(workers) -> None:
+    w = workers(approximate_index_min_vectors=200, compressed_index_min_vectors=1100)
+    first, second = w.add(), w.add()
+    for start in range(0, 1200, 300):
+        w.upload(first, [f"i{i}" for i in range(start, start + 300)])
+    for gallery in (first, second):  # its size calls for another kind: a generation at once
+        wait_until(lambda g=gallery: g.status().index_kind == "ivf")
+    w.delete(second, [f"i{i}" for i in range(10)])
+    w.upload(second, [f"n{i}" for i in range(10)])  # in each worker's delta, merged
+    rng = np.random.default_rng(3)
+    for gallery in (first, second):
+        assert gallery.status().indexed == len(w.rows) == 1200
+        recalls = []
+        for query in unit(rng, 10, w.encoder.info.dim):
+            hits = [h.id for h in gallery.search(query[None], 10)[0]]
+            assert len(hits) == 10 and not {f"i{i}" for i in range(10)} & set(hits)
+            recalls.append(len(set(hits) & set(w.exact(query, 10))) / 10)
+            where = parse_filter({"label": 2})
+            filtered = [h.id for h in gallery.search(query[None], 10, where=where)[0]]
+            assert filtered == w.exact(query, 10, label=2)  # few match: scored exactly
+        assert np.mean(recalls) >= 0.9
+        for image_id in ("i500", "n3"):
+            assert np.array_equal(gallery.vector_of(image_id), w.rows[image_id][0])
+
+
 def rows(n: int, start: int = 1) -> RowBatch:
     labels = np.arange(start, start + n, dtype=np.int64)
     return RowBatch(
