@@ -5,13 +5,17 @@
 
 Corpus and queries: bench/search.py's (embeddings of Fashion-MNIST train images and of
 augmented copies of them, cached; queries are test images the corpus never holds), with the same
-{"bucket": b} metadata for range filters. Each size is written as a generation's part would be
-(`write_part`, as the service's compaction writes it: ids, metadata, filters, the exact vectors
-and the IVF index), then opened and searched in a fresh process of its own, the way a worker maps
-it, one query at a time with k=10 on 2 FAISS threads:
+{"bucket": b} metadata for range filters. Each size is written as a generation
+(`Generations.write`, as the service's compaction writes one: ids, metadata, filters, the exact
+vectors and the IVF index, each file checksummed, the exact vectors then dropped from the page
+cache), then opened and searched in a fresh process of its own, the way a worker maps it, one
+query at a time with k=10 on 2 FAISS threads:
 - unfiltered, at each `--nprobe`: p50/p99 ms and recall@10 against exact search (numpy);
 - filtered at each selectivity, at the service's nprobe, as /nearest runs it (the plan the
   service picks): p50/p99 and recall@10 against the exact top 10 among the matches;
+- the selector plan forced at each selectivity, scanning each `--selector-nprobe` lists, and
+  brute force forced (up to 200,000 matches), on `--sweep-queries` queries: how many lists a
+  filtered search needs as fewer images match, and what each plan costs (search_plan.py);
 - memory: the process's resident set (`/proc/self/smaps_rollup`: Rss, of it Anonymous) before
   the part is opened and after every search above; mapped pages count there once they are read.
 Writes RESULTS/compressed.json.
@@ -22,10 +26,11 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import faiss
 import numpy as np
@@ -35,12 +40,14 @@ from search import BUCKETS, K, corpus, embed, exact, measure, numbers, recall
 from service.encoder import load_encoder
 from service.fashion_mnist import load_split
 from service.filters import parse_filter
+from service.generation import Generations, PartSource
 from service.index import IndexOptions, ivf_lists
-from service.mapped_index import MappedIndex, write_part
+from service.mapped_index import MappedIndex
 from service.store.base import RowBatch
 
 OPTIONS = IndexOptions(kind="ivf")  # the service's defaults otherwise
 CHUNK = 100_000
+BRUTE_FORCE_SWEPT = 200_000  # brute force is measured up to this many matches
 
 
 def memory_kb() -> dict[str, int]:
@@ -52,10 +59,13 @@ def memory_kb() -> dict[str, int]:
     return fields
 
 
-def write_corpus_part(vectors: np.ndarray, buckets: np.ndarray, folder: Path) -> float:
-    """The part of these rows, as compaction writes it; seconds taken."""
+def write_corpus_part(
+    vectors: np.ndarray, buckets: np.ndarray, data_dir: Path
+) -> tuple[Path, float]:
+    """A generation of these rows, as the service's compaction writes one; its part's folder
+    and the seconds taken."""
 
-    def rows():
+    def rows() -> Iterator[RowBatch]:
         for start in range(0, len(vectors), CHUNK):
             labels = np.arange(start, min(start + CHUNK, len(vectors)), dtype=np.int64)
             yield RowBatch(
@@ -65,10 +75,11 @@ def write_corpus_part(vectors: np.ndarray, buckets: np.ndarray, folder: Path) ->
                 [f'{{"bucket":{b}}}' for b in buckets[labels].tolist()],
             )
 
-    folder.mkdir()
+    generations = Generations(data_dir, vectors.shape[1], OPTIONS, "bench")
     start = time.perf_counter()
-    write_part(folder, None, rows(), {})
-    return time.perf_counter() - start
+    with generations.writing(wait=True):
+        name = generations.write(len(vectors), {"default": PartSource(len(vectors), rows(), {})})
+    return generations.root / name / "c0", time.perf_counter() - start
 
 
 def search_part(folder: Path, queries: np.ndarray, job: dict) -> dict:
@@ -88,30 +99,69 @@ def search_part(folder: Path, queries: np.ndarray, job: dict) -> dict:
         where = parse_filter({"bucket": {"$lt": cut}})
         found, latency = measure(lambda q, w=where: part.search(q, K, w)[0], queries)
         matches = int(np.count_nonzero(part.matching(where)))
-        filtered.append({"cut": cut, "plan": part.plan(matches), **latency, "found": found})
+        filtered.append({"cut": cut, "plan": part.plan(matches, K), **latency, "found": found})
+    after, sweep = memory_kb(), job["sweep_queries"]
+    swept = []
+    for cut in job["cuts"]:
+        for nprobe in job["selector_nprobe"]:
+            found_by = selector_search(part, cut, nprobe, queries[:sweep])
+            swept.append({"cut": cut, "plan": "selector", "nprobe": nprobe, **found_by})
+        where = parse_filter({"bucket": {"$lt": cut}})
+        if np.count_nonzero(part.matching(where)) <= BRUTE_FORCE_SWEPT:
+            part.tune(brute_force_max_matches=BRUTE_FORCE_SWEPT)
+            found, latency = measure(lambda q, w=where: part.search(q, K, w)[0], queries[:sweep])
+            part.tune(brute_force_max_matches=OPTIONS.brute_force_max_matches)
+            swept.append({"cut": cut, "plan": "brute force", **latency, "found": found})
     return {
         "before": before,
         "opened": opened,
-        "after": memory_kb(),
+        "after": after,
         "unfiltered": unfiltered,
         "filtered": filtered,
+        "sweep": swept,
     }
 
 
-def measure_size(vectors, queries, shares, nprobes, seed) -> tuple[dict, list[dict], list[dict]]:
+def selector_search(part: MappedIndex, cut: int, nprobe: int, queries: np.ndarray) -> dict:
+    """FAISS's IVF search with an ID selector of the matches, scanning `nprobe` lists: how many
+    a filtered search needs as fewer images match (ids are positions, which are the corpus's)."""
+    mask = part.matching(parse_filter({"bucket": {"$lt": cut}}))
+    bitmap = np.packbits(mask, bitorder="little")
+    params = faiss.SearchParametersIVF()
+    params.sel = faiss.IDSelectorBitmap(len(bitmap), faiss.swig_ptr(bitmap))
+    params.nprobe = nprobe
+    index = part._index  # what the service's selector plan searches
+
+    def search(q: np.ndarray) -> list[SimpleNamespace]:
+        positions = index.search(q, K, params=params)[1][0]
+        return [SimpleNamespace(id=str(p)) for p in positions.tolist() if p >= 0]
+
+    found, latency = measure(search, queries)
+    return {**latency, "found": found}
+
+
+def measure_size(vectors: np.ndarray, queries: np.ndarray, args: argparse.Namespace) -> dict:
+    """One size: its summary row and its rows of each table."""
     size = len(vectors)
-    buckets = np.random.default_rng([seed, size]).permutation(size) * BUCKETS // size
+    shares = numbers(args.selectivities, float)
+    buckets = np.random.default_rng([args.seed, size]).permutation(size) * BUCKETS // size
     cuts = [round(share * BUCKETS) for share in shares]
+    job = {
+        "nprobe": numbers(args.nprobe, int),
+        "cuts": cuts,
+        "selector_nprobe": numbers(args.selector_nprobe, int),
+        "sweep_queries": args.sweep_queries,
+    }
     with tempfile.TemporaryDirectory(dir=ROOT / "bench" / "results") as tmp:
-        folder = Path(tmp) / "part"
         print(f"writing the ivf part of {size:,} vectors ({ivf_lists(size)} lists)", flush=True)
-        build_s = write_corpus_part(vectors, buckets, folder)
+        folder, build_s = write_corpus_part(vectors, buckets, Path(tmp))
         disk = {p.name: p.stat().st_size for p in folder.rglob("*") if p.is_file()}
         print(f"written in {build_s:.0f} s; searching it in a fresh process", flush=True)
         with multiprocessing.get_context("spawn").Pool(1) as pool:
-            got = pool.apply(search_part, (folder, queries, {"nprobe": nprobes, "cuts": cuts}))
-        shutil.rmtree(folder)
+            got = pool.apply(search_part, (folder, queries, job))
     truth = exact(vectors, queries, np.arange(size))
+    among = {cut: exact(vectors, queries, np.flatnonzero(buckets < cut)) for cut in cuts}
+    share_of = dict(zip(cuts, shares, strict=True))
     rss_kb = got["after"]["rss"] - got["before"]["rss"]
     summary = {
         "vectors": size,
@@ -120,32 +170,33 @@ def measure_size(vectors, queries, shares, nprobes, seed) -> tuple[dict, list[di
         "index_mb": round(disk["index.faiss"] / 2**20, 1),
         "files_mb": round(sum(disk.values()) / 2**20, 1),
         "rss_mb_before": round(got["before"]["rss"] / 1024, 1),
+        "rss_mb_opened": round(got["opened"]["rss"] / 1024, 1),
         "rss_mb_after": round(got["after"]["rss"] / 1024, 1),
         "anonymous_mb_after": round(got["after"]["anonymous"] / 1024, 1),
         "resident_b_per_image": round(rss_kb * 1024 / size),
         "process_b_per_image": round(got["after"]["rss"] * 1024 / size),
     }
     print(json.dumps(summary), flush=True)
-    unfiltered = []
+    tables: dict[str, list[dict]] = {"unfiltered": [], "filtered": [], "selector": []}
     for row in got["unfiltered"]:
         found = row.pop("found")
-        unfiltered.append({"vectors": size, **row, "recall_at_10": recall(found, truth)})
-        print(json.dumps(unfiltered[-1]), flush=True)
-    filtered = []
-    for share, row in zip(shares, got["filtered"], strict=True):
-        cut, found = row.pop("cut"), row.pop("found")
-        among = exact(vectors, queries, np.flatnonzero(buckets < cut))
-        filtered.append(
-            {
-                "vectors": size,
-                "selectivity": share,
-                "nprobe": OPTIONS.ivf_nprobe,
-                **row,
-                "recall_at_10": recall(found, among),
-            }
-        )
-        print(json.dumps(filtered[-1]), flush=True)
-    return summary, unfiltered, filtered
+        tables["unfiltered"].append({"vectors": size, **row, "recall_at_10": recall(found, truth)})
+    for table_name, rows in (("filtered", got["filtered"]), ("selector", got["sweep"])):
+        for row in rows:
+            cut, found = row.pop("cut"), row.pop("found")
+            tables[table_name].append(
+                {
+                    "vectors": size,
+                    "selectivity": share_of[cut],
+                    "matches": int(np.count_nonzero(buckets < cut)),
+                    **row,
+                    "recall_at_10": recall(found, among[cut][: len(found)]),
+                }
+            )
+    for rows in tables.values():
+        for row in rows:
+            print(json.dumps(row), flush=True)
+    return {"sizes": [summary], **tables}
 
 
 def main() -> None:
@@ -157,6 +208,10 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--nprobe", default="8,16,32,64,128", help="IVF lists scanned, tried")
     parser.add_argument("--selectivities", default="0.5,0.05,0.02,0.005")
+    parser.add_argument(
+        "--selector-nprobe", default="32,64,128,256,512", help="lists a selector search scans"
+    )
+    parser.add_argument("--sweep-queries", type=int, default=200, help="queries per selector row")
     parser.add_argument("--originals", type=int, default=60_000, help="train images augmented")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cache", type=Path, default=ROOT / "bench" / "results" / "cache")
@@ -167,18 +222,12 @@ def main() -> None:
     queries = embed(encoder, load_split("test")[0][: args.queries])
     sizes = numbers(args.sizes, int)
     biggest = corpus(encoder, max(sizes), args.originals, args.seed, args.cache)
-    shares = numbers(args.selectivities, float)
-    summaries, unfiltered, filtered = [], [], []
+    results: dict[str, list[dict]] = {"sizes": [], "unfiltered": [], "filtered": [], "selector": []}
     for size in sizes:
-        summary, u, f = measure_size(
-            biggest[:size], queries, shares, numbers(args.nprobe, int), args.seed
-        )
-        summaries.append(summary)
-        unfiltered += u
-        filtered += f
-    print("\n" + table(summaries, [(key, key) for key in summaries[0]]))
-    print("\n" + table(unfiltered, [(key, key) for key in unfiltered[0]]))
-    print("\n" + table(filtered, [(key, key) for key in filtered[0]]))
+        for name, rows in measure_size(biggest[:size], queries, args).items():
+            results[name] += rows
+    for rows in results.values():
+        print("\n" + table(rows, [(key, key) for key in rows[0]]))
     write(
         args.results,
         "compressed",
@@ -190,9 +239,7 @@ def main() -> None:
                 "ivf_nprobe": OPTIONS.ivf_nprobe,
                 "brute_force_max_matches": OPTIONS.brute_force_max_matches,
             },
-            "sizes": summaries,
-            "unfiltered": unfiltered,
-            "filtered": filtered,
+            **results,
         },
     )
 

@@ -222,7 +222,7 @@ def filtered_rows(
     labels = np.flatnonzero(mask)
     truth = exact(vectors, queries, labels)
     ways: list[tuple[str, str, Search, int]] = [
-        ("service", index.plan(len(labels)), filtered_search(index, where), len(queries))
+        ("service", index.plan(len(labels), K), filtered_search(index, where), len(queries))
     ]
     forced = min(forced, len(queries))
     for plan in PLANS if index.kind == "hnsw" else ():

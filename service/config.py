@@ -71,9 +71,10 @@ class Settings(BaseSettings):
     # A new index generation (mapped by every worker) once a collection has this many changes
     # since the last; until then each worker keeps them in its own memory.
     compact_after_changes: int = Field(10_000, ge=1)
-    # Filtered /nearest (service/index.py): score the matches directly when at most this many
-    # match; on an HNSW index, oversample an unfiltered search when at least this share does.
-    filter_brute_force_max_matches: int = Field(20_000, ge=0)
+    # Filtered /nearest (service/search_plan.py): score the matches directly when that costs less
+    # than a selector search at this index's size, or (set) when at most this many match; on an
+    # HNSW index, oversample an unfiltered search when at least this share matches.
+    filter_brute_force_max_matches: int | None = Field(None, ge=0)
     filter_oversample_min_share: float = Field(0.25, gt=0, le=1)
     # The index follows the store's change log before every read and at least this often.
     follow_interval_s: float = Field(1.0, gt=0)

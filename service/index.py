@@ -18,17 +18,14 @@
   the exact vectors stay in a file beside it, read only for what is scored directly.
 
 A filtered search returns the true top k among the matching images (all of them when fewer
-match). The filter becomes a mask over labels; how the search runs depends on how many match:
-- at most `brute_force_max_matches`: score the matching vectors directly (exact, any kind);
-- otherwise, `flat`: a FAISS search with an ID selector (exact);
-- `ivf`: a search with an ID selector, scanning more lists the fewer images match
-  (`ivf_nprobe` × SELECTOR_EF / share, at most every list);
-- `hnsw`, when at least `oversample_min_share` of the images match: an unfiltered search for
-  enough more than k that k matches survive (k / share × OVERSAMPLE), then the mask; if fewer
-  than k survive, the selector search below;
-- `hnsw` in between: a search with an ID selector, its efSearch raised to SELECTOR_EF × k / share
-  (at most MAX_SELECTOR_EF) so that k matches are found among the nodes it visits.
-The two thresholds are settings (`filter_*`); bench/ measures where they should sit.
+match). The filter becomes a mask over labels; how the search runs depends on how many match
+(search_plan.py chooses, by what each way costs at this index's size):
+- `brute force`: score the matching vectors directly (exact, any kind);
+- `selector`: a FAISS search with an ID selector: exact on `flat`; on `hnsw` its efSearch
+  raised so that k matches are found among the nodes it visits; on `ivf` more lists scanned;
+- `oversample` (`hnsw`, when at least `oversample_min_share` of the images match): an
+  unfiltered search for enough more than k that k matches survive, then the mask; if fewer
+  than k survive, the selector search.
 
 Searches run concurrently (FAISS releases the GIL); writes take the lock exclusively.
 """
@@ -41,15 +38,16 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import faiss
 import numpy as np
 import orjson
 
-from service import strict_json
+from service import search_plan, strict_json
 from service.filters import Filter
 from service.metadata_index import MetadataIndex
+from service.search_plan import SearchPlan
 from service.store.base import Change, IndexedRow, RowBatch
 
 if TYPE_CHECKING:
@@ -57,16 +55,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-OVERSAMPLE = 2.0  # an oversampled search asks for k / share × this
-SELECTOR_EF = 2.0  # a selector search's efSearch: k / share × this …
-MAX_SELECTOR_EF = 4096  # … at most this
 IVF_MIN_VECTORS = 1024  # fewer: an index asked to be `ivf` is `flat` (too few to train on)
 IVF_TRAINING_PER_LIST = 64  # vectors k-means sees per list (a seeded sample)
 IVF_TRAINING_ITERATIONS = 10
 
 
 IndexKind = Literal["flat", "hnsw", "ivf"]
-SearchPlan = Literal["none", "brute force", "oversample", "selector"]
 
 
 @dataclass(frozen=True)
@@ -80,7 +74,7 @@ class IndexOptions:
     ef_construction: int = 80
     ef_search: int = 192
     ivf_nprobe: int = 32
-    brute_force_max_matches: int = 20_000
+    brute_force_max_matches: int | None = None  # a fixed limit instead of search_plan's model
     oversample_min_share: float = 0.25
 
     @classmethod
@@ -237,32 +231,10 @@ class SearchableIndex:
         """The FAISS index, serialised (about what a generation's index.faiss holds)."""
         return int(faiss.serialize_index(self._index).nbytes)
 
-    def tune(
-        self,
-        *,
-        ef_search: int | None = None,
-        ivf_nprobe: int | None = None,
-        brute_force_max_matches: int | None = None,
-        oversample_min_share: float | None = None,
-    ) -> None:
-        """Change search-time settings of a built index, without rebuilding it (bench/search.py
-        measures several on one build). Callers hold lock.write()."""
-        options = self.options
-        self.options = replace(
-            options,
-            ef_search=options.ef_search if ef_search is None else ef_search,
-            ivf_nprobe=options.ivf_nprobe if ivf_nprobe is None else ivf_nprobe,
-            brute_force_max_matches=(
-                options.brute_force_max_matches
-                if brute_force_max_matches is None
-                else brute_force_max_matches
-            ),
-            oversample_min_share=(
-                options.oversample_min_share
-                if oversample_min_share is None
-                else oversample_min_share
-            ),
-        )
+    def tune(self, **changes: Any) -> None:
+        """Change search-time options (IndexOptions fields) of a built index, without rebuilding
+        it (bench/ measures several on one build). Callers hold lock.write()."""
+        self.options = replace(self.options, **changes)
         self._set_search_depth()
 
     def _set_search_depth(self) -> None:
@@ -284,7 +256,7 @@ class SearchableIndex:
             return self._unfiltered(queries, k)
         mask = self.matching(where)
         matches = int(np.count_nonzero(mask))
-        plan = self.plan(matches)
+        plan = self.plan(matches, k)
         if plan == "none":
             return [[] for _ in queries]
         if plan == "brute force":
@@ -299,15 +271,16 @@ class SearchableIndex:
         want = min(k + self._dead, self._index.ntotal)
         return self._hits(*self._index.search(queries, want), k)
 
-    def plan(self, matches: int) -> SearchPlan:
-        """How a filtered search with this many matching images runs."""
-        if not matches:
-            return "none"
-        if matches <= self.options.brute_force_max_matches:
-            return "brute force"
-        if self.kind == "hnsw" and matches / self.count >= self.options.oversample_min_share:
-            return "oversample"
-        return "selector"
+    def plan(self, matches: int, k: int) -> SearchPlan:
+        """How a filtered search for k among this many matching images runs."""
+        return search_plan.choose(self.kind, self.count, matches, k, self.options, self._lists)
+
+    @property
+    def _lists(self) -> int:
+        """An IVF index's inverted lists; 0 for other kinds."""
+        if self.kind != "ivf":
+            return 0
+        return int(faiss.downcast_index(self._index).nlist)  # type: ignore[attr-defined]
 
     def _brute_force(self, queries: np.ndarray, k: int, mask: np.ndarray) -> list[list[Hit]]:
         labels = np.flatnonzero(mask)
@@ -324,7 +297,7 @@ class SearchableIndex:
         self, queries: np.ndarray, k: int, mask: np.ndarray, matches: int
     ) -> list[list[Hit]]:
         share = matches / self.count
-        want = math.ceil(k / share * OVERSAMPLE) + self._dead
+        want = math.ceil(k / share * search_plan.OVERSAMPLE) + self._dead
         scores, labels = self._index.search(queries, min(want, self._index.ntotal))
         return self._hits(scores, labels, k, mask)
 
@@ -337,13 +310,12 @@ class SearchableIndex:
             params = faiss.SearchParameters()
         elif self.kind == "ivf":
             params = faiss.SearchParametersIVF()  # type: ignore[attr-defined]
-            lists = faiss.downcast_index(self._index).nlist  # type: ignore[attr-defined]
-            nprobe = math.ceil(self.options.ivf_nprobe * self.count / matches * SELECTOR_EF)
-            params.nprobe = max(self.options.ivf_nprobe, min(nprobe, lists))
+            params.nprobe = search_plan.selector_nprobe(
+                self.count, matches, self.options, self._lists
+            )
         else:
             params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]
-            ef = math.ceil(k * self.count / matches * SELECTOR_EF)
-            params.efSearch = max(self.options.ef_search, min(ef, MAX_SELECTOR_EF))
+            params.efSearch = search_plan.selector_ef(self.count, matches, k, self.options)
         params.sel = selector
         scores, labels = self._index.search(queries, min(k, matches), params=params)
         return self._hits(scores, labels, k)

@@ -26,6 +26,7 @@ from service.collection_index import CollectionIndex
 from service.compaction import CollectionState
 from service.filters import Filter
 from service.generation import Generation, GenerationError, Generations, PartSource
+from service.heap import give_back_freed_memory
 from service.index import Hit, IndexKind, IndexOptions
 from service.store.base import Change, LogTruncated, Store
 
@@ -120,6 +121,7 @@ class IndexView:
             return
         if old is not None:
             old.release()
+        give_back_freed_memory()  # the old deltas' holes, which glibc would keep
         log.info(
             "index generation mapped",
             extra={

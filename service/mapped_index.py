@@ -19,6 +19,7 @@ written (a page of zeros costs nothing until a deletion touches it).
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -42,6 +43,7 @@ from service.index import (
 from service.store.base import RowBatch
 
 BATCH = 20_000  # rows per chunk when a part is read back to write the next generation
+SCATTERED_FILES = ("vectors.f32",)  # read a row here and there (and whole only when written)
 
 
 def write_part(
@@ -109,11 +111,17 @@ def write_part(
     fsync_file(directory / "unreadable.json")
 
 
-def _exact_vectors(directory: Path, count: int, dim: int) -> np.ndarray:
-    """An `ivf` part's exact vectors, mapped read-only."""
+def _exact_vectors(directory: Path, count: int, dim: int, *, scattered: bool = False) -> np.ndarray:
+    """An `ivf` part's exact vectors, mapped read-only. `scattered`: reads will pick rows here
+    and there (the matches of a filter), so the kernel reads no pages around them ahead: its
+    read-ahead would otherwise bring the whole file into memory for a few thousand rows."""
     if not count:
         return np.zeros((0, dim), np.float32)
-    return np.memmap(directory / "vectors.f32", np.float32, mode="r", shape=(count, dim))
+    with open(directory / "vectors.f32", "rb") as file:
+        mapped = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+    if scattered:
+        mapped.madvise(mmap.MADV_RANDOM)
+    return np.frombuffer(mapped, np.float32, count * dim).reshape(count, dim)
 
 
 class MappedIndex(SearchableIndex):
@@ -126,7 +134,9 @@ class MappedIndex(SearchableIndex):
         self._set_search_depth()
         self._labels = load_array(directory / "labels.npy")
         self._exact = (
-            _exact_vectors(directory, len(self._labels), self._index.d) if kind == "ivf" else None
+            _exact_vectors(directory, len(self._labels), self._index.d, scattered=True)
+            if kind == "ivf"
+            else None
         )
         self._ids = Blobs(directory, "ids")
         self._metadata = Blobs(directory, "metadata")

@@ -134,7 +134,9 @@ class ImageList(BaseModel):
 class CollectionInfo(BaseModel):
     name: str
     count: int
-    index_kind: str = Field(description="this worker's index of it: flat (exact) or hnsw")
+    index_kind: str = Field(
+        description="this worker's index of it: flat (exact), hnsw or ivf (compressed)"
+    )
 
     model_config = examples({"name": "shoes", "count": 1200, "index_kind": "flat"})
 

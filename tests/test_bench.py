@@ -113,12 +113,34 @@ def test_search(artifact: Path, tmp_path: Path) -> None:
         assert row["matches"] == round(row["vectors"] * row["selectivity"])
         assert 0 <= row["recall_at_10"] <= 1 and 0 < row["p50_ms"] <= row["p99_ms"]
     service = [row for row in result["filtered"] if row["method"] == "service"]
-    assert all(row["plan"] == "brute force" and row["recall_at_10"] == 1.0 for row in service)
+    assert [row["plan"] for row in service] == ["oversample", "brute force"] * 2  # search_plan
+    assert all(row["recall_at_10"] == 1.0 for row in service if row["plan"] == "brute force")
     cached = [path.name for path in (tmp_path / "cache").iterdir()]
     assert len(cached) == 1 and cached[0].endswith("-1500-seed0-3000.npy")
     again = run_script("search", *args, "--sizes", "2000", "--skip-filtered", results=tmp_path)
     assert [row["vectors"] for row in again["unfiltered"]] == [2000] * 3 and not again["filtered"]
     assert len(list((tmp_path / "cache").iterdir())) == 1  # served from the 3000 corpus
+
+
+def test_compressed(artifact: Path, tmp_path: Path) -> None:
+    args = ("--model", str(artifact), "--sizes", "3000", "--originals", "1500", "--queries", "20")
+    args += ("--nprobe", "2,16", "--selectivities", "0.5,0.005", "--selector-nprobe", "2,64")
+    args += ("--sweep-queries", "10", "--cache", str(tmp_path / "cache"))
+    result = run_script("compressed", *args, results=tmp_path)
+    (size,) = result["sizes"]
+    assert size["vectors"] == 3000 and size["lists"] == 76 and size["build_s"] > 0
+    assert size["rss_mb_after"] >= size["rss_mb_opened"] >= size["rss_mb_before"] > 0
+    shallow, deep = result["unfiltered"]
+    assert (shallow["nprobe"], deep["nprobe"]) == (2, 16)
+    assert 0 < shallow["recall_at_10"] < deep["recall_at_10"] <= 1
+    assert [row["plan"] for row in result["filtered"]] == ["selector", "brute force"]
+    assert result["filtered"][1]["recall_at_10"] == 1.0  # scored on the exact vectors
+    swept = [(row["selectivity"], row["plan"], row.get("nprobe")) for row in result["selector"]]
+    assert swept == [
+        (share, plan, nprobe)
+        for share in (0.5, 0.005)
+        for plan, nprobe in (("selector", 2), ("selector", 64), ("brute force", None))
+    ]
 
 
 UNFILTERED = [("flat", None), ("hnsw", 16), ("hnsw", 64)]

@@ -110,7 +110,7 @@ def test_unfiltered_search_finds_the_exact_top_k_at_a_high_recall(part_dir, corp
 @pytest.mark.parametrize(
     ("options", "plan"),
     [
-        ({}, "brute force"),
+        ({"brute_force_max_matches": 10**9}, "brute force"),
         ({"brute_force_max_matches": 0}, "selector"),
     ],
 )
@@ -122,7 +122,7 @@ def test_a_filtered_search_returns_the_top_k_among_the_matches(part_dir, corpus,
         where = [{"label": LABELS[i % 5]}, {"price": {"$lt": 60}}, {"label": "rare"}][i % 3]
         parsed = parse_filter(where)
         matching = int(np.count_nonzero(part.matching(parsed)))
-        assert part.plan(matching) == plan
+        assert part.plan(matching, K) == plan
         got = [h.id for h in part.search(query[None], K, parsed)[0]]
         expected = exact_top_k(vectors, docs, query, K, where)
         assert len(got) == len(expected)

@@ -159,9 +159,9 @@ def test_hnsw_keeps_its_recall_when_one_in_a_thousand_images_match() -> None:
 def test_tune_changes_how_a_built_index_searches() -> None:
     vectors, docs = gallery()
     index = filled_index("hnsw", vectors, docs)
-    assert index.plan(100) == "brute force"
+    assert index.plan(100, 10) == "brute force"
     index.tune(ef_search=200, brute_force_max_matches=0, oversample_min_share=1.0)
     assert faiss.downcast_index(index._index.index).hnsw.efSearch == 200
-    assert index.plan(100) == "selector" and index.plan(index.count) == "oversample"
+    assert index.plan(100, 10) == "selector" and index.plan(index.count, 10) == "oversample"
     index.tune(oversample_min_share=1e-9)
-    assert index.plan(100) == "oversample"
+    assert index.plan(100, 10) == "oversample"
