@@ -6,8 +6,9 @@ runs them). Costs measured one query at a time on 2 cores (BENCHMARKS.md §4 and
 - `selector` on HNSW raises efSearch to SELECTOR_EF × k / share, about HNSW_US_PER_EF each; past
   MAX_SELECTOR_EF the search stops finding the matches (recall 0.73 for 500 of 1M), so brute
   force runs there whatever it costs.
-- `selector` on IVF scans ivf_nprobe × share^-IVF_SELECTOR_POWER lists (recall@10 0.97–0.99 from
-  50 % down to 0.5 % matching, at 1M and 2M), about IVF_US_PER_CODE a code scanned.
+- `selector` on IVF scans ivf_nprobe × share^-IVF_SELECTOR_POWER lists (recall@10 0.98–0.99
+  from 50 % down to 0.5 % matching, at 1M and 2M), about IVF_US_PER_CODE a code scanned, and
+  IVF_SELECTOR_US once (its bitmap and set-up).
 - `oversample` (HNSW, from `oversample_min_share` matching): an unfiltered search for
   k / share × OVERSAMPLE, the mask after.
 
@@ -33,9 +34,13 @@ MAX_SELECTOR_EF = 4096  # … at most this
 IVF_SELECTOR_POWER = 1 / 3
 FLAT_BRUTE_FORCE_MAX_MATCHES = 20_000
 
-BRUTE_FORCE_US_PER_MATCH = 0.8  # 5,000 matches: 3.3 ms; 20,000: 17 ms; 500,000: 193 ms
+# 500 matches of 1M: 0.8 ms; 5,000: 3.2 ms; 10,000 of 2M: 14 ms; 50,000: 25 ms; 500,000: 193 ms
+BRUTE_FORCE_US_PER_MATCH = 1.0
 HNSW_US_PER_EF = 3.5  # efSearch 400: 0.8 ms at 100k, 2.4 ms at 1M; 4,096: 11–15 ms
-IVF_US_PER_CODE = 0.03  # 2M, 4,096 lists: 256 scanned (125,000 codes) 4.6 ms
+IVF_US_PER_CODE = 0.03  # 2M, 4,096 lists: 256 scanned (125,000 codes) 4.7 ms, 512 7.8 ms
+# As /nearest runs it, a selector search took 3.4 ms (1M) to 5.4 ms (2M) more than its scan
+# alone, less the mask that brute force builds too.
+IVF_SELECTOR_US = 3500
 
 
 def selector_ef(count: int, matches: int, k: int, options: IndexOptions) -> int:
@@ -76,4 +81,4 @@ def brute_force_pays(
             return True  # a selector search would miss matches
         return brute_force_us <= selector_ef(count, matches, k, options) * HNSW_US_PER_EF
     codes = selector_nprobe(count, matches, options, lists) * count / lists
-    return brute_force_us <= codes * IVF_US_PER_CODE
+    return brute_force_us <= IVF_SELECTOR_US + codes * IVF_US_PER_CODE

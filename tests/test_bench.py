@@ -133,8 +133,8 @@ def test_compressed(artifact: Path, tmp_path: Path) -> None:
     shallow, deep = result["unfiltered"]
     assert (shallow["nprobe"], deep["nprobe"]) == (2, 16)
     assert 0 < shallow["recall_at_10"] < deep["recall_at_10"] <= 1
-    assert [row["plan"] for row in result["filtered"]] == ["selector", "brute force"]
-    assert result["filtered"][1]["recall_at_10"] == 1.0  # scored on the exact vectors
+    assert [row["plan"] for row in result["filtered"]] == ["brute force"] * 2  # a small index
+    assert all(row["recall_at_10"] == 1.0 for row in result["filtered"])  # the exact vectors
     swept = [(row["selectivity"], row["plan"], row.get("nprobe")) for row in result["selector"]]
     assert swept == [
         (share, plan, nprobe)
