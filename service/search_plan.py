@@ -40,7 +40,7 @@ HNSW_US_PER_EF = 3.5  # efSearch 400: 0.8 ms at 100k, 2.4 ms at 1M; 4,096: 11–
 IVF_US_PER_CODE = 0.03  # 2M, 4,096 lists: 256 scanned (125,000 codes) 4.7 ms, 512 7.8 ms
 # As /nearest runs it, a selector search took 3.4 ms (1M) to 5.4 ms (2M) more than its scan
 # alone, less the mask that brute force builds too.
-IVF_SELECTOR_US = 3500
+IVF_SELECTOR_US = 4500
 
 
 def selector_ef(count: int, matches: int, k: int, options: IndexOptions) -> int:
