@@ -47,6 +47,7 @@ def fill(data_dir: Path, model: Path, vectors: np.ndarray) -> float:
     settings = Settings(model_dir=model, data_dir=data_dir)
     version = load_encoder(model).info.version
     store = open_store(settings)
+    store.migrate()  # the schema, as the service creates it on start
     image = png_bytes(0)
     started = time.monotonic()
     try:

@@ -18,6 +18,10 @@ from service.index import Hit, IndexKind, IndexOptions, ReadWriteLock, VectorInd
 from service.mapped_index import MappedIndex
 from service.store.base import Change
 
+# Fewer changes than this never call for a generation of their own: writing one costs more than
+# the delta's memory (about 2 kB a change per worker) saves.
+COMPACT_MIN_CHANGES = 1000
+
 
 class CollectionIndex:
     def __init__(self, dim: int, options: IndexOptions, base: MappedIndex | None, seq: int) -> None:
@@ -58,12 +62,14 @@ class CollectionIndex:
     def unreadable(self) -> int:
         return (len(self.base.unreadable) if self.base is not None else 0) + self.delta.unreadable
 
-    def due(self, compact_after_changes: int) -> bool:
-        """Whether the next generation should be written: enough changes, or a size that calls
-        for another kind."""
-        return self.changes >= compact_after_changes or self.kind != self.options.kind_for(
-            self.count
-        )
+    def due(self, compact_after_changes: int, compact_after_share: float) -> bool:
+        """Whether the next generation should be written: enough changes (`compact_after_changes`
+        or a share of its size, at least COMPACT_MIN_CHANGES, whichever is fewer), or a size
+        that calls for another kind."""
+        share = max(COMPACT_MIN_CHANGES, int(compact_after_share * self.count))
+        if self.changes >= min(compact_after_changes, share):
+            return True
+        return self.kind != self.options.kind_for(self.count)
 
     def search(self, queries: np.ndarray, k: int, where: Filter | None) -> list[list[Hit]]:
         found = [

@@ -51,7 +51,10 @@ class CollectionState:
                 base = MappedIndex(self.base, kind, options)
                 rows = itertools.chain(base.rows(None), [self.delta])
                 return PartSource(self.count, rows, self.unreadable, self.base, dead)
-        return PartSource(self.count, self._live_rows(options), self.unreadable)
+        lists_from = self.base if self.base_kind == "ivf" else None
+        return PartSource(
+            self.count, self._live_rows(options), self.unreadable, lists_from=lists_from
+        )
 
     def _live_rows(self, options: IndexOptions) -> Iterator[RowBatch]:
         if self.base is not None and self.base_kind is not None:

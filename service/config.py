@@ -69,8 +69,10 @@ class Settings(BaseSettings):
     hnsw_ef_search: int = Field(192, ge=8)
     ivf_nprobe: int = Field(32, ge=1)  # IVF lists scanned per query (BENCHMARKS.md §7)
     # A new index generation (mapped by every worker) once a collection has this many changes
-    # since the last; until then each worker keeps them in its own memory.
+    # since the last, or this share of its size (at least 1,000), whichever comes first; until
+    # then each worker keeps them in its own memory, about 2 kB each (BENCHMARKS.md §6).
     compact_after_changes: int = Field(10_000, ge=1)
+    compact_after_share: float = Field(0.02, gt=0, le=1)
     # Filtered /nearest (service/search_plan.py): score the matches directly when that costs less
     # than a selector search at this index's size, or (set) when at most this many match; on an
     # HNSW index, oversample an unfiltered search when at least this share matches.

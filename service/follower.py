@@ -7,7 +7,8 @@ the chores that keep the log short.
 - **The store going away.** A failed store call marks the store down: reads then answer from the
   view as it stands, without waiting on the store, until the thread finds it back.
 - **Generations** (generation.py). When a collection's delta holds `compact_after_changes`
-  changes, or its size calls for another index kind, the one process that takes the writer's
+  changes or `compact_after_share` of its size (at least 1,000), or its size calls for another
+  index kind, the one process that takes the writer's
   lock writes the next generation from its view; every process switches to a newer generation at
   its next round. Each writes is followed by pruning the log below its consumers (this data
   dir's newest generation is one, each process another).
@@ -130,7 +131,10 @@ class Follower:
                 self._view.catch_up(self._store.last_seq())
                 if time.monotonic() - self._acked_at > ACK_EVERY_S:
                     self._ack()
-                if self._view.due_for_compaction(self._settings.compact_after_changes):
+                settings = self._settings
+                if self._view.due_for_compaction(
+                    settings.compact_after_changes, settings.compact_after_share
+                ):
                     self.compact()
                 if self.store_down:
                     log.info("the store is back")

@@ -58,6 +58,7 @@ class PartSource:
     unreadable: dict[int, str]  # rows left out before: label → id
     extends: Path | None = None  # a part whose index this one extends: its rows come first
     dead: np.ndarray | None = None  # with `extends`: which of its rows were deleted
+    lists_from: Path | None = None  # an ivf part whose lists an ivf part may take over
 
 
 @dataclass
@@ -176,7 +177,11 @@ class Generations:
                 index = faiss.read_index(str(source.extends / "index.faiss"))
             elif kind != "ivf":
                 index = new_faiss_index(self.dim, kind, self.options)
-            write_part(tmp / folder, index, source.rows, source.unreadable, source.dead)
+            trained = None
+            if kind == "ivf" and source.lists_from is not None:
+                mapped = faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY  # its lists stay on disk
+                trained = faiss.read_index(str(source.lists_from / "index.faiss"), mapped)
+            write_part(tmp / folder, index, source.rows, source.unreadable, source.dead, trained)
             collections[collection] = {"folder": folder, "kind": kind}
         (tmp / "lock").touch()
         files = {

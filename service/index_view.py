@@ -132,8 +132,11 @@ class IndexView:
             },
         )
 
-    def due_for_compaction(self, compact_after_changes: int) -> bool:
-        return any(index.due(compact_after_changes) for index in list(self._indexes.values()))
+    def due_for_compaction(self, compact_after_changes: int, compact_after_share: float) -> bool:
+        return any(
+            index.due(compact_after_changes, compact_after_share)
+            for index in list(self._indexes.values())
+        )
 
     def compaction_states(self) -> tuple[int, dict[str, CollectionState]]:
         """What the next generation is written from, consistent at one log position."""

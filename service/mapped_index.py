@@ -52,9 +52,11 @@ def write_part(
     rows: Iterable[RowBatch],
     unreadable: dict[int, str],
     dead: np.ndarray | None = None,
+    trained: faiss.Index | None = None,
 ) -> None:
     """Write a part into the empty folder `directory`: `rows` in label order, and their vectors in
-    `index`, or, without one, in `vectors.f32` and then an `ivf` index built over them. An index
+    `index`, or, without one, in `vectors.f32` and then an `ivf` index built over them (its lists
+    from `trained` when that fits: index.ivf_over). An index
     that already holds vectors (a part being extended) holds those of the first rows, and `dead`
     flags which of those were deleted since: they stay in the files, skipped by searches. A new
     row whose metadata the strict parser refuses is left out, logged, and listed with
@@ -96,7 +98,7 @@ def write_part(
     if exact is not None:
         exact.close()
         fsync_file(directory / "vectors.f32")
-        index = ivf_over(_exact_vectors(directory, position, dim))
+        index = ivf_over(_exact_vectors(directory, position, dim), trained)
     assert index is not None
     faiss.write_index(index, str(directory / "index.faiss"))
     fsync_file(directory / "index.faiss")

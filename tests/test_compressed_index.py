@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 from service.filters import parse_filter
-from service.index import IVF_MIN_VECTORS, IndexOptions, ivf_lists
+from service.index import IVF_MIN_VECTORS, IndexOptions, ivf_lists, ivf_over
 from service.mapped_index import MappedIndex, write_part
 from service.store.base import RowBatch
 from testkit.filters import LABELS, matches
@@ -148,6 +148,17 @@ def test_deleted_rows_are_never_returned_and_the_rest_still_are(part_dir, corpus
     rows = list(part.rows(part.deletions()))
     assert sum(len(batch.seqs) for batch in rows) == N - 5
     assert np.array_equal(rows[0].vectors[0], vectors[0])  # the next part gets exact vectors
+
+
+def test_a_part_built_with_the_lists_of_the_one_before_skips_k_means(corpus) -> None:
+    vectors, _ = corpus
+    first = ivf_over(vectors)
+    again = ivf_over(vectors[::-1].copy(), trained=first)  # other rows, the same lists and codes
+    assert again.is_trained and again.ntotal == N
+    queries_ = queries(vectors, 20, 5)
+    assert np.array_equal(first.search(queries_, K)[0], again.search(queries_, K)[0])
+    smaller = ivf_over(vectors[:2000], trained=first)  # fewer lists: trained again
+    assert smaller.nlist == ivf_lists(2000) != first.nlist
 
 
 def test_auto_picks_ivf_from_its_threshold_and_never_for_too_few_to_train():

@@ -10,9 +10,11 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import faiss
 import numpy as np
 import pytest
 
+from service.collection_index import CollectionIndex
 from service.encoder import load_encoder
 from service.filters import parse_filter
 from service.gallery import Gallery
@@ -135,18 +137,37 @@ def test_an_hnsw_part_is_extended_until_a_tenth_of_it_is_deleted(workers) -> Non
         assert [h.id for h in gallery.search(query[None], 10)[0]] == w.exact(query, 10)
 
 
-def test_a_gallery_past_the_compressed_threshold_is_served_from_an_ivf_part(workers) -> None:
-    w = workers(approximate_index_min_vectors=200, compressed_index_min_vectors=1100)
+def centroids(data_dir: Path) -> np.ndarray:
+    """The IVF lists' centres of the newest generation's first part."""
+    root = data_dir / "generations"
+    index = faiss.read_index(str(root / (root / "CURRENT").read_text() / "c0" / "index.faiss"))
+    ivf = faiss.extract_index_ivf(index)
+    return ivf.quantizer.reconstruct_n(0, ivf.nlist)
+
+
+def test_a_gallery_past_the_compressed_threshold_is_served_from_an_ivf_part(
+    workers, tmp_path: Path
+) -> None:
+    w = workers(
+        approximate_index_min_vectors=200,
+        compressed_index_min_vectors=1100,
+        compact_after_changes=20,
+    )
     first, second = w.add(), w.add()
     for start in range(0, 1200, 300):
         w.upload(first, [f"i{i}" for i in range(start, start + 300)])
     for gallery in (first, second):  # its size calls for another kind: a generation at once
         wait_until(lambda g=gallery: g.status().index_kind == "ivf")
+    wait_until(lambda: generation_seq(first) >= 1200)
+    lists = centroids(tmp_path / "data")
     w.delete(second, [f"i{i}" for i in range(10)])
-    w.upload(second, [f"n{i}" for i in range(10)])  # in each worker's delta, merged
+    w.upload(second, [f"n{i}" for i in range(10)])  # 20 changes: the next generation …
+    wait_until(lambda: generation_seq(first) >= 1220 and generation_seq(second) >= 1220)
+    assert np.array_equal(centroids(tmp_path / "data"), lists)  # … keeps the lists: no k-means
+    w.upload(second, [f"d{i}" for i in range(5)])  # in each worker's delta, merged
     rng = np.random.default_rng(3)
     for gallery in (first, second):
-        assert gallery.status().indexed == len(w.rows) == 1200
+        assert gallery.status().indexed == len(w.rows) == 1205
         recalls, filtered_recalls = [], []
         for query in unit(rng, 10, w.encoder.info.dim):
             hits = [h.id for h in gallery.search(query[None], 10)[0]]
@@ -160,6 +181,26 @@ def test_a_gallery_past_the_compressed_threshold_is_served_from_an_ivf_part(work
         assert np.mean(recalls) >= 0.9 and np.mean(filtered_recalls) >= 0.9
         for image_id in ("i500", "n3"):
             assert np.array_equal(gallery.vector_of(image_id), w.rows[image_id][0])
+
+
+def test_a_generation_is_due_at_a_share_of_the_size_or_the_fixed_count() -> None:
+    def index_of(n: int) -> CollectionIndex:
+        index = CollectionIndex(DIM, IndexOptions(kind="flat"), None, 0)
+        vectors = unit(np.random.default_rng(0), n, DIM)
+        index.delta.add(
+            RowBatch(np.arange(1, n + 1), vectors, [f"i{i}" for i in range(n)], ["{}"] * n)
+        )
+        return index
+
+    big, small = index_of(60_000), index_of(10_000)
+    big.changes = small.changes = 999
+    assert not big.due(10_000, 0.02) and not small.due(10_000, 0.02)
+    assert big.due(999, 0.02)  # the fixed count, when it is fewer
+    big.changes = small.changes = 1000
+    assert small.due(10_000, 0.02)  # 2 % of 10,000 is 200: at least 1,000
+    assert not big.due(10_000, 0.02)
+    big.changes = 1200  # 2 % of 60,000
+    assert big.due(10_000, 0.02)
 
 
 def rows(n: int, start: int = 1) -> RowBatch:
