@@ -43,7 +43,8 @@ class CollectionState:
     def source(self, options: IndexOptions) -> PartSource:
         """How its part is written. An HNSW part is extended (its graph read back, the delta
         added, deleted rows kept as tombstones) until MAX_DEAD_SHARE of it is deleted rows;
-        anything else is built again from the live rows."""
+        anything else is built again from the live rows (an IVF part with the lists of the one
+        before, when their number still fits: index.ivf_over)."""
         kind = options.kind_for(self.count)
         if self.base is not None and self.deleted is not None and self.base_kind == kind == "hnsw":
             dead = np.concatenate([self.deleted, np.zeros(len(self.delta.seqs), dtype=bool)])

@@ -39,10 +39,10 @@ WORKER_BASE_BYTES = 350 * 2**20
 # image for a flat 256-d index with two metadata fields at 100k; HNSW's graph (M 32) adds ~0.26.
 SHARED_BYTES_PER_IMAGE = 1_400
 # What each worker's memory grew by per image from 10k to 100k uploads with metadata, 2 workers
-# (bench/worker_memory.py: 0.74 and 0.84 kB with MALLOC_ARENA_MAX=2, as run_workers sets it;
-# 1.28 and 1.42 without; 3.8 and 4.4 kB before generations; BENCHMARKS §6). It holds its changes
-# since the generation (at most COMPACT_AFTER_CHANGES) and what the allocator keeps of them.
-PRIVATE_BYTES_PER_IMAGE = 900
+# (bench/worker_memory.py: 0.28 and 0.31 kB with generations due at 2 % of the size; 0.74 and
+# 0.84 kB at a fixed 10,000 changes; 3.8 and 4.4 kB before generations; BENCHMARKS §6). It holds
+# its changes since the generation (about 2 kB each) and what the allocator keeps of them.
+PRIVATE_BYTES_PER_IMAGE = 400
 # `auto` plans on half the available memory: the gallery grows after start, and the page cache
 # and the database need the rest.
 MEMORY_SHARE = 0.5

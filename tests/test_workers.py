@@ -39,11 +39,11 @@ def test_auto_starts_no_more_workers_than_half_the_memory_holds(
     """The issue's case: 16 cores and 2M images."""
     machine(monkeypatch, cores=16, memory=16 * GB)
     with caplog.at_level(logging.INFO, logger="service"):
-        # Half of 16 GB, less 1.4 kB × 2M mapped once (2.8 GB), over 350 MB + 0.9 kB × 2M
-        # (2.2 GB) a worker: two (before generations, at 3.5 kB a worker each: none fit).
-        assert resolve_workers("auto", images=2_000_000) == 2
+        # Half of 16 GB, less 1.4 kB × 2M mapped once (2.8 GB), over 350 MB + 0.4 kB × 2M
+        # (1.15 GB) a worker: four (before generations, at 3.5 kB a worker each: none fit).
+        assert resolve_workers("auto", images=2_000_000) == 4
     assert "fewer workers than cores" in caplog.text
-    assert resolve_workers("auto", images=1_000_000) == 5  # (8.6 - 1.4) / 1.27 GB
+    assert resolve_workers("auto", images=1_000_000) == 9  # (8.6 - 1.4) / 0.77 GB
     assert resolve_workers("auto", images=100_000) == 16
     machine(monkeypatch, cores=4, memory=256 * 2**20)
     assert resolve_workers("auto", images=0) == 1  # never none
