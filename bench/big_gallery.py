@@ -79,7 +79,7 @@ def query(server: Server, images: int, count: int, rng: np.random.Generator) -> 
         took = time.monotonic() - started
         response.raise_for_status()
         hits = response.json()["results"]
-        assert hits[0]["id"] == f"img{i}", (i, hits[0])
+        assert hits[0]["id"] == f"img{i}", (i, body, hits[:3])
         assert "filter" not in body or all(h["metadata"]["label"] == label for h in hits)
         return took
 

@@ -35,10 +35,17 @@ from types import SimpleNamespace
 import faiss
 import numpy as np
 from report import ROOT, add_results_argument, table, write
-from search import BUCKETS, K, corpus, embed, exact, measure, numbers, recall
+from search import (
+    BUCKETS,
+    K,
+    add_corpus_arguments,
+    exact,
+    load_corpus,
+    measure,
+    numbers,
+    recall,
+)
 
-from service.encoder import load_encoder
-from service.fashion_mnist import load_split
 from service.filters import parse_filter
 from service.generation import Generations, PartSource
 from service.index import IndexOptions, ivf_lists
@@ -203,7 +210,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", type=Path, default=Path("models/fashion-mnist"))
+    add_corpus_arguments(parser)
     parser.add_argument("--sizes", default="1000000,2000000")
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--nprobe", default="8,16,32,64,128", help="IVF lists scanned, tried")
@@ -212,16 +219,9 @@ def main() -> None:
         "--selector-nprobe", default="32,64,128,256,512", help="lists a selector search scans"
     )
     parser.add_argument("--sweep-queries", type=int, default=200, help="queries per selector row")
-    parser.add_argument("--originals", type=int, default=60_000, help="train images augmented")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cache", type=Path, default=ROOT / "bench" / "results" / "cache")
     add_results_argument(parser)
     args = parser.parse_args()
-    faiss.omp_set_num_threads(2)
-    encoder = load_encoder(args.model)
-    queries = embed(encoder, load_split("test")[0][: args.queries])
-    sizes = numbers(args.sizes, int)
-    biggest = corpus(encoder, max(sizes), args.originals, args.seed, args.cache)
+    encoder, queries, sizes, biggest = load_corpus(args)
     results: dict[str, list[dict]] = {"sizes": [], "unfiltered": [], "filtered": [], "selector": []}
     for size in sizes:
         for name, rows in measure_size(biggest[:size], queries, args).items():

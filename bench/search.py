@@ -261,29 +261,44 @@ def numbers(text: str, kind: type) -> list:
     return [kind(part) for part in text.split(",") if part]
 
 
+def add_corpus_arguments(parser: argparse.ArgumentParser) -> None:
+    """The corpus's options, for every benchmark that searches it."""
+    parser.add_argument("--model", type=Path, default=Path("models/fashion-mnist"))
+    parser.add_argument("--originals", type=int, default=60_000, help="train images augmented")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cache", type=Path, default=ROOT / "bench" / "results" / "cache")
+
+
+def load_corpus(args: argparse.Namespace) -> tuple[Encoder, np.ndarray, list[int], np.ndarray]:
+    """The encoder, the queries, the sizes asked for, and the corpus of the largest of them."""
+    faiss.omp_set_num_threads(2)
+    encoder = load_encoder(args.model)
+    queries = embed(encoder, load_split("test")[0][: args.queries])
+    sizes = numbers(args.sizes, int)
+    return (
+        encoder,
+        queries,
+        sizes,
+        corpus(encoder, max(sizes), args.originals, args.seed, args.cache),
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", type=Path, default=Path("models/fashion-mnist"))
+    add_corpus_arguments(parser)
     parser.add_argument("--sizes", default="100000,1000000")
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--ef-search", default="64,96,128,192,256,384", help="HNSW efSearch tried")
     parser.add_argument("--selectivities", default="0.5,0.05,0.005,0.0005")
     parser.add_argument("--forced-queries", type=int, default=200, help="queries per forced plan")
     parser.add_argument("--dim", type=int, help="leading dims kept (default: all)")
-    parser.add_argument("--originals", type=int, default=60_000, help="train images augmented")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--cache", type=Path, default=ROOT / "bench" / "results" / "cache")
     parser.add_argument("--skip-unfiltered", action="store_true")
     parser.add_argument("--skip-filtered", action="store_true", help="both: only fill the cache")
     add_results_argument(parser)
     args = parser.parse_args()
-    faiss.omp_set_num_threads(2)
-    encoder = load_encoder(args.model)
-    queries = embed(encoder, load_split("test")[0][: args.queries])
-    sizes = numbers(args.sizes, int)
-    biggest = corpus(encoder, max(sizes), args.originals, args.seed, args.cache)
+    encoder, queries, sizes, biggest = load_corpus(args)
     unfiltered, filtered = [], []
     for size in sizes if not (args.skip_unfiltered and args.skip_filtered) else ():
         vectors = biggest[:size]
