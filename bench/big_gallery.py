@@ -14,7 +14,8 @@ so stored once), metadata {"label": i % 10, "n": i}. Then runs `python -m servic
   /proc/PID/smaps_rollup: anonymous (its heap), private (what only it maps) and Pss (shared
   pages split among the processes mapping them; summed, the service's resident memory with the
   mapped generation counted once).
-Checks on the way: every queried image is its own top hit, and every filtered hit matches.
+Counts how many queried images are their own top hit (an approximate index misses a few: an
+HNSW node the graph barely reaches), and checks that every filtered hit matches.
 Writes RESULTS/big_gallery.json.
 """
 
@@ -66,10 +67,13 @@ def fill(data_dir: Path, model: Path, vectors: np.ndarray) -> float:
     return time.monotonic() - started
 
 
-def query(server: Server, images: int, count: int, rng: np.random.Generator) -> list[float]:
-    """`count` /nearest by id, half filtered, each on its own connection; their seconds."""
+def query(
+    server: Server, images: int, count: int, rng: np.random.Generator
+) -> list[tuple[float, bool]]:
+    """`count` /nearest by id, half filtered, each on its own connection: per request, its
+    seconds and whether the image was its own top hit (an approximate index may miss a few)."""
 
-    def one(i: int, filtered: bool) -> float:
+    def one(i: int, filtered: bool) -> tuple[float, bool]:
         label = i % 10
         body: dict = {"id": f"img{i}", "k": 10}
         if filtered:
@@ -79,9 +83,8 @@ def query(server: Server, images: int, count: int, rng: np.random.Generator) -> 
         took = time.monotonic() - started
         response.raise_for_status()
         hits = response.json()["results"]
-        assert hits[0]["id"] == f"img{i}", (i, body, hits[:3])
         assert "filter" not in body or all(h["metadata"]["label"] == label for h in hits)
-        return took
+        return took, hits[0]["id"] == f"img{i}"
 
     picked = rng.integers(0, images, count).tolist()
     filtered = (rng.random(count) < 0.5).tolist()
@@ -99,25 +102,28 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--originals", type=int, default=60_000, help="train images augmented")
     parser.add_argument("--cache", type=Path, default=ROOT / "bench" / "results" / "cache")
+    parser.add_argument(
+        "--data", type=Path, help="a data dir this script filled before: no fill, no first start"
+    )
     add_results_argument(parser)
     args = parser.parse_args()
-    encoder = load_encoder(args.model)
-    vectors = corpus(encoder, args.images, args.originals, 0, args.cache)
     rng = np.random.default_rng(0)
     result: dict = {"images": args.images, "rows": []}
     with tempfile.TemporaryDirectory(dir=ROOT / "bench" / "results") as tmp:
-        data = Path(tmp) / "data"
-        result["fill_s"] = round(fill(data, args.model, vectors), 1)
-        del vectors
+        data = args.data or Path(tmp) / "data"
+        if args.data is None:
+            vectors = corpus(load_encoder(args.model), args.images, args.originals, 0, args.cache)
+            result["fill_s"] = round(fill(data, args.model, vectors), 1)
+            del vectors
         for n, workers in enumerate(numbers(args.workers, int)):
             server = Server(args.model, data, LOOKALIKE_WORKERS=str(workers))
             ready_s = server.start(timeout_s=3600)
-            if n == 0:
+            if n == 0 and args.data is None:
                 result["first_start_s"] = round(ready_s, 1)  # the generation written
                 server.stop()
                 ready_s = server.start(timeout_s=600)
             try:
-                seconds = query(server, args.images, args.queries, rng)
+                answers = query(server, args.images, args.queries, rng)
                 used = memory(server)
                 status = httpx.get(server.url + "/readyz", timeout=10).json()
             finally:
@@ -127,7 +133,10 @@ def main() -> None:
                 {
                     "workers": workers,
                     "ready_s": round(ready_s, 2),
-                    "nearest_p50_ms": round(float(np.percentile(seconds, 50)) * 1000, 2),
+                    "nearest_p50_ms": round(
+                        float(np.percentile([a[0] for a in answers], 50)) * 1000, 2
+                    ),
+                    "own_top_hit": f"{sum(a[1] for a in answers)} of {len(answers)}",
                     "anonymous_mb": [round(m["anonymous"] / 2**20) for m in used.values()],
                     "private_mb": [round(m["private"] / 2**20) for m in used.values()],
                     "pss_mb": [round(m["pss"] / 2**20) for m in used.values()],

@@ -210,6 +210,20 @@ def test_filter_writes(tmp_path: Path) -> None:
     assert quiet["searches"] > 0 and writing["searches"] > 0 and writing["write_p50_ms"] > 0
 
 
+def test_big_gallery(artifact: Path, tmp_path: Path) -> None:
+    args = ("--model", str(artifact), "--images", "3000", "--workers", "1,2", "--queries", "20")
+    args += ("--originals", "1500", "--cache", str(tmp_path / "cache"))
+    result = run_script("big_gallery", *args, results=tmp_path)
+    assert result["fill_s"] > 0 and result["first_start_s"] > 0 and result["index_kind"] == "flat"
+    one, two = result["rows"]
+    assert (one["workers"], len(one["pss_mb"])) == (1, 1) and (
+        two["workers"],
+        len(two["pss_mb"]),
+    ) == (2, 2)
+    assert one["own_top_hit"] == two["own_top_hit"] == "20 of 20"  # exact at this size
+    assert all(row["ready_s"] > 0 and row["service_pss_mb"] > 0 for row in (one, two))
+
+
 def test_worker_memory(artifact: Path, tmp_path: Path) -> None:
     args = ("--model", str(artifact), "--images", "600", "--churn", "200", "--warm-up", "300")
     result = run_script("worker_memory", *args, results=tmp_path)
