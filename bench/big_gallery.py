@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import numpy as np
-from report import ROOT, add_results_argument, table, write
+from report import ROOT, add_results_argument, scratch, table, write
 from search import corpus, numbers
 from worker_memory import memory
 
@@ -109,7 +108,7 @@ def main() -> None:
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     result: dict = {"images": args.images, "rows": []}
-    with tempfile.TemporaryDirectory(dir=ROOT / "bench" / "results") as tmp:
+    with scratch() as tmp:
         data = args.data or Path(tmp) / "data"
         if args.data is None:
             vectors = corpus(load_encoder(args.model), args.images, args.originals, 0, args.cache)

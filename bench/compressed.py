@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,7 +33,7 @@ from types import SimpleNamespace
 
 import faiss
 import numpy as np
-from report import ROOT, add_results_argument, table, write
+from report import add_results_argument, scratch, table, write
 from search import (
     BUCKETS,
     K,
@@ -159,7 +158,7 @@ def measure_size(vectors: np.ndarray, queries: np.ndarray, args: argparse.Namesp
         "selector_nprobe": numbers(args.selector_nprobe, int),
         "sweep_queries": args.sweep_queries,
     }
-    with tempfile.TemporaryDirectory(dir=ROOT / "bench" / "results") as tmp:
+    with scratch() as tmp:
         print(f"writing the ivf part of {size:,} vectors ({ivf_lists(size)} lists)", flush=True)
         folder, build_s = write_corpus_part(vectors, buckets, Path(tmp))
         disk = {p.name: p.stat().st_size for p in folder.rglob("*") if p.is_file()}

@@ -14,6 +14,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,6 +64,13 @@ def add_results_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--results", type=Path, default=RESULTS, help="folder for the JSON (default bench/results)"
     )
+
+
+def scratch() -> tempfile.TemporaryDirectory:
+    """A temporary folder on disk, under bench/results/, for big index files: /tmp may be memory
+    (tmpfs), whose pages a memory measurement would count."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    return tempfile.TemporaryDirectory(dir=RESULTS)
 
 
 def write(results: Path, name: str, data: dict) -> Path:
