@@ -56,11 +56,10 @@ def write_part(
 ) -> None:
     """Write a part into the empty folder `directory`: `rows` in label order, and their vectors in
     `index`, or, without one, in `vectors.f32` and then an `ivf` index built over them (its lists
-    from `trained` when that fits: index.ivf_over). An index
-    that already holds vectors (a part being extended) holds those of the first rows, and `dead`
-    flags which of those were deleted since: they stay in the files, skipped by searches. A new
-    row whose metadata the strict parser refuses is left out, logged, and listed with
-    `unreadable` (rows left out before)."""
+    from `trained` when that fits: index.ivf_over). An index that already holds vectors (a part
+    being extended) holds those of the first rows, and `dead` flags which of those were deleted
+    since: they stay in the files, skipped by searches. A new row whose metadata the strict
+    parser refuses is left out, logged, and listed with `unreadable` (rows left out before)."""
     held, position, dim = (index.ntotal if index is not None else 0), 0, 0
     labels: list[np.ndarray] = []
     docs: list[dict | None] = []

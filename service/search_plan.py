@@ -43,10 +43,14 @@ IVF_US_PER_CODE = 0.03  # 2M, 4,096 lists: 256 scanned (125,000 codes) 4.7 ms, 5
 IVF_SELECTOR_US = 4500
 
 
+def _wanted_ef(count: int, matches: int, k: int) -> int:
+    """The efSearch at which k of the visited nodes match, uncapped."""
+    return math.ceil(k * count / matches * SELECTOR_EF)
+
+
 def selector_ef(count: int, matches: int, k: int, options: IndexOptions) -> int:
     """An HNSW selector search's efSearch: enough visited nodes that k of them match."""
-    wanted = math.ceil(k * count / matches * SELECTOR_EF)
-    return max(options.ef_search, min(wanted, MAX_SELECTOR_EF))
+    return max(options.ef_search, min(_wanted_ef(count, matches, k), MAX_SELECTOR_EF))
 
 
 def selector_nprobe(count: int, matches: int, options: IndexOptions, lists: int) -> int:
@@ -77,7 +81,7 @@ def brute_force_pays(
         return matches <= FLAT_BRUTE_FORCE_MAX_MATCHES
     brute_force_us = matches * BRUTE_FORCE_US_PER_MATCH
     if kind == "hnsw":
-        if k * count / matches * SELECTOR_EF > MAX_SELECTOR_EF:
+        if _wanted_ef(count, matches, k) > MAX_SELECTOR_EF:
             return True  # a selector search would miss matches
         return brute_force_us <= selector_ef(count, matches, k, options) * HNSW_US_PER_EF
     codes = selector_nprobe(count, matches, options, lists) * count / lists
