@@ -49,6 +49,7 @@ from service.store.base import RowBatch
 
 K = 10
 CHUNK = 10_000  # augmented images per seeded chunk
+EXACT_CHUNK = 100_000  # corpus rows scored at once for the exact top K
 BUCKETS = 10_000  # values of the "bucket" field
 OVERFETCH_K = (100, 1000)
 DEFAULTS = {name: field.default for name, field in Settings.model_fields.items()}
@@ -90,8 +91,10 @@ def embed(encoder: Encoder, images: np.ndarray, bar: tqdm | None = None) -> np.n
 
 
 def corpus(encoder: Encoder, size: int, originals: int, seed: int, cache: Path) -> np.ndarray:
-    """`size` embeddings: the first `originals` train images, then augmented copies of them;
-    from the cache when it holds this many or more for this model, originals and seed."""
+    """`size` embeddings, mapped read-only from the cache: the first `originals` train images,
+    then augmented copies of them. A cached corpus of this many or more for this model,
+    originals and seed serves as it is; a smaller one is extended (it is this one's prefix), so
+    only the missing rows are embedded, written to disk as they come (10M take 10 GB)."""
     stem = f"corpus-{encoder.info.version[:16]}-{originals}-seed{seed}-"
     cached = sorted(
         (int(p.stem.removeprefix(stem)), p)
@@ -101,21 +104,31 @@ def corpus(encoder: Encoder, size: int, originals: int, seed: int, cache: Path) 
     for have, path in cached:
         if have >= size:
             print(f"corpus of {size:,} from {path}", flush=True)
-            return np.array(np.load(path, mmap_mode="r")[:size])
-    train = load_split("train")[0][:originals]
-    parts = []
-    with tqdm(total=size, desc=f"embedding {size:,} images", unit="img", mininterval=5) as bar:
-        parts.append(embed(encoder, train[:size], bar))
-        for start in range(len(train), size, CHUNK):
-            rng = np.random.default_rng([seed, start])
-            images = augment(train[rng.integers(0, len(train), CHUNK)], rng)
-            parts.append(embed(encoder, images[: size - start], bar))
-    vectors = np.concatenate(parts)
+            return np.load(path, mmap_mode="r")[:size]
+    have, prefix = cached[-1] if cached else (0, None)
     cache.mkdir(parents=True, exist_ok=True)
     partial = cache / f"{stem}{size}.partial.npy"
-    np.save(partial, vectors)
+    out = np.lib.format.open_memmap(partial, "w+", np.float32, (size, encoder.info.dim))
+    if prefix is not None:
+        print(f"extending the corpus of {have:,} in {prefix}", flush=True)
+        out[:have] = np.load(prefix, mmap_mode="r")
+    train = load_split("train")[0][:originals]
+    with tqdm(
+        total=size - have, desc=f"embedding {size - have:,} images", unit="img", mininterval=5
+    ) as bar:
+        if have < len(train):
+            out[have : len(train)] = embed(encoder, train[have:size], bar)
+        for start in range(len(train), size, CHUNK):
+            if start + CHUNK <= have:
+                continue
+            rng = np.random.default_rng([seed, start])
+            images = augment(train[rng.integers(0, len(train), CHUNK)], rng)
+            skip = max(have - start, 0)
+            out[start + skip : start + CHUNK] = embed(encoder, images[skip : size - start], bar)
+    out.flush()
+    del out
     partial.rename(cache / f"{stem}{size}.npy")
-    return vectors
+    return np.load(cache / f"{stem}{size}.npy", mmap_mode="r")
 
 
 # --- measuring ----------------------------------------------------------------------------------
@@ -142,16 +155,21 @@ def measure(search: Search, queries: np.ndarray) -> tuple[list[list[int]], dict]
 
 
 def exact(vectors: np.ndarray, queries: np.ndarray, labels: np.ndarray) -> list[list[int]]:
-    """The true top K among `labels` for each query."""
-    among = vectors[labels]
+    """The true top K among `labels` for each query, scanning the corpus in chunks (a mapped
+    10M corpus is never copied whole)."""
     top = min(K, len(labels))
-    truth = []
-    for i in range(0, len(queries), 64):
-        scores = queries[i : i + 64] @ among.T
-        best = np.argpartition(-scores, top - 1, axis=1)[:, :top]
-        order = np.argsort(-np.take_along_axis(scores, best, axis=1), axis=1)
-        truth += labels[np.take_along_axis(best, order, axis=1)].tolist()
-    return truth
+    best_scores = np.empty((len(queries), 0), np.float32)
+    best_labels = np.empty((len(queries), 0), np.int64)
+    for start in range(0, len(labels), EXACT_CHUNK):
+        chunk = labels[start : start + EXACT_CHUNK]
+        scores = np.concatenate([best_scores, queries @ vectors[chunk].T], axis=1)
+        keep = np.argpartition(-scores, top - 1, axis=1)[:, :top]
+        held = best_labels.shape[1]
+        earlier = np.take_along_axis(best_labels, np.minimum(keep, held - 1), axis=1) if held else 0
+        best_labels = np.where(keep < held, earlier, chunk[np.maximum(keep - held, 0)])
+        best_scores = np.take_along_axis(scores, keep, axis=1)
+    order = np.argsort(-best_scores, axis=1)
+    return np.take_along_axis(best_labels, order, axis=1).tolist()
 
 
 def recall(found: list[list[int]], truth: list[list[int]]) -> float:
