@@ -29,12 +29,13 @@ A generation is never written to again: a change goes to the next one.
 from __future__ import annotations
 
 import os
+from array import array
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence, Sized
+from collections.abc import Iterable, Sized
 from dataclasses import dataclass, field
 from itertools import chain, pairwise
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 import numpy as np
 import orjson
@@ -65,67 +66,97 @@ def _encode(key: Key) -> bytes:
 
 @dataclass
 class _Collected:
-    """One field's entries, while writing."""
+    """One field's entries, while writing: flat arrays of machine numbers, not Python objects
+    per image (10M images with two fields took gigabytes as lists of ints and tuples)."""
 
-    present: list[int] = field(default_factory=list)
-    postings: dict[Key, list[int]] = field(default_factory=dict)  # keys other than numbers
-    numbers: list[tuple[float, int]] = field(default_factory=list)  # (number, position)
+    present: array = field(default_factory=lambda: array("q"))
+    postings: dict[Key, array] = field(default_factory=dict)  # keys other than numbers
+    number_values: array = field(default_factory=lambda: array("d"))
+    number_positions: array = field(default_factory=lambda: array("q"))
+
+    def sorted_numbers(self) -> _SortedNumbers:
+        values = np.frombuffer(self.number_values, dtype=np.float64)
+        order = np.argsort(values, kind="stable")
+        return _SortedNumbers(values[order], np.frombuffer(self.number_positions, np.int64)[order])
 
 
-def write_frozen_metadata(directory: Path, docs: Sequence[dict | None]) -> None:
-    """Write the index of `docs` into `directory` (made if missing). docs[i] is the parsed
-    metadata of the image at position i (None: no live image there). Each file is fsynced; the
-    directory's own fsync, and renaming it into place, are the caller's."""
-    fields: dict[str, _Collected] = {}
-    live = []
-    for position, doc in enumerate(docs):
+class FrozenMetadataWriter:
+    """Collects the metadata of positions 0, 1, 2 … one image at a time (`add`), then writes the
+    index of them (`write`); it never holds the documents themselves."""
+
+    def __init__(self) -> None:
+        self._fields: dict[str, _Collected] = {}
+        self._live = array("q")
+        self.size = 0
+
+    def add(self, doc: dict | None) -> None:
+        """The parsed metadata of the next position (None: no live image there)."""
+        position = self.size
+        self.size += 1
         if doc is None:
-            continue
-        live.append(position)
+            return
+        self._live.append(position)
         for name, value in doc.items():
-            entry = fields.get(name) or fields.setdefault(name, _Collected())
+            entry = self._fields.get(name) or self._fields.setdefault(name, _Collected())
             entry.present.append(position)
             for key in value_keys(value):
                 if key[0] == "number":
-                    entry.numbers.append((key[1], position))
+                    entry.number_values.append(key[1])
+                    entry.number_positions.append(position)
                 else:
-                    entry.postings.setdefault(key, []).append(position)
+                    entry.postings.setdefault(key, array("q")).append(position)
 
-    entries = list(fields.values())
-    keys = [sorted((_encode(k), p) for k, p in e.postings.items()) for e in entries]
-    numbers = [_SortedNumbers.of(e.numbers) for e in entries]
-    all_keys = list(chain.from_iterable(keys))
-    arrays = {
-        "present": _flat((e.present for e in entries), np.int64),
-        "keys": _flat((k for k, _ in all_keys), np.uint8),
-        "key_offsets": _offsets(len(k) for k, _ in all_keys),
-        "postings": _flat((p for _, p in all_keys), np.int64),
-        "posting_offsets": _offsets(len(p) for _, p in all_keys),
-        "numbers_values": _flat((n.values for n in numbers), np.float64),
-        "numbers_positions": _flat((n.labels for n in numbers), np.int64),
-        "live": np.array(live, dtype=np.int64),
-    }
-    runs = {
-        "present": _runs(e.present for e in entries),
-        "keys": _runs(keys),
-        "numbers": _runs(e.numbers for e in entries),
-    }
-    layout = {
-        "size": len(docs),
-        "fields": {name: {part: runs[part][i] for part in runs} for i, name in enumerate(fields)},
-    }
-    directory.mkdir(parents=True, exist_ok=True)
-    for stem in ARRAYS:
-        with open(directory / f"{stem}.npy", "wb") as file:
-            np.save(file, arrays[stem])
+    def write(self, directory: Path) -> None:
+        """Write the index into `directory` (made if missing). Each file is fsynced; the
+        directory's own fsync, and renaming it into place, are the caller's."""
+        entries = list(self._fields.values())
+        keys = [sorted((_encode(k), p) for k, p in e.postings.items()) for e in entries]
+        numbers = [e.sorted_numbers() for e in entries]
+        all_keys = list(chain.from_iterable(keys))
+        arrays = {
+            "present": _flat((e.present for e in entries), np.int64),
+            "keys": _flat((k for k, _ in all_keys), np.uint8),
+            "key_offsets": _offsets(len(k) for k, _ in all_keys),
+            "postings": _flat((p for _, p in all_keys), np.int64),
+            "posting_offsets": _offsets(len(p) for _, p in all_keys),
+            "numbers_values": _flat((n.values for n in numbers), np.float64),
+            "numbers_positions": _flat((n.labels for n in numbers), np.int64),
+            "live": np.frombuffer(self._live, dtype=np.int64),
+        }
+        runs = {
+            "present": _runs(e.present for e in entries),
+            "keys": _runs(keys),
+            "numbers": _runs(e.number_values for e in entries),
+        }
+        layout = {
+            "size": self.size,
+            "fields": {
+                name: {part: runs[part][i] for part in runs} for i, name in enumerate(self._fields)
+            },
+        }
+        directory.mkdir(parents=True, exist_ok=True)
+        for stem in ARRAYS:
+            with open(directory / f"{stem}.npy", "wb") as file:
+                np.save(file, arrays[stem])
+                _sync(file)
+        with open(directory / "fields.json", "wb") as file:
+            file.write(orjson.dumps(layout))
             _sync(file)
-    with open(directory / "fields.json", "wb") as file:
-        file.write(orjson.dumps(layout))
-        _sync(file)
 
 
-def _flat(chunks: Iterable[Iterable[Any]], dtype: type) -> np.ndarray:
-    return np.fromiter(chain.from_iterable(chunks), dtype=dtype)
+def write_frozen_metadata(directory: Path, docs: Iterable[dict | None]) -> None:
+    """Write the index of `docs` into `directory`: docs[i] is the parsed metadata of the image at
+    position i (None: no live image there)."""
+    writer = FrozenMetadataWriter()
+    for doc in docs:
+        writer.add(doc)
+    writer.write(directory)
+
+
+def _flat(chunks: Iterable[array | bytes | np.ndarray], dtype: type) -> np.ndarray:
+    """The chunks (typed arrays, bytes or numpy arrays of `dtype`'s items) laid end to end."""
+    parts = [np.frombuffer(c, dtype) if not isinstance(c, np.ndarray) else c for c in chunks]
+    return np.concatenate([np.zeros(0, dtype), *parts]).astype(dtype, copy=False)
 
 
 def _offsets(lengths: Iterable[int]) -> np.ndarray:

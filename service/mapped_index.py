@@ -31,7 +31,7 @@ from service import strict_json
 from service.blobs import Blobs, BlobWriter, find, load_array, save_array, sorted_order
 from service.durable import fsync_file
 from service.filters import Filter
-from service.frozen_metadata import FrozenMetadata, write_frozen_metadata
+from service.frozen_metadata import FrozenMetadata, FrozenMetadataWriter
 from service.index import (
     Hit,
     IndexKind,
@@ -62,7 +62,7 @@ def write_part(
     parser refuses is left out, logged, and listed with `unreadable` (rows left out before)."""
     held, position, dim = (index.ntotal if index is not None else 0), 0, 0
     labels: list[np.ndarray] = []
-    docs: list[dict | None] = []
+    filters = FrozenMetadataWriter()
     unreadable = dict(unreadable)
     exact = open(directory / "vectors.f32", "wb") if index is None else None  # noqa: SIM115
     with BlobWriter(directory, "ids") as ids, BlobWriter(directory, "metadata") as metadata:
@@ -73,10 +73,10 @@ def write_part(
                 zip(batch.seqs.tolist(), batch.ids, batch.metadata, strict=True)
             ):
                 if position < held and dead is not None and dead[position]:
-                    docs.append(None)
+                    filters.add(None)
                 else:
                     try:
-                        docs.append(strict_json.loads(text, "metadata"))
+                        filters.add(strict_json.loads(text, "metadata"))
                     except strict_json.InvalidJSON as exc:
                         unreadable[label] = image_id
                         log_left_out(image_id, exc)
@@ -105,8 +105,7 @@ def write_part(
     save_array(directory / "ids.order.npy", sorted_order(Blobs(directory, "ids")))
     tombstones = np.flatnonzero(dead) if dead is not None else np.zeros(0, np.int64)
     save_array(directory / "tombstones.npy", tombstones.astype(np.int64))
-    (directory / "filters").mkdir()
-    write_frozen_metadata(directory / "filters", docs)
+    filters.write(directory / "filters")
     listed = orjson.dumps({str(label): image_id for label, image_id in unreadable.items()})
     (directory / "unreadable.json").write_bytes(listed)
     fsync_file(directory / "unreadable.json")
