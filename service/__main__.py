@@ -84,9 +84,11 @@ def preflight(settings: Settings, encoder: Encoder) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
+    from service.heap import limit_malloc_arenas
     from service.logs import configure_logging
     from service.workers import resolve_workers, run_workers, share_cores
 
+    limit_malloc_arenas()  # before any thread: this process serves itself with one worker
     overrides: dict[str, object] = {}
     if args.seed_demo_gallery is not None:
         overrides["seed_demo_gallery"] = args.seed_demo_gallery

@@ -28,6 +28,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from service.config import Settings
+from service.heap import limit_malloc_arenas
 from service.metrics import MULTIPROCESS_DIR
 
 log = logging.getLogger("service")
@@ -123,10 +124,6 @@ def run_workers(settings: Settings, *, host: str, port: int, workers: int) -> No
 
     metrics_dir = tempfile.mkdtemp(prefix="lookalike-metrics-")
     os.environ[MULTIPROCESS_DIR] = metrics_dir
-    # Two malloc arenas per worker instead of glibc's 8 per core: freed memory is reused rather
-    # than kept in per-thread arenas. Each worker then grew 0.74-0.84 kB per image at 100k
-    # uploads instead of 1.28-1.42 (bench/worker_memory.py, BENCHMARKS.md §6).
-    os.environ.setdefault("MALLOC_ARENA_MAX", "2")
     if settings.seed_demo_gallery:
         os.environ["LOOKALIKE_SEED_DEMO_GALLERY"] = settings.seed_demo_gallery
     try:
@@ -148,6 +145,7 @@ def worker_app() -> FastAPI:
     from service.app import create_app
     from service.logs import configure_logging
 
+    limit_malloc_arenas()
     settings = Settings()
     configure_logging(settings.log_level)
     _exit_with(os.getppid())
