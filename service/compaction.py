@@ -1,9 +1,11 @@
-"""Compaction: the next generation written from one process's view, in a child process of its
-own. The worker's heap then never holds a whole collection (the child's memory goes back when it
-exits), and its searches keep the GIL while the child builds and writes.
+"""Generations written in a child process of their own: the next one from one process's view
+(a compaction), and a first one from the store's rows (a store copy). The worker's heap then
+never holds a whole collection (the child's memory goes back when it exits), and its searches
+keep the GIL while the child builds and writes.
 
-The child takes the writer's lock itself, and writes only when the generation the view maps is
-still the newest: a worker killed meanwhile leaves no writer without the lock.
+A compaction's child takes the writer's lock itself, and writes only when the generation the view
+maps is still the newest: a worker killed meanwhile leaves no writer without the lock. A store
+copy's child writes under the lock its parent holds while it waits.
 """
 
 from __future__ import annotations
@@ -11,17 +13,20 @@ from __future__ import annotations
 import itertools
 import logging
 import multiprocessing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from service.generation import Generations, PartSource
+from service.config import Settings
+from service.generation import GenerationError, Generations, PartSource
 from service.index import IndexKind, IndexOptions
 from service.logs import configure_logging
 from service.mapped_index import MappedIndex
-from service.store.base import RowBatch
+from service.store import open_store
+from service.store.base import RowBatch, Store
 
 log = logging.getLogger(__name__)
 
@@ -75,16 +80,64 @@ class Compaction:
     states: dict[str, CollectionState]
 
 
+@dataclass(frozen=True)
+class StoreCopy:
+    """A generation of the store's rows up to `seq`, read by the child from the store itself."""
+
+    settings: Settings  # where the store and the data dir are
+    dim: int
+    options: IndexOptions
+    model_version: str
+    seq: int
+
+
 def compact(job: Compaction) -> bool:
     """Write the next generation in a child process; whether it was written."""
+    exit_code = _in_child(_write, job, "compaction")
+    if exit_code not in (0, SKIPPED):
+        log.error("the compaction process failed", extra={"exit_code": exit_code})
+    return exit_code == 0
+
+
+def copy_store(job: StoreCopy) -> None:
+    """Write a generation of the store's rows in a child process (the caller holds the writer's
+    lock); GenerationError when the child fails."""
+    exit_code = _in_child(_copy, job, "store copy")
+    if exit_code != 0:
+        raise GenerationError(
+            f"writing the index generation from the store failed (exit code {exit_code}); "
+            "the log above says why"
+        )
+
+
+def write_store_rows(store: Store, generations: Generations, seq: int) -> None:
+    """Write a generation of every collection's rows up to `seq`, in this process."""
+    sources = {
+        name: PartSource(count, store.rows(name, max_seq=seq), {})
+        for name, count in store.collections()
+    }
+    generations.write(seq, sources)
+
+
+def _in_child(target: Callable[[Any], None], job: object, name: str) -> int | None:
     child = multiprocessing.get_context("spawn").Process(
-        target=_write, args=(job,), name="compaction", daemon=True
+        target=target, args=(job,), name=name, daemon=True
     )
     child.start()
     child.join()
-    if child.exitcode not in (0, SKIPPED):
-        log.error("the compaction process failed", extra={"exit_code": child.exitcode})
-    return child.exitcode == 0
+    return child.exitcode
+
+
+def _copy(job: StoreCopy) -> None:
+    configure_logging(job.settings.log_level)
+    store = open_store(job.settings)
+    try:
+        generations = Generations(
+            Path(job.settings.data_dir), job.dim, job.options, job.model_version
+        )
+        write_store_rows(store, generations, job.seq)
+    finally:
+        store.close()
 
 
 def _write(job: Compaction) -> None:

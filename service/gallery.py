@@ -72,7 +72,7 @@ class Gallery:
         self.version = encoder.info.version
         dim, options = encoder.info.dim, IndexOptions.from_settings(settings)
         generations = Generations(Path(settings.data_dir), dim, options, self.version)
-        self._view = IndexView(store, dim, options, generations)
+        self._view = IndexView(store, settings, dim, options, generations)
         self._follower = Follower(store, self._view, generations, settings)
         self._lifecycle = threading.Lock()  # close() waits for an open() in progress
 

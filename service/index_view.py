@@ -23,14 +23,20 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.collection_index import CollectionIndex
-from service.compaction import CollectionState
+from service.compaction import CollectionState, StoreCopy, copy_store, write_store_rows
+from service.config import Settings
 from service.filters import Filter
-from service.generation import Generation, GenerationError, Generations, PartSource
+from service.generation import Generation, GenerationError, Generations
 from service.heap import give_back_freed_memory
 from service.index import Hit, IndexKind, IndexOptions
 from service.store.base import Change, LogTruncated, Store
 
 log = logging.getLogger(__name__)
+
+# A first generation of more rows than this is written by a child process (compaction.py): the
+# worker's heap then keeps nothing of building it. Fewer are written at once, in the worker (a
+# child costs about a second of start-up).
+IN_PROCESS_MAX_ROWS = 20_000
 
 Indexes = dict[str, CollectionIndex]
 
@@ -47,9 +53,15 @@ class IndexTotals:
 
 class IndexView:
     def __init__(
-        self, store: Store, dim: int, options: IndexOptions, generations: Generations
+        self,
+        store: Store,
+        settings: Settings,
+        dim: int,
+        options: IndexOptions,
+        generations: Generations,
     ) -> None:
         self._store = store
+        self._settings = settings  # for a child process to open the store (compaction.py)
         self._dim = dim
         self._options = options
         self._generations = generations
@@ -77,12 +89,18 @@ class IndexView:
             if written is not None:
                 return written
             upto = self._store.last_seq()
-            log.info("writing an index generation from the store", extra={"seq": upto})
-            sources = {
-                name: PartSource(count, self._store.rows(name, max_seq=upto), {})
-                for name, count in self._store.collections()
-            }
-            self._generations.write(upto, sources)
+            rows = sum(count for _, count in self._store.collections())
+            log.info(
+                "writing an index generation from the store", extra={"seq": upto, "rows": rows}
+            )
+            if rows > IN_PROCESS_MAX_ROWS:
+                generations = self._generations
+                job = StoreCopy(
+                    self._settings, self._dim, self._options, generations.model_version, upto
+                )
+                copy_store(job)
+            else:
+                write_store_rows(self._store, self._generations, upto)
             self._generations.retire()
             written = self._generations.open_current(read_back=False)
         if written is None:

@@ -4,6 +4,7 @@ dir, each worker keeping only the changes since (service/generation.py, collecti
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import faiss
 import numpy as np
 import pytest
 
+from service import index_view
 from service.collection_index import CollectionIndex
 from service.encoder import load_encoder
 from service.filters import parse_filter
@@ -118,6 +120,27 @@ def test_workers_share_a_generation_and_all_switch_to_the_next(workers, tmp_path
     assert first.status().store_seq == store_seq
     newest = (tmp_path / "data" / "generations" / "CURRENT").read_text()
     wait_until(lambda: {p.name for p in (tmp_path / "data" / "generations").glob("0*")} == {newest})
+
+
+def test_a_first_generation_of_many_rows_is_written_by_a_child_process(
+    workers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(index_view, "IN_PROCESS_MAX_ROWS", 10)
+    w = workers(index_kind="flat")
+    w.upload(w.add(), [f"a{i}" for i in range(30)])
+    w.close()
+    shutil.rmtree(tmp_path / "data" / "generations")  # lost: the next start writes one
+
+    def not_here(*args: object) -> None:
+        raise AssertionError("30 rows are past IN_PROCESS_MAX_ROWS: a child writes them")
+
+    monkeypatch.setattr(index_view, "write_store_rows", not_here)  # the child is a fresh process
+    gallery = w.add()
+    assert gallery.status().indexed == 30 and generation_seq(gallery) >= 30
+    for query in unit(np.random.default_rng(2), 5, w.encoder.info.dim):
+        assert [h.id for h in gallery.search(query[None], 10)[0]] == w.exact(query, 10)
+        hits = gallery.search(query[None], 10, where=parse_filter({"label": 2}))[0]
+        assert [h.id for h in hits] == w.exact(query, 10, label=2)
 
 
 def test_an_hnsw_part_is_extended_until_a_tenth_of_it_is_deleted(workers) -> None:
