@@ -7,6 +7,7 @@ ApiError
 ├── InvalidInput           422 invalid_input         undecodable image, bad JSON, bad parameter
 ├── NotFound               404 not_found             unknown id or collection
 ├── Conflict               409 conflict              a change the gallery refuses (delete `default`)
+├── ModelConflict          409 model_mismatch        a vector another model made, sent to /nearest
 ├── Unauthorized           401 unauthorized          missing, unknown, revoked or expired API key
 ├── Forbidden              403 forbidden             the key's scope does not allow this
 ├── Unavailable            503 not_ready             still starting (with Retry-After)
@@ -72,6 +73,10 @@ class NotFound(ApiError):
 
 class Conflict(ApiError):
     status, code = 409, "conflict"
+
+
+class ModelConflict(ApiError):
+    status, code = 409, "model_mismatch"
 
 
 class Unauthorized(ApiError):

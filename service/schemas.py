@@ -55,6 +55,11 @@ class NearestJson(BaseModel):
     image: str | None = Field(None, description="a base64-encoded image file")
     id: str | None = Field(None, description="an id from the gallery")
     vector: list[float] | None = Field(None, description="an embedding of the model's dim")
+    model: str | None = Field(
+        None,
+        description="with `vector`: the version of the model that made it (`model` of /embed); "
+        "409 model_mismatch when the service serves another",
+    )
     k: int | None = Field(None, ge=1, description="how many results (default 10)")
     filter: dict[str, Any] | None = Field(None, description=FILTER_HELP)
 
@@ -208,7 +213,10 @@ NEAREST_BODY = {
                             "filter": {"label": "boot", "price": {"$lt": 50}},
                         },
                     },
-                    "vector": {"summary": "a full-size vector", "value": {"vector": [0.1], "k": 5}},
+                    "vector": {
+                        "summary": "a full-size vector, and the model that made it",
+                        "value": {"vector": [0.1], "model": VERSION, "k": 5},
+                    },
                 },
             },
         },

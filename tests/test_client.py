@@ -261,11 +261,13 @@ def test_filters_narrow_nearest_and_the_image_list(module_server: Server) -> Non
         shop.upload(images, ids=ids, metadata=metadata)
         client.upload(images[:2], ids=[f"{run}-{i}" for i in range(2)], metadata=[{"run": run}] * 2)
         boots = {i for i, m in zip(ids, metadata, strict=True) if m["label"] == "boot"}
-        vector = client.embed(images[1]).embeddings[0]
+        embedded = client.embed(images[1])
+        vector = embedded.embeddings[0]
         for hits in (
             shop.nearest(images[1], k=10, filter=BOOTS),  # multipart: filter as a JSON field
             shop.nearest(id=ids[1], k=10, filter=BOOTS),
             shop.nearest(vector=vector, k=10, filter=BOOTS),
+            shop.nearest(vector=vector, k=10, filter=BOOTS, model=embedded.model),
         ):
             assert {h.id for h in hits} == boots and all(
                 h.metadata["label"] == "boot" for h in hits
@@ -287,6 +289,9 @@ def test_filters_narrow_nearest_and_the_image_list(module_server: Server) -> Non
             with pytest.raises(Invalid) as invalid:
                 call()
             errors.append(invalid.value)
+        with pytest.raises(Conflict) as conflict:
+            shop.nearest(vector=vector, model="0" * 64)
+        assert conflict.value.code == "model_mismatch" and embedded.model in conflict.value.message
     assert all((e.status, e.code) == (422, "invalid_filter") for e in errors)
     assert all(BAD_PART in e.message for e in errors), [e.message for e in errors]
 

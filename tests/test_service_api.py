@@ -212,6 +212,9 @@ BAD_INPUTS = [
     ("k of zero", "/nearest", {"json": {"vector": [1.0] * 128, "k": 0}}, 422),
     ("k over the limit", "/nearest", {"json": {"vector": [1.0] * 128, "k": 10**6}}, 422),
     ("a wrong vector length", "/nearest", {"json": {"vector": [1.0, 2.0], "k": 3}}, 422),
+    ("another model's vector", "/nearest", {"json": {"vector": [1.0] * 128, "model": "v0"}}, 409),
+    ("a model with an id", "/nearest", {"json": {"id": "x", "model": "v0"}}, 422),
+    ("a model that is no string", "/nearest", {"json": {"vector": [1.0] * 128, "model": 7}}, 422),
     ("an unknown id", "/nearest", {"json": {"id": "nobody", "k": 3}}, 404),
     (
         "bad metadata JSON",
@@ -275,6 +278,21 @@ def test_bad_input_gets_a_4xx_json_error(
     error = response.json()["error"]
     assert error["code"] and error["message"]
     assert client.get("/readyz").json()["images"] == 0  # nothing was stored
+
+
+def test_a_vector_sent_with_its_model_is_searched_and_another_models_gets_409(
+    client: TestClient,
+) -> None:
+    assert client.post("/images", files=_files(png_bytes(3)), headers=AUTH).status_code == 201
+    embedded = client.post("/embed", files=_files(png_bytes(3))).json()
+    query = {"vector": embedded["embeddings"][0], "model": embedded["model"], "k": 1}
+    found = client.post("/nearest", json=query)
+    assert found.status_code == 200 and found.json()["results"][0]["score"] > 0.999
+    stale = client.post("/nearest", json={**query, "model": "0" * 64})
+    assert stale.status_code == 409
+    error = stale.json()["error"]
+    assert error["code"] == "model_mismatch"
+    assert "0" * 64 in error["message"] and embedded["model"] in error["message"]
 
 
 def test_a_bad_image_names_itself_and_fails_only_its_request(client: TestClient) -> None:

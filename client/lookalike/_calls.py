@@ -178,6 +178,7 @@ def nearest(
     vector: Sequence[float] | None,
     k: int,
     where: Filter | None,
+    model: str | None = None,
 ) -> Call[list[Hit]]:
     given = [
         name
@@ -186,6 +187,8 @@ def nearest(
     ]
     if len(given) != 1:
         raise TypeError(f"give exactly one of image, id or vector (got {given or 'none'})")
+    if model is not None and vector is None:
+        raise TypeError("model names the model that made a vector: give it with vector")
     path = _prefix(collection) + "/nearest"
     if image is not None:
         data = {"k": str(k)}
@@ -198,6 +201,8 @@ def nearest(
     else:
         assert vector is not None
         body["vector"] = [float(x) for x in vector]
+        if model is not None:
+            body["model"] = model
     if where is not None:
         body["filter"] = dict(where)
     return Call("POST", path, _hits, json=body)

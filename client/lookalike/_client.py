@@ -86,10 +86,13 @@ class _Gallery:
         vector: Sequence[float] | None = None,
         k: int = 10,
         filter: Filter | None = None,
+        model: str | None = None,
     ) -> list[Hit]:
         """The k images most like an image, an id of this collection or a full-size vector;
-        `filter` (MongoDB-style, on metadata): the k best among the images that match it."""
-        return self._send(_calls.nearest(self._collection, image, id, vector, k, filter))
+        `filter` (MongoDB-style, on metadata): the k best among the images that match it.
+        `model`, with `vector`: the version of the model that made it (Embeddings.model); the
+        service raises Conflict (code "model_mismatch") when it serves another."""
+        return self._send(_calls.nearest(self._collection, image, id, vector, k, filter, model))
 
     def upload(
         self,
@@ -258,8 +261,10 @@ class _AsyncGallery:
         vector: Sequence[float] | None = None,
         k: int = 10,
         filter: Filter | None = None,
+        model: str | None = None,
     ) -> list[Hit]:
-        return await self._send(_calls.nearest(self._collection, image, id, vector, k, filter))
+        call = _calls.nearest(self._collection, image, id, vector, k, filter, model)
+        return await self._send(call)
 
     async def upload(
         self,

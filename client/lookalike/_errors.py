@@ -5,7 +5,8 @@ LookalikeError                .status .code .message
 ├── Invalid                   422     undecodable image, bad parameter or collection name,
 │                                     malformed filter (code "invalid_filter"); any other 400
 ├── NotFound                  404     unknown id, collection or model
-├── Conflict                  409     a change the service refuses (deleting "default")
+├── Conflict                  409     a change the service refuses (deleting "default"), or
+│                                     a vector another model made (code "model_mismatch")
 ├── Unauthorized              401     missing or wrong API key
 ├── Forbidden                 403     the key may not do this (a read-only key writing)
 ├── TooLarge                  413     body, image or pixel count over a limit
@@ -49,7 +50,8 @@ class NotFound(LookalikeError):
 
 
 class Conflict(LookalikeError):
-    """409: a change the service refuses, such as deleting the collection "default"."""
+    """409: a change the service refuses, such as deleting the collection "default", or a vector
+    sent to nearest() with the version of a model the service does not serve."""
 
 
 class Unauthorized(LookalikeError):

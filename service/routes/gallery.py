@@ -16,7 +16,8 @@ from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse
 
 from service import strict_json
-from service.errors import InvalidInput, NotFound
+from service.encoder import ModelInfo
+from service.errors import InvalidInput, ModelConflict, NotFound
 from service.filters import Filter, parse_filter, parse_filter_json
 from service.imaging import sniff_format
 from service.inputs import (
@@ -98,6 +99,8 @@ async def _query(
     given = [key for key in ("image", "id", "vector") if body.get(key) is not None]
     if len(given) != 1:
         raise InvalidInput('give exactly one of "image", "id" or "vector"')
+    if body.get("model") is not None:
+        check_vector_model(body["model"], given[0], model)
     if given[0] == "vector":
         return parse_vector(body["vector"], model.dim), k, where
     if given[0] == "id":
@@ -118,6 +121,20 @@ async def _query(
         max_request_pixels=settings.max_pixels_per_request,
     )
     return (await batcher.embed(pixels))[0], k, where
+
+
+def check_vector_model(made_by: object, query: str, model: ModelInfo) -> None:
+    """`model` names the model that made the query's `vector`: it must be the one served."""
+    if query != "vector":
+        raise InvalidInput('"model" names the model that made a "vector": send it with one')
+    if not isinstance(made_by, str):
+        raise InvalidInput('"model" must be a model version (a string: /embed\'s "model")')
+    if made_by != model.version:
+        raise ModelConflict(
+            f"the vector was made by model {made_by!r}, but this service serves {model.name} "
+            f"{model.version!r}: embed the image with this service's /embed, or query by image "
+            "or id"
+        )
 
 
 @router.post(
