@@ -92,9 +92,11 @@ def sorted_order(strings: Blobs) -> np.ndarray:
         prefix[has, j] = strings.data[starts[has] + j]
     words = prefix.view(">u8")  # (n, PREFIX_BYTES / 8), compared as big-endian numbers
     order = np.lexsort((lengths, *words.T[::-1]))
-    sorted_prefix, sorted_lengths = prefix[order], lengths[order]
-    same = np.all(sorted_prefix[1:] == sorted_prefix[:-1], axis=1)
-    tied = same & (sorted_lengths[1:] > PREFIX_BYTES) & (sorted_lengths[:-1] > PREFIX_BYTES)
+    long = lengths[order] > PREFIX_BYTES
+    tied = long[1:] & long[:-1]  # neighbours in the order, both longer and (below) alike
+    for column in words.T:  # a column at a time: 10M strings' whole prefixes would take 320 MB
+        in_order = column[order]
+        tied &= in_order[1:] == in_order[:-1]
     for start, stop in _runs_of(tied):  # [start, stop] of order: one shared prefix, all longer
         run = order[start : stop + 1]
         order[start : stop + 1] = sorted(run.tolist(), key=strings.__getitem__)
