@@ -85,6 +85,7 @@ def preflight(settings: Settings, encoder: Encoder) -> int:
 
 def serve(args: argparse.Namespace) -> int:
     from service.heap import limit_malloc_arenas
+    from service.index_options import IndexOptions
     from service.logs import configure_logging
     from service.workers import resolve_workers, run_workers, share_cores
 
@@ -97,7 +98,8 @@ def serve(args: argparse.Namespace) -> int:
     settings = _settings(**overrides)
     configure_logging(settings.log_level)
     images = preflight(settings, _encoder(settings))
-    workers = resolve_workers(settings.workers, images)
+    kind = IndexOptions.from_settings(settings).kind_for(images)
+    workers = resolve_workers(settings.workers, images, kind)
     share_cores(settings, workers)
     if workers == 1:
         from service.app import create_app

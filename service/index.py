@@ -38,7 +38,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
 import faiss
 import numpy as np
@@ -46,60 +46,16 @@ import orjson
 
 from service import search_plan, strict_json
 from service.filters import Filter
+from service.index_options import IndexKind, IndexOptions
 from service.metadata_index import MetadataIndex
 from service.search_plan import SearchPlan
 from service.store.base import Change, IndexedRow, RowBatch
 
-if TYPE_CHECKING:
-    from service.config import Settings
-
 log = logging.getLogger(__name__)
 
-IVF_MIN_VECTORS = 1024  # fewer: an index asked to be `ivf` is `flat` (too few to train on)
 IVF_TRAINING_PER_LIST = 64  # vectors k-means sees per list (a seeded sample)
 IVF_TRAINING_ITERATIONS = 10
-
-
-IndexKind = Literal["flat", "hnsw", "ivf"]
-
-
-@dataclass(frozen=True)
-class IndexOptions:
-    """How every index is chosen, built and searched; made once from the settings."""
-
-    kind: IndexKind | Literal["auto"] = "auto"
-    approximate_min_vectors: int = 100_000  # auto: HNSW from this size
-    compressed_min_vectors: int = 2_000_000  # auto: IVF from this size
-    hnsw_m: int = 32
-    ef_construction: int = 80
-    ef_search: int = 192
-    ivf_nprobe: int = 32
-    brute_force_max_matches: int | None = None  # a fixed limit instead of search_plan's model
-    oversample_min_share: float = 0.25
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> IndexOptions:
-        return cls(
-            kind=settings.index_kind,
-            approximate_min_vectors=settings.approximate_index_min_vectors,
-            compressed_min_vectors=settings.compressed_index_min_vectors,
-            hnsw_m=settings.hnsw_m,
-            ef_construction=settings.hnsw_ef_construction,
-            ef_search=settings.hnsw_ef_search,
-            ivf_nprobe=settings.ivf_nprobe,
-            brute_force_max_matches=settings.filter_brute_force_max_matches,
-            oversample_min_share=settings.filter_oversample_min_share,
-        )
-
-    def kind_for(self, count: int) -> IndexKind:
-        """The kind an index of `count` vectors should be."""
-        kind = self.kind
-        if kind == "auto":
-            if count >= self.compressed_min_vectors:
-                kind = "ivf"
-            else:
-                kind = "hnsw" if count >= self.approximate_min_vectors else "flat"
-        return "flat" if kind == "ivf" and count < IVF_MIN_VECTORS else kind
+DEFAULT_OPTIONS = IndexOptions()  # the service's defaults
 
 
 @dataclass(frozen=True)
@@ -350,7 +306,7 @@ class SearchableIndex:
 class VectorIndex(SearchableIndex):
     """In memory and writable: FAISS ids are labels (seqs)."""
 
-    def __init__(self, dim: int, kind: IndexKind, options: IndexOptions = IndexOptions()) -> None:
+    def __init__(self, dim: int, kind: IndexKind, options: IndexOptions = DEFAULT_OPTIONS) -> None:
         if kind not in ("flat", "hnsw"):
             raise ValueError(f"an index in memory is 'flat' or 'hnsw', not {kind!r}")
         self.dim, self.kind, self.options = dim, kind, options

@@ -29,6 +29,7 @@ from fastapi import FastAPI
 
 from service.config import Settings
 from service.heap import limit_malloc_arenas
+from service.index_options import IndexKind
 from service.metrics import MULTIPROCESS_DIR
 
 log = logging.getLogger("service")
@@ -36,9 +37,11 @@ log = logging.getLogger("service")
 # A worker's private memory before its index: measured 293 MB with models/icons after batches of
 # 64 (145 MB with fashion-mnist), read from /proc/PID/smaps_rollup.
 WORKER_BASE_BYTES = 350 * 2**20
-# The generation's files, in memory once however many workers map them: measured 1.14 kB per
-# image for a flat 256-d index with two metadata fields at 100k; HNSW's graph (M 32) adds ~0.26.
-SHARED_BYTES_PER_IMAGE = 1_400
+# The generation's files, in memory once however many workers map them, by the index kind the
+# gallery's size calls for: measured 1.14 kB per image for a flat 256-d index with two metadata
+# fields at 100k; HNSW's graph (M 32) adds ~0.26; the `ivf` kind's part kept 0.32 kB per image
+# resident at 2M (its exact vectors are read only for brute-force scoring; BENCHMARKS §7).
+SHARED_BYTES_PER_IMAGE: dict[IndexKind, int] = {"flat": 1_200, "hnsw": 1_400, "ivf": 400}
 # What each worker's memory grew by per image from 10k to 100k uploads with metadata, 2 workers
 # (bench/worker_memory.py: 0.28 and 0.31 kB with generations due at 2 % of the size; 0.74 and
 # 0.84 kB at a fixed 10,000 changes; 3.8 and 4.4 kB before generations; BENCHMARKS §6). It holds
@@ -77,14 +80,14 @@ def available_memory() -> int:
     raise OSError("cannot tell the available memory: no MemAvailable in /proc/meminfo")
 
 
-def resolve_workers(value: int | str, images: int) -> int:
+def resolve_workers(value: int | str, images: int, kind: IndexKind = "hnsw") -> int:
     """`auto`: one worker per usable core, but no more than MEMORY_SHARE of the available memory
-    holds: SHARED_BYTES_PER_IMAGE × images once, and WORKER_BASE_BYTES + PRIVATE_BYTES_PER_IMAGE
-    × images per worker; at least one."""
+    holds: SHARED_BYTES_PER_IMAGE of `kind` (the index kind of the gallery) × images once, and
+    WORKER_BASE_BYTES + PRIVATE_BYTES_PER_IMAGE × images per worker; at least one."""
     if value != "auto":
         return int(value)
     cores, available = usable_cores(), available_memory()
-    budget = available * MEMORY_SHARE - SHARED_BYTES_PER_IMAGE * images
+    budget = available * MEMORY_SHARE - SHARED_BYTES_PER_IMAGE[kind] * images
     per_worker = WORKER_BASE_BYTES + PRIVATE_BYTES_PER_IMAGE * images
     workers = max(1, min(cores, int(budget // per_worker)))
     log.info(
@@ -95,6 +98,7 @@ def resolve_workers(value: int | str, images: int) -> int:
             "available_mb": available // 2**20,
             "per_worker_mb": per_worker // 2**20,
             "images": images,
+            "index_kind": kind,
         },
     )
     if workers < cores:
