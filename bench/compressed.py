@@ -47,7 +47,8 @@ from search import (
 
 from service.filters import parse_filter
 from service.generation import Generations, PartSource
-from service.index import IndexOptions, ivf_lists
+from service.index import ivf_lists
+from service.index_options import IndexOptions
 from service.mapped_index import MappedIndex
 from service.store.base import RowBatch
 

@@ -32,7 +32,7 @@ from report import add_results_argument, table, write
 from service.collection_index import CollectionIndex
 from service.filters import parse_filter
 from service.generation import Generations, PartSource
-from service.index import IndexOptions
+from service.index_options import IndexOptions
 from service.store.base import Change, IndexedRow, RowBatch
 
 DIM = 256

@@ -44,7 +44,8 @@ from service.config import Settings
 from service.encoder import Encoder, load_encoder, truncate
 from service.fashion_mnist import load_split
 from service.filters import parse_filter
-from service.index import Hit, IndexOptions, VectorIndex
+from service.index import Hit, VectorIndex
+from service.index_options import IndexOptions
 from service.store.base import RowBatch
 
 K = 10

@@ -14,7 +14,8 @@ import numpy as np
 
 from service.compaction import CollectionState
 from service.filters import Filter
-from service.index import Hit, IndexKind, IndexOptions, ReadWriteLock, VectorIndex
+from service.index import Hit, ReadWriteLock, VectorIndex
+from service.index_options import IndexKind, IndexOptions
 from service.mapped_index import MappedIndex
 from service.store.base import Change
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from service.config import Settings
 from service.generation import GenerationError, Generations, PartSource
-from service.index import IndexKind, IndexOptions
+from service.index_options import IndexKind, IndexOptions
 from service.logs import configure_logging
 from service.mapped_index import MappedIndex
 from service.store import open_store

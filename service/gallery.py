@@ -30,7 +30,8 @@ from service.encoder import Encoder
 from service.filters import Filter
 from service.follower import Follower
 from service.generation import Generations
-from service.index import Hit, IndexKind, IndexOptions
+from service.index import Hit
+from service.index_options import IndexKind, IndexOptions
 from service.index_view import IndexView
 from service.reembedding import check_model, upgrade_model
 from service.store import (

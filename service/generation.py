@@ -35,7 +35,8 @@ import numpy as np
 import orjson
 
 from service.durable import fsync_dir, write_atomically
-from service.index import IndexOptions, new_faiss_index
+from service.index import new_faiss_index
+from service.index_options import IndexOptions
 from service.mapped_index import SCATTERED_FILES, MappedIndex, write_part
 from service.store.base import RowBatch
 

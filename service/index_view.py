@@ -28,7 +28,8 @@ from service.config import Settings
 from service.filters import Filter
 from service.generation import Generation, GenerationError, Generations
 from service.heap import give_back_freed_memory
-from service.index import Hit, IndexKind, IndexOptions
+from service.index import Hit
+from service.index_options import IndexKind, IndexOptions
 from service.store.base import Change, LogTruncated, Store
 
 log = logging.getLogger(__name__)

@@ -32,14 +32,8 @@ from service.blobs import Blobs, BlobWriter, find, load_array, save_array, sorte
 from service.durable import fsync_file
 from service.filters import Filter
 from service.frozen_metadata import FrozenMetadata, FrozenMetadataWriter
-from service.index import (
-    Hit,
-    IndexKind,
-    IndexOptions,
-    SearchableIndex,
-    ivf_over,
-    log_left_out,
-)
+from service.index import Hit, SearchableIndex, ivf_over, log_left_out
+from service.index_options import IndexKind, IndexOptions
 from service.store.base import RowBatch
 
 BATCH = 20_000  # rows per chunk when a part is read back to write the next generation

@@ -24,7 +24,7 @@ import math
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
-    from service.index import IndexKind, IndexOptions
+    from service.index_options import IndexKind, IndexOptions
 
 SearchPlan = Literal["none", "brute force", "oversample", "selector"]
 

@@ -12,7 +12,8 @@ import orjson
 import pytest
 
 from service.filters import parse_filter
-from service.index import IVF_MIN_VECTORS, IndexOptions, ivf_lists, ivf_over
+from service.index import ivf_lists, ivf_over
+from service.index_options import IVF_MIN_VECTORS, IndexOptions
 from service.mapped_index import MappedIndex, write_part
 from service.store.base import RowBatch
 from testkit.filters import LABELS, matches

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from service.filters import FilterError, parse_filter
-from service.index import IndexOptions, VectorIndex
+from service.index import VectorIndex
+from service.index_options import IndexOptions
 from service.metadata_index import MetadataIndex
 from service.store.base import RowBatch
 from testkit.filters import LABELS, SEMANTICS, SEMANTICS_DOCS, matches, random_filter

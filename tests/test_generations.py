@@ -21,7 +21,7 @@ from service.encoder import load_encoder
 from service.filters import parse_filter
 from service.gallery import Gallery
 from service.generation import Generations, PartSource
-from service.index import IndexOptions
+from service.index_options import IndexOptions
 from service.store import NewImage, Store, open_store
 from service.store.base import RowBatch
 from testkit.app import make_settings, wait_until
@@ -268,7 +268,7 @@ import sys, time
 from pathlib import Path
 import numpy as np
 from service.generation import Generations, PartSource
-from service.index import IndexOptions
+from service.index_options import IndexOptions
 from service.store.base import RowBatch
 
 def rows():

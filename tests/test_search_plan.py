@@ -3,7 +3,8 @@ brute-force limit grows with the index instead of being one number for every siz
 
 from __future__ import annotations
 
-from service.index import IndexKind, IndexOptions, ivf_lists
+from service.index import ivf_lists
+from service.index_options import IndexKind, IndexOptions
 from service.search_plan import choose
 
 OPTIONS = IndexOptions()
