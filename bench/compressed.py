@@ -173,7 +173,7 @@ def measure_size(vectors: np.ndarray, queries: np.ndarray, args: argparse.Namesp
     summary = {
         "vectors": size,
         "lists": ivf_lists(size),
-        "build_s": round(build_s, 1),
+        "build_s": round(build_s, 3),
         "index_mb": round(disk["index.faiss"] / 2**20, 1),
         "files_mb": round(sum(disk.values()) / 2**20, 1),
         "rss_mb_before": round(got["before"]["rss"] / 1024, 1),
