@@ -75,9 +75,10 @@ class _Collected:
     number_positions: array = field(default_factory=lambda: array("q"))
 
     def sorted_numbers(self) -> _SortedNumbers:
-        values = np.frombuffer(self.number_values, dtype=np.float64)
-        order = np.argsort(values, kind="stable")
-        return _SortedNumbers(values[order], np.frombuffer(self.number_positions, np.int64)[order])
+        return _SortedNumbers.by_value(
+            np.frombuffer(self.number_values, dtype=np.float64),
+            np.frombuffer(self.number_positions, dtype=np.int64),
+        )
 
 
 class FrozenMetadataWriter:

@@ -62,7 +62,11 @@ class _SortedNumbers:
     @classmethod
     def of(cls, pairs: list[tuple[float, int]]) -> _SortedNumbers:
         values = np.array([v for v, _ in pairs], dtype=np.float64)
-        labels = np.array([label for _, label in pairs], dtype=np.int64)
+        return cls.by_value(values, np.array([label for _, label in pairs], dtype=np.int64))
+
+    @classmethod
+    def by_value(cls, values: np.ndarray, labels: np.ndarray) -> _SortedNumbers:
+        """Numbers and their labels, in any order, sorted by number (ties keep their order)."""
         order = np.argsort(values, kind="stable")
         return cls(values[order], labels[order])
 

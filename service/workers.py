@@ -80,7 +80,7 @@ def available_memory() -> int:
     raise OSError("cannot tell the available memory: no MemAvailable in /proc/meminfo")
 
 
-def resolve_workers(value: int | str, images: int, kind: IndexKind = "hnsw") -> int:
+def resolve_workers(value: int | str, images: int, kind: IndexKind) -> int:
     """`auto`: one worker per usable core, but no more than MEMORY_SHARE of the available memory
     holds: SHARED_BYTES_PER_IMAGE of `kind` (the index kind of the gallery) × images once, and
     WORKER_BASE_BYTES + PRIVATE_BYTES_PER_IMAGE × images per worker; at least one."""

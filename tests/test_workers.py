@@ -23,14 +23,14 @@ def machine(monkeypatch: pytest.MonkeyPatch, *, cores: int, memory: int) -> None
 
 def test_a_number_of_workers_is_taken_as_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
     machine(monkeypatch, cores=2, memory=1 * GB)
-    assert resolve_workers(6, images=10_000_000) == 6
+    assert resolve_workers(6, images=10_000_000, kind="hnsw") == 6
 
 
 def test_auto_starts_one_worker_per_core_when_memory_holds_them(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     machine(monkeypatch, cores=16, memory=64 * GB)
-    assert resolve_workers("auto", images=100_000) == 16
+    assert resolve_workers("auto", images=100_000, kind="hnsw") == 16
 
 
 def test_auto_starts_no_more_workers_than_half_the_memory_holds(
@@ -41,12 +41,12 @@ def test_auto_starts_no_more_workers_than_half_the_memory_holds(
     with caplog.at_level(logging.INFO, logger="service"):
         # Half of 16 GB, less 1.4 kB × 2M mapped once (2.8 GB), over 350 MB + 0.4 kB × 2M
         # (1.15 GB) a worker: four (before generations, at 3.5 kB a worker each: none fit).
-        assert resolve_workers("auto", images=2_000_000) == 4
+        assert resolve_workers("auto", images=2_000_000, kind="hnsw") == 4
     assert "fewer workers than cores" in caplog.text
-    assert resolve_workers("auto", images=1_000_000) == 9  # (8.6 - 1.4) / 0.77 GB
-    assert resolve_workers("auto", images=100_000) == 16
+    assert resolve_workers("auto", images=1_000_000, kind="hnsw") == 9  # (8.6 - 1.4) / 0.77 GB
+    assert resolve_workers("auto", images=100_000, kind="hnsw") == 16
     machine(monkeypatch, cores=4, memory=256 * 2**20)
-    assert resolve_workers("auto", images=0) == 1  # never none
+    assert resolve_workers("auto", images=0, kind="hnsw") == 1  # never none
 
 
 def test_auto_counts_the_shared_memory_of_the_kind_the_gallery_calls_for(
