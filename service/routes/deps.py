@@ -77,11 +77,10 @@ async def document_collection(
 bearer = HTTPBearer(auto_error=False, description="an API key (python -m service keys create)")
 
 
-async def get_principal(
-    request: Request,
-    runtime: RuntimeDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
-) -> Principal:
+BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+
+
+async def get_principal(request: Request, runtime: RuntimeDep, credentials: BearerDep) -> Principal:
     """Who the request acts as, from its bearer key (service/keys.py); 401 when refused."""
     key = credentials.credentials if credentials is not None else None
     try:
@@ -122,10 +121,12 @@ def _require(needed: Scope, request: Request, runtime: Runtime, principal: Princ
 
 
 def access(needed: Scope) -> Any:
-    """A route dependency: the request's key must have the `needed` scope (401, else 403)."""
+    """A route dependency: the request's key must have the `needed` scope (401, else 403).
+    It authenticates by calling get_principal, not through PrincipalDep: each dependency that
+    FastAPI resolves costs the event loop time on every request."""
 
-    async def check(request: Request, runtime: RuntimeDep, principal: PrincipalDep) -> None:
-        _require(needed, request, runtime, principal)
+    async def check(request: Request, runtime: RuntimeDep, credentials: BearerDep) -> None:
+        _require(needed, request, runtime, await get_principal(request, runtime, credentials))
 
     return Depends(check)
 
