@@ -8,6 +8,7 @@ python -m service import DIR [--url URL]              # bulk-load a folder of im
 python -m service backup DEST                         # an online copy of the SQLite gallery
 python -m service reembed                             # move the store's vectors to this model
 python -m service keys create --name N --scope read   # API keys: create, list, revoke
+python -m service model check NEW_MODEL_DIR           # a new model vs the serving one, on yours
 """
 
 from __future__ import annotations
@@ -182,6 +183,10 @@ def main(argv: list[str] | None = None) -> int:
         from service.keys_cli import main as keys_main
 
         return keys_main(argv[1:], _settings)
+    if argv[:1] == ["model"]:
+        from service.model_cli import main as model_main
+
+        return model_main(argv[1:], _settings)
     parser = argparse.ArgumentParser(
         prog="python -m service",
         description=__doc__,

@@ -15,10 +15,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from service.edits import strong_edit
 from service.imaging import InputSpec
 from testkit.images import clip_art, clip_art_folder
 from training.__main__ import main
-from training.copy_detection import CopyDetectionSet, copy_detection_metrics, strong_edit
+from training.copy_detection import CopyDetectionSet, copy_detection_metrics
 from training.data import holdout_count, load_data, load_image_folder
 
 RGB32 = InputSpec(channels=3, height=32, width=32, colour_mode="RGB")

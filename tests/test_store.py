@@ -166,6 +166,16 @@ def test_an_original_is_kept_while_any_row_shares_it(store: Store) -> None:
     assert store.read_original(sha) is None
 
 
+def test_a_sample_of_originals_is_distinct_and_the_same_each_time(store: Store) -> None:
+    store.create_collection("other")
+    store.upsert([image(f"i{seed}", seed) for seed in range(20)], MODEL)
+    store.upsert([image("copy", 3)], MODEL, collection="other")  # i3's bytes again
+    everything = store.sample_originals(100)
+    assert len(everything) == 20 and everything == sorted(everything)
+    assert set(everything) == {store.get(f"i{seed}").sha256 for seed in range(20)}  # type: ignore[union-attr]
+    assert store.sample_originals(5) == everything[:5] == store.sample_originals(5)
+
+
 def test_migrating_twice_is_harmless_and_the_model_version_is_recorded(store: Store) -> None:
     store.migrate()
     assert store.model_version() is None

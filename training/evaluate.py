@@ -27,15 +27,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from service.edits import EDIT_PROTOCOL
 from service.imaging import InputSpec
+from training.copy_detection import PROTOCOL as COPY_PROTOCOL
 from training.copy_detection import (
-    EDIT_PROTOCOL,
     CopyDetectionSet,
     bank_images,
     build_queries,
     copy_detection_metrics,
 )
-from training.copy_detection import PROTOCOL as COPY_PROTOCOL
 from training.cross_style import METRICS as CROSS_STYLE_METRICS
 from training.cross_style import StylePair, cross_style_metrics, load_pair
 from training.cross_style import protocol as cross_style_protocol

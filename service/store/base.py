@@ -259,6 +259,10 @@ class Store(Protocol):
 
     def read_original(self, sha256: str) -> bytes | None: ...
 
+    def sample_originals(self, size: int) -> list[str]:
+        """The sha256 of up to `size` distinct originals, the same ones each time while the
+        gallery stands (the smallest digests: a uniform sample, read from the index)."""
+
     def page(
         self, *, after_key: int, limit: int, collection: str = DEFAULT_COLLECTION
     ) -> tuple[list[ImageRecord], int | None]:

@@ -336,6 +336,10 @@ class SQLStore:
         )
         return self._record(row) if row else None
 
+    def sample_originals(self, size: int) -> list[str]:
+        rows = self._all("SELECT DISTINCT sha256 FROM images ORDER BY sha256 LIMIT ?", (size,))
+        return [row[0] for row in rows]
+
     def page(
         self, *, after_key: int, limit: int, collection: str = DEFAULT_COLLECTION
     ) -> tuple[list[ImageRecord], int | None]:
