@@ -113,7 +113,7 @@ def copy_store(job: StoreCopy) -> None:
 def write_store_rows(store: Store, generations: Generations, seq: int) -> None:
     """Write a generation of every collection's rows up to `seq`, in this process."""
     sources = {
-        name: PartSource(count, store.rows(name, max_seq=seq), {})
+        name: PartSource(count, store.rows(name, max_seq=seq, model=generations.model_version), {})
         for name, count in store.collections()
     }
     generations.write(seq, sources)

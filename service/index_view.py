@@ -185,12 +185,14 @@ class IndexView:
 
     def _replay(self, indexes: Indexes, seq: int) -> int:
         """Apply every change after `seq` to `indexes`; the new position."""
-        changes = self._store.changes_since(seq)
+        changes = self._store.changes_since(seq, self._generations.model_version)
         self._apply(indexes, changes)
         return max([seq, *(c.seq for c in changes)])
 
     def _apply(self, indexes: Indexes, changes: list[Change]) -> None:
         for change in changes:
+            if change.activates is not None:  # the serving model's switch: no collection's
+                continue
             if change.drop:
                 indexes.pop(change.collection, None)
                 continue

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from service.store import LogTruncated, NewImage, Store, UnknownCollection, open_store
+from service.store.base import ModelArtifact, ModelNotReady, ModelsChanged
 from service.store.sqlite import SQLiteStore
 from testkit.app import make_settings
 from testkit.images import png_bytes
@@ -67,7 +68,7 @@ def test_every_write_takes_the_next_seqs_and_the_log_replays_them(store: Store) 
     created, change = again[0]
     assert not created and change.old_seq == first[0][1].seq and change.seq == start + 1
     store.delete("b")
-    changes = store.changes_since(0)
+    changes = store.changes_since(0, MODEL)
     assert [(c.seq, c.old_seq) for c in changes] == [
         (start - 1, None),
         (start, None),
@@ -80,14 +81,14 @@ def test_every_write_takes_the_next_seqs_and_the_log_replays_them(store: Store) 
     assert current is not None and current.id == "a" and json.loads(current.metadata) == {"v": 2}
     np.testing.assert_array_equal(current.vector, unit(3))
     assert store.last_seq() == start + 2
-    assert store.changes_since(start + 2) == []
+    assert store.changes_since(start + 2, MODEL) == []
 
 
 def test_rows_yield_the_current_version_of_every_image(store: Store) -> None:
     store.upsert([image(f"i{n}", n) for n in range(5)], MODEL)
     store.upsert([image("i2", 99)], MODEL)
     store.delete("i4")
-    batches = list(store.rows("default", max_seq=store.last_seq(), batch=2))
+    batches = list(store.rows("default", max_seq=store.last_seq(), model=MODEL, batch=2))
     ids = [i for b in batches for i in b.ids]
     assert sorted(ids) == ["i0", "i1", "i2", "i3"]
     vectors = {i: v for b in batches for i, v in zip(b.ids, b.vectors, strict=True)}
@@ -114,7 +115,7 @@ def test_two_connections_upserting_one_id_at_once_leave_one_row_and_a_consistent
     try:
         store = stores[0]
         assert store.count() == 1
-        changes = store.changes_since(0)
+        changes = store.changes_since(0, MODEL)
         assert len(changes) == 40 and [c.seq for c in changes] == sorted(c.seq for c in changes)
         # Each upsert retired exactly the version before it: the log is one chain.
         assert [c.old_seq for c in changes[1:]] == [c.seq for c in changes[:-1]]
@@ -132,9 +133,9 @@ def test_the_log_is_pruned_only_below_the_slowest_consumer_that_counts(store: St
     store.ack("slow", head - 6)
     store.ack("fast", head)
     assert store.prune_log(retention_s=3600) == head - 6
-    assert len(store.changes_since(head - 6)) == 6
+    assert len(store.changes_since(head - 6, MODEL)) == 6
     with pytest.raises(LogTruncated):
-        store.changes_since(head - 7)  # below the floor: that reader must rebuild
+        store.changes_since(head - 7, MODEL)  # below the floor: that reader must rebuild
     store.forget("slow")
     assert store.prune_log(retention_s=3600) == head
     store.ack("gone", 0)
@@ -150,7 +151,7 @@ def test_replacing_vectors_goes_through_the_log_and_skips_rows_changed_meanwhile
     store.upsert([image("b", 3)], MODEL)  # b changes after the re-embedder read it
     before = store.last_seq()
     assert store.replace_vectors([(a, unit(7)), (b, unit(8))], "model-b") == 1
-    changes = store.changes_since(before)
+    changes = store.changes_since(before, "model-b")
     assert len(changes) == 1 and changes[0].old_seq == a.seq and changes[0].row is not None
     np.testing.assert_array_equal(changes[0].row.vector, unit(7))
     assert store.count_stale("model-b") == 1  # b, re-uploaded with model-a
@@ -212,14 +213,14 @@ def test_a_gallery_from_before_the_log_head_is_upgraded_in_place(tmp_path: Path)
     try:
         assert store.last_seq() == 2
         with pytest.raises(LogTruncated):
-            store.changes_since(0)  # change 1 was pruned by the old snapshotter
-        assert [c.seq for c in store.changes_since(1)] == [2]
+            store.changes_since(0, MODEL)  # change 1 was pruned by the old snapshotter
+        assert [c.seq for c in store.changes_since(1, MODEL)] == [2]
         store.upsert([image("new", 5)], MODEL)
         assert store.last_seq() == 3
         old = store.get("old")  # every image from before collections is in `default`
         assert old is not None and old.collection == "default"
         assert store.collections() == [("default", 2)]
-        assert [c.collection for c in store.changes_since(1)] == ["default"] * 2
+        assert [c.collection for c in store.changes_since(1, MODEL)] == ["default"] * 2
     finally:
         store.close()
 
@@ -239,14 +240,96 @@ def test_collections_keep_their_own_ids_and_a_drop_is_one_log_entry(store: Store
     assert store.get("c") is None and store.delete("c") is None
     assert [r.id for r in store.page(after_key=0, limit=10, collection="shoes")[0]] == ["a", "c"]
     assert [r.id for r in store.by_seq([shoe_a.seq, a.seq])] == ["a", "a"]
-    assert [b.ids for b in store.rows("shoes", max_seq=store.last_seq())] == [["a", "c"]]
+    assert [b.ids for b in store.rows("shoes", max_seq=store.last_seq(), model=MODEL)] == [
+        ["a", "c"]
+    ]
     before = store.last_seq()
     change = store.drop_collection("shoes")
     assert change is not None and change.drop and change.collection == "shoes"
-    assert store.changes_since(before) == [change] and store.drop_collection("shoes") is None
+    assert store.changes_since(before, MODEL) == [change] and store.drop_collection("shoes") is None
     assert store.collections() == [("default", 2)] and store.get("a", "shoes") is None
     assert store.read_original(shoe_a.sha256) is None  # nobody else's
     assert store.read_original(store.get("b").sha256) is not None  # type: ignore[union-attr]
     with pytest.raises(UnknownCollection):
         store.upsert([image("d", 4)], MODEL, "shoes")
     assert store.last_seq() == before + 1  # the refused upsert took no seq
+
+
+def artifact_of(version: str) -> ModelArtifact:
+    return ModelArtifact(version, f"name-{version}", 32, json.dumps({"version": version}), b"onnx")
+
+
+def vectors_of(store: Store, model: str) -> dict[str, np.ndarray]:
+    """id → the vector of `model` that the store hands an index of `default`."""
+    batches = store.rows("default", max_seq=store.last_seq(), model=model)
+    return {i: v for batch in batches for i, v in zip(batch.ids, batch.vectors, strict=True)}
+
+
+def test_a_kept_model_gets_vectors_beside_the_rows_and_one_log_entry_switches(
+    store: Store,
+) -> None:
+    store.set_model_version(MODEL)
+    store.upsert([image("a", 1), image("b", 2)], MODEL)
+    assert store.add_model(artifact_of(MODEL)) and store.add_model(artifact_of("model-b"))
+    assert not store.add_model(artifact_of("model-b"))  # kept already
+    assert store.model_artifact("model-b") == artifact_of("model-b")
+    head = store.last_seq()
+    with pytest.raises(ModelsChanged):  # model-b is kept: a write must bring its vector
+        store.upsert([image("c", 3)], MODEL)
+    assert store.get("c") is None and store.last_seq() == head
+    both = NewImage("c", png_bytes(3), "PNG", {}, unit(3), {"model-b": unit(33)})
+    store.upsert([both], MODEL)
+    assert store.count_missing("model-b") == 2  # a and b, from before it was kept
+    with pytest.raises(ModelNotReady):
+        store.activate_model("model-b")
+    a, b = store.get("a"), store.get("b")
+    assert a is not None and b is not None
+    assert [[r.id for r in batch] for batch in store.missing_vectors("model-b")] == [["a", "b"]]
+    again = NewImage("b", png_bytes(4), "PNG", {}, unit(4), {"model-b": unit(14)})
+    store.upsert([again], MODEL)  # b changes after the re-embedder read it
+    assert store.add_vectors("model-b", [(a, unit(11)), (b, unit(12))]) == 1  # a only
+    assert store.count_missing("model-b") == 0 and list(store.missing_vectors("model-b")) == []
+    assert [(m.version, m.active, m.vectors) for m in store.models()] == [
+        (MODEL, True, 3),
+        ("model-b", False, 3),
+    ]
+    np.testing.assert_array_equal(vectors_of(store, MODEL)["a"], unit(1))
+    new = vectors_of(store, "model-b")
+    for image_id, seed in (("a", 11), ("b", 14), ("c", 33)):
+        np.testing.assert_array_equal(new[image_id], unit(seed))
+
+    before = store.last_seq()
+    switch = store.activate_model("model-b")
+    assert switch.activates == "model-b" and switch.seq == before + 1
+    assert store.changes_since(before, MODEL) == [switch]  # every process sees it in the log
+    assert (store.model_version(), store.previous_model()) == ("model-b", MODEL)
+    with pytest.raises(ModelNotReady):
+        store.activate_model("model-b")  # serves already
+
+
+def test_a_model_that_no_longer_serves_can_be_removed_and_rows_it_made_keep_a_vector(
+    store: Store,
+) -> None:
+    store.set_model_version(MODEL)
+    store.add_model(artifact_of(MODEL))
+    store.upsert([image("old", 1)], MODEL)
+    store.add_model(artifact_of("model-b"))
+    store.add_vectors("model-b", [(store.get("old"), unit(21))])  # type: ignore[list-item]
+    store.activate_model("model-b")
+    made_by_b = NewImage("new", png_bytes(2), "PNG", {}, unit(22), {MODEL: unit(2)})
+    store.upsert([made_by_b], "model-b")
+    store.delete("old")
+    again = NewImage("old", png_bytes(3), "PNG", {}, unit(23), {MODEL: unit(3)})
+    store.upsert([again], "model-b")  # deleted and uploaded again: its vectors are new
+    with pytest.raises(ModelNotReady):
+        store.remove_model("model-b")  # it serves
+    store.activate_model(MODEL)  # the rollback
+    assert store.previous_model() == "model-b"
+    assert store.remove_model("model-b") and not store.remove_model("model-b")
+    assert store.previous_model() is None and [m.version for m in store.models()] == [MODEL]
+    assert store.count_missing(MODEL) == 0
+    kept = vectors_of(store, MODEL)
+    np.testing.assert_array_equal(kept["new"], unit(2))  # made by model-b, now MODEL's own
+    np.testing.assert_array_equal(kept["old"], unit(3))
+    assert vectors_of(store, "model-b") == {}
+    store.upsert([image("later", 4)], MODEL)  # only MODEL is kept now

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -34,7 +34,7 @@ from service import strict_json
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 DEFAULT_COLLECTION = "default"
 
 CONTENT_TYPES = {
@@ -77,13 +77,46 @@ class ModelMismatch(StoreError):
     """The store's vectors belong to another model than the one this process serves."""
 
 
+class ModelsChanged(StoreError):
+    """A write lacks the vector of a model the store keeps (one added since the writer last
+    looked): nothing was written; embed with every kept model and write again."""
+
+
+class ModelNotReady(StoreError):
+    """The model cannot be switched to: unknown, or some stored images lack its vector."""
+
+
+@dataclass(frozen=True)
+class ModelArtifact:
+    """A model as the store keeps it: its two files, addressed by the encoder's sha256."""
+
+    version: str  # sha256 of encoder.onnx, as model.json states it
+    name: str
+    dim: int
+    model_json: str
+    onnx: bytes
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    """A kept model, without its bytes: whether it serves, and how many images have its vector."""
+
+    version: str
+    name: str
+    dim: int
+    added_at: float  # epoch seconds
+    active: bool
+    vectors: int
+
+
 @dataclass(frozen=True)
 class NewImage:
     id: str
     content: bytes
     format: str
     metadata: dict
-    vector: np.ndarray
+    vector: np.ndarray  # made by the model the write names
+    more_vectors: Mapping[str, np.ndarray] = field(default_factory=dict)  # by the kept others
 
 
 @dataclass(frozen=True)
@@ -141,14 +174,16 @@ class Change:
     """One log entry, as an index replays it: in `collection`'s index, drop `old_seq`, then add
     `row` under `seq`; or, when `drop`, forget the whole collection (it was deleted).
 
-    `row` is None for a delete, and for an upsert whose row has changed again since (a later
-    change carries its current version)."""
+    `row` is None for a delete, for an upsert whose row has changed again since (a later
+    change carries its current version), and for a row without a vector of the model asked.
+    An entry that switches the serving model (`activates`) touches no collection."""
 
     seq: int
     collection: str
     old_seq: int | None
     row: IndexedRow | None
     drop: bool = False
+    activates: str | None = None
 
 
 @dataclass(frozen=True)
@@ -195,10 +230,10 @@ def row_batch(rows: list[tuple[int, bytes, str, str]]) -> RowBatch:
 
 
 def change_from(
-    seq: int, collection: str, kind: str, old_seq: int | None, vector, image_id, metadata
+    seq: int, collection: str, kind: str, old_seq: int | None, vector, image_id, metadata, model
 ) -> Change:
     row = None if vector is None else IndexedRow(image_id, metadata, vector_from(vector))
-    return Change(seq, collection, old_seq, row, drop=kind == "drop")
+    return Change(seq, collection, old_seq, row, drop=kind == "drop", activates=model)
 
 
 class Store(Protocol):
@@ -213,9 +248,37 @@ class Store(Protocol):
 
     # --- the model the stored vectors belong to -----------------------------------------------
     def model_version(self) -> str | None:
-        """The recorded model version; None for a store that has never recorded one."""
+        """The serving (active) model's version; None for a store that has never recorded one."""
 
     def set_model_version(self, version: str) -> None: ...
+
+    def previous_model(self) -> str | None:
+        """The model that served before the active one, while it is kept (a rollback's target)."""
+
+    # --- kept models (zero-downtime upgrades) -----------------------------------------------
+    def add_model(self, artifact: ModelArtifact) -> bool:
+        """Keep a model's files; False when they are kept already. From now on every write
+        must bring its vector too (ModelsChanged)."""
+
+    def models(self) -> list[StoredModel]:
+        """Every kept model, oldest first."""
+
+    def model_artifact(self, version: str) -> ModelArtifact | None: ...
+
+    def activate_model(self, version: str) -> Change:
+        """Make a kept model the serving one: one log entry, after which every process answers
+        with it. ModelNotReady when it is unknown or some image lacks its vector."""
+
+    def remove_model(self, version: str) -> bool:
+        """Drop a kept model that does not serve, and its vectors; False if unknown."""
+
+    def missing_vectors(self, version: str, batch: int = 256) -> Iterator[list[ImageRecord]]:
+        """Records without a vector of `version`, in chunks (building a kept model's vectors)."""
+
+    def count_missing(self, version: str) -> int: ...
+
+    def add_vectors(self, version: str, vectors: list[tuple[ImageRecord, np.ndarray]]) -> int:
+        """`version`'s vectors for rows still at the given record's seq; how many were added."""
 
     def chore(self, name: str) -> AbstractContextManager[None]:
         """Hold the store-wide lock `name` (blocking): one process at a time does that chore."""
@@ -271,12 +334,15 @@ class Store(Protocol):
     def by_seq(self, seqs: list[int]) -> list[ImageRecord]:
         """The records currently at these versions, in seq order (a changed one is left out)."""
 
-    def rows(self, collection: str, *, max_seq: int, batch: int = 10_000) -> Iterator[RowBatch]:
-        """Every current row of `collection` at a version ≤ max_seq, in chunks (building an
-        index)."""
+    def rows(
+        self, collection: str, *, max_seq: int, model: str, batch: int = 10_000
+    ) -> Iterator[RowBatch]:
+        """Every current row of `collection` at a version ≤ max_seq that has a vector of
+        `model`, with it, in chunks (building an index)."""
 
-    def changes_since(self, seq: int) -> list[Change]:
-        """Every change after `seq`, in order; LogTruncated if some were pruned."""
+    def changes_since(self, seq: int, model: str) -> list[Change]:
+        """Every change after `seq`, in order, rows with their vector of `model`; LogTruncated
+        if some were pruned."""
 
     def stale(self, model_version: str, batch: int = 256) -> Iterator[list[ImageRecord]]:
         """Records whose vectors another model made, in chunks (re-embedding)."""

@@ -97,6 +97,27 @@ CREATE TABLE api_keys (
     version BIGINT NOT NULL
 );
 """,
+    4: """
+CREATE TABLE models (
+    version TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    dim INTEGER NOT NULL,
+    model_json TEXT NOT NULL,
+    onnx BYTEA NOT NULL,
+    added_at DOUBLE PRECISION NOT NULL
+);
+CREATE TABLE model_vectors (
+    model_version TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    vector BYTEA NOT NULL,
+    PRIMARY KEY (model_version, seq)
+);
+CREATE INDEX model_vectors_seq ON model_vectors (seq);
+ALTER TABLE changes ADD COLUMN model TEXT;
+ALTER TABLE changes DROP CONSTRAINT changes_kind_check;
+ALTER TABLE changes ADD CONSTRAINT changes_kind_check
+    CHECK (kind IN ('upsert', 'delete', 'drop', 'model'));
+""",
 }
 
 # Bounded failure when the server or the network goes away; the user's URL may override each.

@@ -30,8 +30,12 @@ from service.store.base import (
     ImageRecord,
     KeyNameTaken,
     LogTruncated,
+    ModelArtifact,
+    ModelNotReady,
+    ModelsChanged,
     NewImage,
     RowBatch,
+    StoredModel,
     UnknownCollection,
     change_from,
     now_iso,
@@ -42,6 +46,12 @@ from service.store.base import (
 RECORD_COLUMNS = (
     "collection, id, metadata, sha256, size, format, created_at, updated_at, model_version, seq"
 )
+# A row's vector of model ? (bound twice): its own, if that model made it, else the one kept
+# beside it for that model (NULL when there is none yet). Rows hold the vector of the model that
+# served when they were written; model_vectors holds the other kept models' (keyed by the row's
+# seq, so an overwritten row's vectors go with it).
+VECTOR_OF_MODEL = "CASE WHEN i.model_version = ? THEN i.vector ELSE mv.vector END"
+JOIN_MODEL_VECTORS = "LEFT JOIN model_vectors mv ON mv.model_version = ? AND mv.seq = i.seq"
 
 
 class Executor(Protocol):
@@ -138,11 +148,157 @@ class SQLStore:
 
     def set_model_version(self, version: str) -> None:
         with self._write() as db:
-            db.execute(
-                "INSERT INTO meta VALUES ('model_version', ?) "
-                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                (version,),
+            self._set_meta(db, "model_version", version)
+
+    def previous_model(self) -> str | None:
+        row = self._one("SELECT value FROM meta WHERE key = 'previous_model'")
+        return row[0] if row else None
+
+    # --- kept models --------------------------------------------------------------------------
+    MODEL_COLUMNS = "version, name, dim, model_json, onnx"
+
+    def add_model(self, artifact: ModelArtifact) -> bool:
+        with self._write() as db:
+            self._lock_writers(db)  # a writer that has read the kept models waits for this one
+            return (
+                db.execute(
+                    f"INSERT INTO models ({self.MODEL_COLUMNS}, added_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (version) DO NOTHING",
+                    (
+                        artifact.version,
+                        artifact.name,
+                        artifact.dim,
+                        artifact.model_json,
+                        artifact.onnx,
+                        time.time(),
+                    ),
+                ).rowcount
+                == 1
             )
+
+    def models(self) -> list[StoredModel]:
+        active = self.model_version()
+        with self._read() as db:
+            total = db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+            kept = db.execute(
+                "SELECT version, name, dim, added_at FROM models ORDER BY added_at, version"
+            ).fetchall()
+            return [
+                StoredModel(
+                    version,
+                    name,
+                    dim,
+                    added_at,
+                    version == active,
+                    total - self._count_missing(db, version),
+                )
+                for version, name, dim, added_at in kept
+            ]
+
+    def model_artifact(self, version: str) -> ModelArtifact | None:
+        row = self._one(f"SELECT {self.MODEL_COLUMNS} FROM models WHERE version = ?", (version,))
+        if row is None:
+            return None
+        version, name, dim, model_json, onnx = row
+        return ModelArtifact(version, name, dim, model_json, bytes(onnx))
+
+    def activate_model(self, version: str) -> Change:
+        with self._write() as db:
+            seq = self._take_seqs(db, 1)
+            if not db.execute("SELECT 1 FROM models WHERE version = ?", (version,)).fetchone():
+                raise ModelNotReady(f"no kept model has the version {version}")
+            if missing := self._count_missing(db, version):
+                raise ModelNotReady(f"{missing} stored images have no vector of {version} yet")
+            active = self._meta(db, "model_version")
+            if version == active:
+                raise ModelNotReady(f"{version} serves already")
+            self._set_meta(db, "model_version", version)
+            if active is not None:
+                self._set_meta(db, "previous_model", active)
+            db.execute(
+                "INSERT INTO changes (seq, old_seq, kind, collection, model) "
+                "VALUES (?, NULL, 'model', '', ?)",
+                (seq, version),
+            )
+        return Change(seq, "", None, None, activates=version)
+
+    def remove_model(self, version: str) -> bool:
+        with self._write() as db:
+            self._lock_writers(db)
+            if version == self._meta(db, "model_version"):
+                raise ModelNotReady(f"{version} serves: activate another model first")
+            if not db.execute("DELETE FROM models WHERE version = ?", (version,)).rowcount:
+                return False
+            # Rows it made while it served take the serving model's vector in its place.
+            active = self._meta(db, "model_version")
+            db.execute(
+                "UPDATE images SET vector = (SELECT mv.vector FROM model_vectors mv WHERE "
+                "mv.model_version = ? AND mv.seq = images.seq), model_version = ? "
+                "WHERE model_version = ?",
+                (active, active, version),
+            )
+            db.execute("DELETE FROM model_vectors WHERE model_version = ?", (version,))
+            db.execute(
+                "DELETE FROM model_vectors WHERE model_version = ? AND seq IN "
+                "(SELECT seq FROM images WHERE model_version = ?)",
+                (active, active),
+            )
+            if version == self._meta(db, "previous_model"):
+                db.execute("DELETE FROM meta WHERE key = 'previous_model'")
+        return True
+
+    @staticmethod
+    def _set_meta(db: Executor, key: str, value: str) -> None:
+        db.execute(
+            "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    @staticmethod
+    def _meta(db: Executor, key: str) -> str | None:
+        row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
+
+    @staticmethod
+    def _count_missing(db: Executor, version: str) -> int:
+        return db.execute(
+            "SELECT COUNT(*) FROM images i WHERE i.model_version != ? AND NOT EXISTS "
+            "(SELECT 1 FROM model_vectors mv WHERE mv.model_version = ? AND mv.seq = i.seq)",
+            (version, version),
+        ).fetchone()[0]
+
+    def count_missing(self, version: str) -> int:
+        with self._read() as db:
+            return self._count_missing(db, version)
+
+    def missing_vectors(self, version: str, batch: int = 256) -> Iterator[list[ImageRecord]]:
+        after = -1
+        while rows := self._all(
+            f"SELECT {RECORD_COLUMNS}, key FROM images i WHERE i.model_version != ? AND NOT "
+            "EXISTS (SELECT 1 FROM model_vectors mv WHERE mv.model_version = ? AND "
+            "mv.seq = i.seq) AND i.key > ? ORDER BY i.key LIMIT ?",
+            (version, version, after, batch),
+        ):
+            after = rows[-1][-1]
+            yield [self._record(r[:-1]) for r in rows]
+
+    def add_vectors(self, version: str, vectors: list[tuple[ImageRecord, np.ndarray]]) -> int:
+        added = 0
+        with self._write() as db:
+            if not db.execute("SELECT 1 FROM models WHERE version = ?", (version,)).fetchone():
+                return 0  # removed meanwhile
+            for record, vector in vectors:
+                added += db.execute(
+                    "INSERT INTO model_vectors (model_version, seq, vector) SELECT ?, ?, ? "
+                    "WHERE EXISTS (SELECT 1 FROM images WHERE seq = ?) "
+                    "ON CONFLICT (model_version, seq) DO NOTHING",
+                    (version, record.seq, vector_bytes(vector), record.seq),
+                ).rowcount
+        return added
+
+    @staticmethod
+    def _kept_models(db: Executor) -> set[str]:
+        return {row[0] for row in db.execute("SELECT version FROM models").fetchall()}
 
     # --- writes -------------------------------------------------------------------------------
     @staticmethod
@@ -182,6 +338,11 @@ class SQLStore:
                 seq = self._take_seqs(db, 1)
                 if not db.execute("DELETE FROM collections WHERE name = ?", (name,)).rowcount:
                     raise _NothingToDelete
+                db.execute(
+                    "DELETE FROM model_vectors WHERE seq IN "
+                    "(SELECT seq FROM images WHERE collection = ?)",
+                    (name,),
+                )
                 shas = [
                     row[0]
                     for row in db.execute(
@@ -199,6 +360,16 @@ class SQLStore:
         return Change(seq, name, None, None, drop=True)
 
     @staticmethod
+    def _require_vectors(images: list[NewImage], models: set[str]) -> None:
+        """Inside a writer: every image brings a vector of every other kept model."""
+        for image in images:
+            if missing := models - set(image.more_vectors):
+                raise ModelsChanged(
+                    f"the store keeps models {sorted(missing)} that this write brings no "
+                    "vectors of; embed with them and write again"
+                )
+
+    @staticmethod
     def _require_collection(db: Executor, name: str) -> None:
         """Inside a writer: the collection exists (a concurrent drop has not won)."""
         if not db.execute("SELECT 1 FROM collections WHERE name = ?", (name,)).fetchone():
@@ -213,6 +384,11 @@ class SQLStore:
         with self._write() as db:
             first = self._take_seqs(db, len(images))
             self._require_collection(db, collection)
+            kept = self._kept_models(db)
+            if kept and model_version not in kept:
+                raise ModelsChanged(f"the store no longer keeps model {model_version}")
+            others = kept - {model_version}
+            self._require_vectors(images, others)
             marks = ",".join("?" * len(images))
             old = {
                 image_id: (seq, sha)
@@ -253,12 +429,31 @@ class SQLStore:
                     for image, meta, sha, seq in zip(images, metadata, shas, seqs, strict=True)
                 ],
             )
+            db.executemany(
+                "DELETE FROM model_vectors WHERE seq = ?",
+                [(seq,) for seq in old_seqs if seq is not None],
+            )
+            db.executemany(
+                "INSERT INTO model_vectors (model_version, seq, vector) VALUES (?, ?, ?)",
+                [
+                    (version, seq, vector_bytes(image.more_vectors[version]))
+                    for image, seq in zip(images, seqs, strict=True)
+                    for version in others
+                ],
+            )
         self._release_originals([sha for _, sha in old.values() if sha not in shas])
         return [
             (
                 old_seq is None,
                 change_from(
-                    seq, collection, "upsert", old_seq, vector_bytes(image.vector), image.id, meta
+                    seq,
+                    collection,
+                    "upsert",
+                    old_seq,
+                    vector_bytes(image.vector),
+                    image.id,
+                    meta,
+                    None,
                 ),
             )
             for image, meta, seq, old_seq in zip(images, metadata, seqs, old_seqs, strict=True)
@@ -274,6 +469,7 @@ class SQLStore:
                 ).fetchone()
                 if row is None:
                     raise _NothingToDelete
+                db.execute("DELETE FROM model_vectors WHERE seq = ?", (row[0],))
                 db.execute(
                     "INSERT INTO changes (seq, old_seq, kind, collection) "
                     "VALUES (?, ?, 'delete', ?)",
@@ -311,6 +507,7 @@ class SQLStore:
                     (vector_bytes(vector), model_version, seq, record.seq),
                 ).rowcount
                 if done:
+                    db.execute("UPDATE model_vectors SET seq = ? WHERE seq = ?", (seq, record.seq))
                     db.execute(
                         "INSERT INTO changes (seq, old_seq, kind, collection) "
                         "VALUES (?, ?, 'upsert', ?)",
@@ -361,23 +558,27 @@ class SQLStore:
         )
         return [self._record(r) for r in rows]
 
-    def rows(self, collection: str, *, max_seq: int, batch: int = 10_000) -> Iterator[RowBatch]:
+    def rows(
+        self, collection: str, *, max_seq: int, model: str, batch: int = 10_000
+    ) -> Iterator[RowBatch]:
         after = -1
         while rows := self._all(
-            f"SELECT seq, vector, id, {self.METADATA_TEXT} FROM images "
-            "WHERE collection = ? AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
-            (collection, after, max_seq, batch),
+            f"SELECT i.seq, {VECTOR_OF_MODEL}, i.id, i.{self.METADATA_TEXT} FROM images i "
+            f"{JOIN_MODEL_VECTORS} WHERE i.collection = ? AND i.seq > ? AND i.seq <= ? "
+            "AND (i.model_version = ? OR mv.vector IS NOT NULL) ORDER BY i.seq LIMIT ?",
+            (model, model, collection, after, max_seq, model, batch),
         ):
             after = rows[-1][0]
             yield row_batch(rows)
 
-    def changes_since(self, seq: int) -> list[Change]:
+    def changes_since(self, seq: int, model: str) -> list[Change]:
         with self._read() as db:
             rows = db.execute(
-                f"SELECT c.seq, c.collection, c.kind, c.old_seq, i.vector, i.id, "
-                f"i.{self.METADATA_TEXT} FROM changes c "
-                "LEFT JOIN images i ON i.seq = c.seq WHERE c.seq > ? ORDER BY c.seq",
-                (seq,),
+                f"SELECT c.seq, c.collection, c.kind, c.old_seq, {VECTOR_OF_MODEL}, i.id, "
+                f"i.{self.METADATA_TEXT}, c.model FROM changes c "
+                f"LEFT JOIN images i ON i.seq = c.seq {JOIN_MODEL_VECTORS} "
+                "WHERE c.seq > ? ORDER BY c.seq",
+                (model, model, seq),
             ).fetchall()
             # Read after the changes: a prune that committed in between shows up here.
             floor = db.execute("SELECT floor FROM log_state WHERE id = 1").fetchone()[0]

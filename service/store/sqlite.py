@@ -33,7 +33,7 @@ DATABASE_FILE = "gallery.sqlite3"
 
 # Version 0 is the layout before the change log had a head row; `migrate` upgrades it in place:
 # version 1 adds the head row, version 2 collections (every image before it is in `default`),
-# version 3 API keys.
+# version 3 API keys, version 4 kept models.
 TABLES = """
 CREATE TABLE IF NOT EXISTS images (
     key INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -114,6 +114,36 @@ CREATE TABLE api_keys (
     revoked_at REAL,
     version INTEGER NOT NULL  -- the keys' version when this row last changed
 );
+"""
+
+# Version 4: models kept in the store, and their vectors beside each row (zero-downtime upgrades);
+# a log entry may switch the serving model (kind 'model', its version in `model`).
+VERSION_4 = """
+CREATE TABLE models (
+    version TEXT PRIMARY KEY,  -- sha256 of encoder.onnx
+    name TEXT NOT NULL,
+    dim INTEGER NOT NULL,
+    model_json TEXT NOT NULL,
+    onnx BLOB NOT NULL,
+    added_at REAL NOT NULL
+);
+CREATE TABLE model_vectors (
+    model_version TEXT NOT NULL,
+    seq INTEGER NOT NULL,      -- the row's version (images.seq)
+    vector BLOB NOT NULL,
+    PRIMARY KEY (model_version, seq)
+);
+CREATE INDEX model_vectors_seq ON model_vectors (seq);
+CREATE TABLE changes_2 (
+    seq INTEGER PRIMARY KEY,
+    old_seq INTEGER,
+    kind TEXT NOT NULL CHECK (kind IN ('upsert', 'delete', 'drop', 'model')),
+    collection TEXT NOT NULL,
+    model TEXT
+);
+INSERT INTO changes_2 SELECT seq, old_seq, kind, collection, NULL FROM changes;
+DROP TABLE changes;
+ALTER TABLE changes_2 RENAME TO changes;
 """
 
 
@@ -213,6 +243,8 @@ class SQLiteStore(SQLStore):
                 run_script(db, VERSION_2)
             if self._schema_version(db, str(self.path)) < 3:
                 run_script(db, VERSION_3)
+            if self._schema_version(db, str(self.path)) < 4:
+                run_script(db, VERSION_4)
             self._set_schema_version(db)
 
     # --- store-wide chores -------------------------------------------------------------------
