@@ -162,6 +162,11 @@ def reembed(argv: list[str]) -> int:
     store = open_store(settings)
     try:
         store.migrate()
+        if store.kept_models():
+            raise SystemExit(
+                "error: this store keeps its models: switch with no downtime instead, "
+                "`python -m service model add DIR`, then `model activate VERSION`"
+            )
         upgrade_model(store, encoder)
     finally:
         store.close()

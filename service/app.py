@@ -21,7 +21,7 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.batcher import MicroBatcher, Overloaded
+from service.batcher import Overloaded
 from service.config import Settings
 from service.demo import seed_demo_gallery
 from service.encoder import load_encoder
@@ -30,6 +30,7 @@ from service.filters import FilterError
 from service.gallery import Gallery
 from service.keys import Keyring
 from service.metrics import Metrics
+from service.models import ModelSet, ModelSwitched
 from service.routes import WEB_DIR, openai, router
 from service.runtime import Runtime
 from service.security_headers import SecurityHeadersMiddleware, headers_for
@@ -135,26 +136,19 @@ async def _open_gallery(runtime: Runtime) -> None:
     elif runtime.keys.public_reads:
         log.warning("PUBLIC_READS: anyone who can reach this service can search and download")
     if settings.seed_demo_gallery:
-        await asyncio.to_thread(seed_demo_gallery, gallery, runtime.encoder, settings)
+        await asyncio.to_thread(seed_demo_gallery, gallery, runtime.models, settings)
     runtime.metrics.store_size.set(await asyncio.to_thread(gallery.count))
-    log.info("ready", extra=(await asyncio.to_thread(gallery.status)).to_dict())
+    serving = runtime.serving()  # its batcher starts here, on the event loop
+    log.info(
+        "ready",
+        extra={"model": serving.version, **(await asyncio.to_thread(gallery.status)).to_dict()},
+    )
 
 
 def lifespan_for(settings: Settings, metrics: Metrics):
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        encoder = load_encoder(settings.model_dir, threads=settings.inference_threads)
-        model = encoder.info
-        log.info("model loaded", extra={"model": model.name, "version": model.version})
-        batcher = MicroBatcher(
-            encoder.embed_pixels,
-            max_batch=settings.batch_size,
-            max_wait_s=settings.batch_wait_ms / 1000,
-            max_queued=settings.queue_max_images,
-            enabled=settings.micro_batching,
-            metrics=metrics,
-        )
-        await batcher.start()
+        seed_encoder = load_encoder(settings.model_dir, threads=settings.inference_threads)
         store = open_store(settings)
         keys = Keyring(
             store,
@@ -162,14 +156,15 @@ def lifespan_for(settings: Settings, metrics: Metrics):
             public_reads=settings.public_reads,
             refresh_interval_s=settings.follow_interval_s,
         )
-        gallery = Gallery(store, encoder, settings)
-        runtime = Runtime(settings, metrics, encoder, batcher, gallery, keys)
+        models = ModelSet(store, settings, metrics)
+        gallery = Gallery(store, seed_encoder, settings, models)
+        runtime = Runtime(settings, metrics, models, gallery, keys)
         try:
             await _open_gallery(runtime)
             app.state.runtime = runtime
             yield
         finally:
-            await batcher.stop()
+            await models.stop()
             await asyncio.to_thread(keys.stop)
             await asyncio.to_thread(runtime.gallery.close)
             store.close()
@@ -205,6 +200,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
 
     @app.exception_handler(Overloaded)
+    @app.exception_handler(ModelSwitched)
     @app.exception_handler(StoreError)
     @app.exception_handler(FilterError)
     async def mapped(request: Request, exc: Exception) -> JSONResponse:

@@ -60,7 +60,8 @@ class MicroBatcher:
         self._task: asyncio.Task | None = None
         self._seconds_per_image = 0.001  # running estimate, for Retry-After
 
-    async def start(self) -> None:
+    def start(self) -> None:
+        """On the event loop that will use it."""
         self._task = asyncio.create_task(self._run(), name="micro-batcher")
 
     async def stop(self) -> None:

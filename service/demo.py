@@ -14,11 +14,11 @@ import re
 from pathlib import Path
 
 from service.config import Settings
-from service.encoder import Encoder
 from service.fashion_mnist import FASHION_MNIST_CLASSES, load_split
 from service.gallery import Gallery
-from service.imaging import decode_image, encode_png
-from service.store import DEFAULT_COLLECTION, NewImage
+from service.imaging import encode_png
+from service.models import ModelSet, new_images
+from service.store import DEFAULT_COLLECTION
 
 log = logging.getLogger(__name__)
 BATCH = 256
@@ -29,7 +29,7 @@ SKIP_CONTEXTS = {"animations"}  # sprite strips, not one drawing
 DemoImage = tuple[str, bytes, dict]  # id, PNG bytes, metadata
 
 
-def seed_demo_gallery(gallery: Gallery, encoder: Encoder, settings: Settings) -> int:
+def seed_demo_gallery(gallery: Gallery, models: ModelSet, settings: Settings) -> int:
     """Upload up to DEMO_GALLERY_SIZE images of the SEED_DEMO_GALLERY gallery when the gallery
     is empty; return how many. One process does it; the others wait, then find it filled."""
     size = settings.demo_gallery_size
@@ -44,7 +44,7 @@ def seed_demo_gallery(gallery: Gallery, encoder: Encoder, settings: Settings) ->
         except FileNotFoundError as exc:
             log.warning("demo gallery skipped: %s", exc)
             return 0
-        return _seed(gallery, encoder, images)
+        return _seed(gallery, models, images)
 
 
 def fashion_mnist(size: int) -> list[DemoImage]:
@@ -94,16 +94,12 @@ def oxygen_icons(root: Path, size: int) -> list[DemoImage]:
     ]
 
 
-def _seed(gallery: Gallery, encoder: Encoder, images: list[DemoImage]) -> int:
-    spec = encoder.info.spec
+def _seed(gallery: Gallery, models: ModelSet, images: list[DemoImage]) -> int:
     for start in range(0, len(images), BATCH):
         batch = images[start : start + BATCH]
-        vectors = encoder.embed_pixels([decode_image(png, spec) for _, png, _ in batch])
-        gallery.upsert(
-            [
-                NewImage(image_id, png, "PNG", metadata, vector)
-                for (image_id, png, metadata), vector in zip(batch, vectors, strict=True)
-            ]
-        )
+        vectors = models.embed_everywhere([png for _, png, _ in batch])
+        items = [(image_id, png, "PNG", metadata) for image_id, png, metadata in batch]
+        serving = gallery.serving  # any kept model's vector can be the row's own
+        gallery.upsert(new_images(items, vectors, serving), serving)
         log.info("seeding demo gallery", extra={"done": start + len(batch), "total": len(images)})
     return len(images)

@@ -27,7 +27,9 @@ from __future__ import annotations
 from service.batcher import Overloaded
 from service.filters import FilterError
 from service.imaging import ALLOWED_FORMATS, ImageError, ImageTooLargeError, UnsupportedFormatError
+from service.models import ModelSwitched
 from service.store import ModelMismatch, StorageFullError, StoreUnavailable, UnknownCollection
+from service.store.base import ModelsChanged
 
 STORE_RETRY_AFTER_S = 5
 SEND_IMAGE = f"send an image file ({', '.join(sorted(ALLOWED_FORMATS))})"
@@ -111,6 +113,9 @@ def api_error_for(exc: Exception) -> ApiError | None:
         return InsufficientStorage(f"{exc}")
     if isinstance(exc, ModelMismatch):
         return Unavailable(str(exc), code="model_mismatch")
+    if isinstance(exc, ModelSwitched | ModelsChanged):  # twice within one request
+        retry = {"Retry-After": "1"}
+        return Unavailable("the serving model is changing; retry shortly", headers=retry)
     if isinstance(exc, UnknownCollection):
         return NotFound(str(exc))
     if isinstance(exc, FilterError):

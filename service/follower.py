@@ -6,6 +6,10 @@ the chores that keep the log short.
   reports this process's position to the log (its consumer entry).
 - **The store going away.** A failed store call marks the store down: reads then answer from the
   view as it stands, without waiting on the store, until the thread finds it back.
+- **The serving model** (models.py). A `model` log entry names the model to serve. Whichever
+  catch-up applies it, this thread then builds a view of that model's vectors (mapping its
+  generation, or writing one from the store) while the old view serves, and swaps the two:
+  `view` is always one model's, and requests take it once (gallery.py).
 - **Generations** (generation.py). When a collection's delta holds `compact_after_changes`
   changes or `compact_after_share` of its size (at least 1,000), or its size calls for another
   index kind, the one process that takes the writer's
@@ -21,11 +25,11 @@ import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 from service.compaction import Compaction, compact
 from service.config import Settings
-from service.generation import Generations
 from service.index_view import IndexView
 from service.store import Store, StoreUnavailable
 
@@ -36,6 +40,7 @@ ACK_EVERY_S = 5.0
 
 def data_dir_id(data_dir: Path) -> str:
     """This data dir's stable name in the log's consumer list (its generations are a consumer)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / "instance.id"
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -48,11 +53,11 @@ def data_dir_id(data_dir: Path) -> str:
 
 class Follower:
     def __init__(
-        self, store: Store, view: IndexView, generations: Generations, settings: Settings
+        self, store: Store, settings: Settings, view_of: Callable[[str], IndexView]
     ) -> None:
         self._store = store
-        self._view = view
-        self._generations = generations
+        self._view_of = view_of  # a new (unloaded) view of a model's vectors
+        self.view: IndexView | None = None  # set by start; replaced whole by a model switch
         self._settings = settings
         self._generation_consumer = f"generation:{data_dir_id(Path(settings.data_dir))}"
         self._process_consumer = f"process:{uuid.uuid4().hex}"
@@ -63,9 +68,12 @@ class Follower:
         self._thread: threading.Thread | None = None
 
     # --- start and stop -----------------------------------------------------------------------
-    def start(self) -> None:
-        """Map the newest generation (or write one), catch up, then follow the log."""
-        self._view.load()
+    def start(self, model_version: str) -> None:
+        """Map the newest generation of the model's vectors (or write one), catch up, then
+        follow the log."""
+        view = self._view_of(model_version)
+        view.load()
+        self.view = view
         self._ack()
         self._thread = threading.Thread(target=self._run, name="index-follower", daemon=True)
         self._thread.start()
@@ -84,8 +92,12 @@ class Follower:
             self._store.forget(self._process_consumer)
         except StoreUnavailable as exc:
             log.warning("closing without the store", extra={"why": str(exc)})
-        if self._view.generation is not None:
-            self._view.generation.release()
+        self._live.release()
+
+    @property
+    def _live(self) -> IndexView:
+        assert self.view is not None, "the follower has not started"
+        return self.view
 
     # --- catching up --------------------------------------------------------------------------
     def fresh(self) -> int | None:
@@ -96,7 +108,10 @@ class Follower:
             return None
         try:
             store_seq = self._store.last_seq()
-            self._view.catch_up(store_seq)
+            view = self._live
+            view.catch_up(store_seq)
+            if view.activated not in (None, view.model_version):
+                self._wake.set()  # the thread switches models
             return store_seq
         except StoreUnavailable as exc:
             self.went_down(exc)
@@ -106,7 +121,7 @@ class Follower:
         """After a commit: index it now, so this process's next read needs no replay. A store
         failure here leaves it to the thread; the write itself has committed."""
         try:
-            self._view.catch_up(seq)
+            self._live.catch_up(seq)
         except StoreUnavailable as exc:
             self.went_down(exc)
         self._wake.set()
@@ -126,13 +141,16 @@ class Follower:
             if self.stopping.is_set():
                 return
             try:
-                if self._view.switch_if_newer():
+                if self._live.switch_if_newer():
                     self._retire()
-                self._view.catch_up(self._store.last_seq())
+                self._live.catch_up(self._store.last_seq())
+                target = self._live.activated
+                if target is not None and target != self._live.model_version:
+                    self._serve(target)
                 if time.monotonic() - self._acked_at > ACK_EVERY_S:
                     self._ack()
                 settings = self._settings
-                if self._view.due_for_compaction(
+                if self._live.due_for_compaction(
                     settings.compact_after_changes, settings.compact_after_share
                 ):
                     self.compact()
@@ -146,22 +164,39 @@ class Follower:
 
     def _ack(self) -> None:
         """Tell the log how far this process and the generation it maps have got."""
-        self._store.ack(self._process_consumer, self._view.seq)
-        if self._view.generation is not None:
-            self._store.ack(self._generation_consumer, self._view.generation.seq)
+        self._store.ack(self._process_consumer, self._live.seq)
+        if self._live.generation is not None:
+            self._store.ack(self._generation_consumer, self._live.generation.seq)
         self._acked_at = time.monotonic()
+
+    def _serve(self, model_version: str) -> None:
+        """Build a view of another model's vectors beside the live one, then swap them."""
+        started = time.monotonic()
+        view = self._view_of(model_version)
+        view.load()
+        old, self.view = self._live, view
+        old.release()
+        self._ack()
+        log.info(
+            "serving another model",
+            extra={
+                "model": model_version,
+                "from": old.model_version,
+                "seconds": round(time.monotonic() - started, 2),
+            },
+        )
 
     # --- chores -------------------------------------------------------------------------------
     def compact(self) -> None:
         """Write the next generation from this view (in a child process: compaction.py), switch
         to it, and prune the log. Skipped while another process writes one, or when a newer one
         than this view's is there (the next round switches to it)."""
-        current = self._view.generation
-        if current is None or self._generations.current() != current.name:
+        current = self._live.generation
+        if current is None or self._live.generations.current() != current.name:
             return
         started = time.monotonic()
-        seq, states = self._view.compaction_states()
-        generations = self._generations
+        seq, states = self._live.compaction_states()
+        generations = self._live.generations
         job = Compaction(
             data_dir=generations.data_dir,
             dim=generations.dim,
@@ -178,12 +213,12 @@ class Follower:
             "index generation written",
             extra={"seq": seq, "seconds": round(time.monotonic() - started, 2)},
         )
-        self._view.switch_if_newer()
+        self._live.switch_if_newer()
         self._retire()
         self._ack()
         self._store.prune_log(self._settings.log_retention_s)
 
     def _retire(self) -> None:
-        with self._generations.writing(wait=False) as mine:
+        with self._live.generations.writing(wait=False) as mine:
             if mine:
-                self._generations.retire()
+                self._live.generations.retire()

@@ -9,8 +9,13 @@ view (derived from the store's change log) in step, for every collection.
 - **Reads** first bring the view up to the store's latest seq (one cheap query), so a write
   acknowledged by any process is seen by the next read in every process. While the store cannot
   be reached, searches answer from the view as it stands (follower.py).
-- **Start-up** re-embeds the stored originals after a model change (reembedding.py), then the
-  follower loads the view and follows the log.
+- **Models.** The view holds one model's vectors: the one the store serves (models.py). Writes
+  bring a vector of every model the store keeps. A read that embedded its query with another
+  model than the view's (the serving model switched meanwhile) raises `ModelSwitched`: embed
+  again and retry.
+- **Start-up**, for a store that keeps no model yet: re-embeds the stored originals after a
+  change of MODEL_DIR (reembedding.py) and keeps that model; then the follower loads the view of
+  the serving model and follows the log.
 
 Every method blocks: routes call them through `asyncio.to_thread`.
 """
@@ -33,6 +38,9 @@ from service.generation import Generations
 from service.index import Hit
 from service.index_options import IndexKind, IndexOptions
 from service.index_view import IndexView
+from service.metrics import Metrics
+from service.model_vectors import VectorBuilder
+from service.models import ModelSet, ModelSwitched, seed_models
 from service.reembedding import check_model, upgrade_model
 from service.store import (
     DEFAULT_COLLECTION,
@@ -67,15 +75,44 @@ class GalleryStatus:
 
 
 class Gallery:
-    def __init__(self, store: Store, encoder: Encoder, settings: Settings) -> None:
+    def __init__(
+        self,
+        store: Store,
+        seed_encoder: Encoder,
+        settings: Settings,
+        models: ModelSet | None = None,
+    ) -> None:
         self._store = store
-        self._encoder = encoder
-        self.version = encoder.info.version
-        dim, options = encoder.info.dim, IndexOptions.from_settings(settings)
-        generations = Generations(Path(settings.data_dir), dim, options, self.version)
-        self._view = IndexView(store, settings, dim, options, generations)
-        self._follower = Follower(store, self._view, generations, settings)
+        self._models = models or ModelSet(store, settings, Metrics())
+        self._seed_encoder = seed_encoder  # MODEL_DIR's: only for a store keeping no model yet
+        self._settings = settings
+        self._options = IndexOptions.from_settings(settings)
+        self._follower = Follower(store, settings, self._view_of)
+        self._builder = VectorBuilder(store, self._models, self._follower.stopping)
         self._lifecycle = threading.Lock()  # close() waits for an open() in progress
+
+    def _view_of(self, model_version: str) -> IndexView:
+        dim = self._models.encoder(model_version).info.dim
+        generations = Generations(Path(self._settings.data_dir), dim, self._options, model_version)
+        return IndexView(self._store, self._settings, dim, self._options, generations)
+
+    @property
+    def _view(self) -> IndexView:
+        view = self._follower.view
+        assert view is not None, "the gallery is not open"
+        return view
+
+    @property
+    def serving(self) -> str:
+        """The model whose vectors this process searches (and whose vectors queries need)."""
+        return self._view.model_version
+
+    def _serving_view(self, model_version: str | None) -> IndexView:
+        """The view, which must hold `model_version`'s vectors (None: whichever serves)."""
+        view = self._view
+        if model_version not in (None, view.model_version):
+            raise ModelSwitched(f"the serving model is now {view.model_version}")
+        return view
 
     def chore(self, name: str) -> AbstractContextManager[None]:
         """Hold a store-wide lock: one process at a time does the chore `name`."""
@@ -87,22 +124,28 @@ class Gallery:
         Returns early, unopened, once `close` has been called."""
         with self._lifecycle:
             self._store.migrate()
-            check_model(self._store, self._encoder.info.name, self.version)
-            if self._store.model_version() != self.version and not self.upgrade_model():
-                return
+            if not self._store.kept_models():
+                info = self._seed_encoder.info
+                check_model(self._store, info.name, info.version)
+                if self._store.model_version() != info.version and not self.upgrade_model():
+                    return
+            serving = seed_models(self._store, self._settings.model_dir)
+            self._models.refresh()
             if self._follower.stopping.is_set():
                 return
-            self._follower.start()
+            self._follower.start(serving)
+            self._builder.start()
 
     def upgrade_model(self) -> bool:
         """Re-embed what another model made (reembedding.py); False when `close` interrupted."""
-        return upgrade_model(self._store, self._encoder, self._follower.stopping)
+        return upgrade_model(self._store, self._seed_encoder, self._follower.stopping)
 
     def close(self) -> None:
         """Stop following, unmap the index generation, and leave the log's consumer list. Waits for
         an `open` in progress to stop at its next step."""
         self._follower.stop()
         with self._lifecycle:
+            self._builder.join(timeout_s=10)
             self._follower.finish()
 
     # --- collections --------------------------------------------------------------------------
@@ -135,9 +178,17 @@ class Gallery:
             raise UnknownCollection(f"no collection named {name!r}")
 
     # --- writes -------------------------------------------------------------------------------
-    def upsert(self, images: list[NewImage], *, collection: str = DEFAULT_COLLECTION) -> list[bool]:
-        """Store and index; per image, whether it was created (False: replaced)."""
-        results = self._store.upsert(images, self.version, collection)
+    def upsert(
+        self,
+        images: list[NewImage],
+        model_version: str | None = None,
+        *,
+        collection: str = DEFAULT_COLLECTION,
+    ) -> list[bool]:
+        """Store and index; per image, whether it was created (False: replaced). `vector` is
+        `model_version`'s (None: the serving model's), `more_vectors` every other kept model's
+        (ModelsChanged if one lacks)."""
+        results = self._store.upsert(images, model_version or self.serving, collection)
         self._follower.caught_up_to(max(change.seq for _, change in results))
         return [created for created, _ in results]
 
@@ -154,21 +205,30 @@ class Gallery:
         self,
         queries: np.ndarray,
         k: int,
+        model_version: str | None = None,
         *,
         collection: str = DEFAULT_COLLECTION,
         where: Filter | None = None,
     ) -> list[list[Hit]]:
-        """Per query, the k nearest images of `collection` (among those matching `where`)."""
+        """Per query (made by `model_version`; None: the serving model), the k nearest images
+        of `collection` (among those matching `where`); ModelSwitched when another model serves
+        now."""
         self._follower.fresh()
-        if not self._view.has(collection) and not self._follower.store_down:
+        view = self._serving_view(model_version)
+        if not view.has(collection) and not self._follower.store_down:
             self._require(collection)
-        return self._view.search(collection, queries, k, where)
+        return view.search(collection, queries, k, where)
 
     def vector_of(
-        self, image_id: str, *, collection: str = DEFAULT_COLLECTION
+        self,
+        image_id: str,
+        model_version: str | None = None,
+        *,
+        collection: str = DEFAULT_COLLECTION,
     ) -> np.ndarray | None:
+        """The image's vector made by `model_version` (ModelSwitched: another model serves)."""
         self._follower.fresh()
-        vector = self._view.vector_of(collection, image_id)
+        vector = self._serving_view(model_version).vector_of(collection, image_id)
         if vector is None and not self._follower.store_down:
             self._require(collection)
         return vector

@@ -69,12 +69,27 @@ class IndexView:
         self._generation: Generation | None = None
         self._indexes: Indexes = {}  # collection → its index; one without images may be absent
         self.seq = 0  # the last log entry this view has applied
+        self.activated: str | None = None  # the model the last `model` entry applied names
         self._catching = threading.Lock()  # one catch-up or swap at a time
 
     # --- generations ------------------------------------------------------------------------
     @property
     def generation(self) -> Generation | None:
         return self._generation
+
+    @property
+    def generations(self) -> Generations:
+        return self._generations
+
+    @property
+    def model_version(self) -> str:
+        """The model whose vectors this view holds."""
+        return self._generations.model_version
+
+    def release(self) -> None:
+        """Unmap the generation (searches still running keep their mapping)."""
+        if self._generation is not None:
+            self._generation.release()
 
     def load(self) -> None:
         """Map the newest generation (written from the store when there is none, or it is
@@ -191,7 +206,8 @@ class IndexView:
 
     def _apply(self, indexes: Indexes, changes: list[Change]) -> None:
         for change in changes:
-            if change.activates is not None:  # the serving model's switch: no collection's
+            if change.activates is not None:  # the serving model switches (follower.py)
+                self.activated = change.activates
                 continue
             if change.drop:
                 indexes.pop(change.collection, None)

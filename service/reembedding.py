@@ -1,8 +1,10 @@
-"""Vectors made by another model: refused on a PostgreSQL store this replica would share with
-replicas of another model, re-embedded from the stored originals otherwise.
+"""Vectors made by another model, in a store from before it kept its models (models.py):
+refused on a PostgreSQL store this replica would share with replicas of another model,
+re-embedded from the stored originals otherwise.
 
 SQLite galleries re-embed on start (one process does it while the others wait); PostgreSQL ones
-with `python -m service reembed`, all replicas stopped.
+with `python -m service reembed`, all replicas stopped. A store that keeps its models switches
+with no downtime instead (`python -m service model`).
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ def check_model(store: Store, name: str, version: str) -> None:
     """Refuse a PostgreSQL store whose vectors another model made: every replica must serve one
     model. (SQLite galleries re-embed on start instead; their workers share one command.)"""
     recorded = store.model_version()
-    if store.backend != "postgresql" or recorded in (None, version):
-        return
+    if store.backend != "postgresql" or recorded in (None, version) or store.kept_models():
+        return  # a store that keeps its models serves its own (models.py), whatever MODEL_DIR
     raise ModelMismatch(
         f"the database's vectors were made by model version {recorded[:12]}…, but this replica "
         f"serves {name} {version[:12]}…; all replicas must serve one model. To upgrade, stop "

@@ -41,7 +41,7 @@ def run_batcher(scenario, *, max_batch: int = 4, max_queued: int = 4) -> None:
             enabled=True,
             metrics=Metrics(),
         )
-        await batcher.start()
+        batcher.start()
         try:
             await scenario(batcher, model)
         finally:

@@ -118,16 +118,15 @@ def test_writes_while_closed_are_replayed_on_the_next_open(
     assert again.vector_of("before") is None and again.status().indexed == 1
 
 
-def test_postgres_refuses_another_model_until_reembedded(
+def test_a_postgres_store_from_before_kept_models_refuses_another_model_until_reembedded(
     artifact: Path, tmp_path: Path, postgres, encoder: Encoder
 ) -> None:
     url = postgres.new_database()
     settings = make_settings(artifact, tmp_path / "a", database_url=url)
     store = open_store(settings)
-    gallery = Gallery(store, encoder, settings)
-    gallery.open()
-    gallery.upsert([new_image(encoder, "kept", seed=4)])
-    gallery.close()
+    store.migrate()  # as a lookalike before kept models left it: vectors, a recorded model
+    store.set_model_version(encoder.info.version)
+    store.upsert([new_image(encoder, "kept", seed=4)], encoder.info.version)
     other_model = export_random_artifact(tmp_path / "other", seed=9)
     other_settings = make_settings(other_model, tmp_path / "b", database_url=url)
     other_encoder = load_encoder(other_model)
@@ -140,6 +139,27 @@ def test_postgres_refuses_another_model_until_reembedded(
     try:
         assert top_id(upgraded, other_encoder, 4) == "kept"
         assert upgraded.status().indexed == 1 and store.count_stale(other_encoder.info.version) == 0
+        assert store.kept_models() == [other_encoder.info.version]  # from now on it keeps it
     finally:
         upgraded.close()
+
+
+def test_a_postgres_replica_with_another_model_dir_serves_the_stores_model(
+    artifact: Path, tmp_path: Path, postgres, encoder: Encoder
+) -> None:
+    url = postgres.new_database()
+    store = open_store(make_settings(artifact, tmp_path / "a", database_url=url))
+    first = Gallery(store, encoder, make_settings(artifact, tmp_path / "a", database_url=url))
+    first.open()
+    first.upsert([new_image(encoder, "kept", seed=4)])
+    first.close()
+    other_model = export_random_artifact(tmp_path / "other", seed=9)
+    other_settings = make_settings(other_model, tmp_path / "b", database_url=url)
+    replica = Gallery(store, load_encoder(other_model), other_settings)
+    replica.open()
+    try:
+        assert replica.serving == encoder.info.version
+        assert top_id(replica, encoder, 4) == "kept"
+    finally:
+        replica.close()
         store.close()

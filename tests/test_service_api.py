@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import dataclasses
 import io
 import json
 import shutil
@@ -24,7 +23,6 @@ from service.app import create_app
 from service.batcher import Overloaded
 from service.fashion_mnist import load_split
 from service.imaging import InputSpec, decode_image
-from service.routes.deps import get_runtime
 from testkit.app import generation_seq, make_settings, wait_ready, wait_until
 from testkit.hostile_corpus import encode
 from testkit.images import png_bytes
@@ -393,7 +391,9 @@ print("ok")
     assert done.stdout.strip() == "ok"
 
 
-def test_a_changed_model_reembeds_the_gallery(artifact: Path, tmp_path: Path) -> None:
+def test_a_store_that_keeps_its_model_serves_it_whatever_model_dir_says(
+    artifact: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     from testkit.artifacts import export_random_artifact
 
     data = tmp_path / "data"
@@ -402,6 +402,7 @@ def test_a_changed_model_reembeds_the_gallery(artifact: Path, tmp_path: Path) ->
         create_app(make_settings(artifact, data, api_key=API_KEY)), headers=AUTH
     ) as client:
         wait_ready(client)
+        served = client.get("/readyz").json()["model"]
         client.post(
             "/images", files=_files(*blobs), data={"ids": [f"i{i}" for i in range(5)]}, headers=AUTH
         )
@@ -409,12 +410,10 @@ def test_a_changed_model_reembeds_the_gallery(artifact: Path, tmp_path: Path) ->
     with TestClient(create_app(make_settings(other, data)), headers=AUTH) as client:
         wait_ready(client)
         ready = client.get("/readyz").json()
-        assert ready["images"] == ready["indexed"] == 5
-        records = client.get("/images").json()["items"]
-        assert {r["model"] for r in records} == {ready["model"]}
+        assert ready["model"] == served and ready["images"] == ready["indexed"] == 5
         hit = client.post("/nearest", files=_files(blobs[2], field="file"), data={"k": "1"})
-        assert hit.json()["results"][0]["id"] == "i2"
-        assert hit.json()["results"][0]["score"] == pytest.approx(1.0, abs=1e-5)
+        assert hit.json()["model"] == served and hit.json()["results"][0]["id"] == "i2"
+    assert "LOOKALIKE_MODEL_DIR is not the model the store serves" in caplog.text
 
 
 def test_an_empty_gallery_is_seeded_with_labelled_fashion_mnist(
@@ -564,10 +563,10 @@ class FullBatcher:
         raise Overloaded(retry_after_s=7)
 
 
-def test_a_full_model_queue_answers_503_overloaded_with_retry_after(client: TestClient) -> None:
-    runtime = client.app.state.runtime
-    full = dataclasses.replace(runtime, batcher=FullBatcher())
-    client.app.dependency_overrides[get_runtime] = lambda: full
+def test_a_full_model_queue_answers_503_overloaded_with_retry_after(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(client.app.state.runtime.models, "batcher", lambda _: FullBatcher())
     for path, kwargs in (
         ("/embed", {"files": _files(png_bytes(1))}),
         ("/nearest", {"files": _files(png_bytes(1), field="file")}),

@@ -10,24 +10,24 @@ from fastapi import APIRouter, Query, Request
 from service.encoder import truncate
 from service.inputs import decode_all, parse_dimensions, read_images
 from service.routes.deps import ERRORS, ArrayJSONResponse, ReadAccess, RuntimeDep, rounded
-from service.runtime import Runtime
+from service.runtime import Runtime, Serving
 from service.schemas import EmbedResponse, SimilarityResponse, images_body
 
 router = APIRouter(dependencies=[ReadAccess])
 
 
 async def embed_request(
-    request: Request, runtime: Runtime, *, min_count: int, allow_raw: bool
+    request: Request, runtime: Runtime, serving: Serving, *, min_count: int, allow_raw: bool
 ) -> np.ndarray:
     """The request's images, read, decoded and embedded: (N, D) unit vectors in input order."""
-    settings, batcher = runtime.settings, runtime.batcher
+    settings, batcher = runtime.settings, serving.batcher
     batcher.ensure_room()  # a full queue refuses before the body is read and decoded
     images = await read_images(
         request, min_count=min_count, max_count=settings.max_images_per_request, allow_raw=allow_raw
     )
     pixels = await decode_all(
         images,
-        runtime.encoder.info.spec,
+        serving.info.spec,
         max_pixels=settings.max_pixels,
         max_request_pixels=settings.max_pixels_per_request,
     )
@@ -49,13 +49,14 @@ async def embed_images(
     ] = None,
 ) -> Any:
     """Images → unit vectors, in input order."""
-    dimensions = parse_dimensions(dimensions, runtime.encoder.info.dim)
-    vectors = await embed_request(request, runtime, min_count=1, allow_raw=True)
+    serving = runtime.serving()
+    dimensions = parse_dimensions(dimensions, serving.info.dim)
+    vectors = await embed_request(request, runtime, serving, min_count=1, allow_raw=True)
     if dimensions is not None:
         vectors = truncate(vectors, dimensions)
     return ArrayJSONResponse(
         {
-            "model": runtime.encoder.info.version,
+            "model": serving.version,
             "dim": int(vectors.shape[1]),
             "embeddings": rounded(vectors, 7),
         }
@@ -70,7 +71,8 @@ async def embed_images(
 )
 async def similarity(request: Request, runtime: RuntimeDep) -> Any:
     """The N×N cosine-score matrix of 2..N images."""
-    h = await embed_request(request, runtime, min_count=2, allow_raw=False)
+    serving = runtime.serving()
+    h = await embed_request(request, runtime, serving, min_count=2, allow_raw=False)
     scores = np.clip(h.astype(np.float64) @ h.T.astype(np.float64), -1.0, 1.0)
     np.fill_diagonal(scores, 1.0)
-    return ArrayJSONResponse({"model": runtime.encoder.info.version, "scores": rounded(scores, 6)})
+    return ArrayJSONResponse({"model": serving.version, "scores": rounded(scores, 6)})

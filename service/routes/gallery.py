@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import re
 import uuid
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 import numpy as np
@@ -20,7 +21,9 @@ from service.encoder import ModelInfo
 from service.errors import InvalidInput, ModelConflict, NotFound
 from service.filters import Filter, parse_filter, parse_filter_json
 from service.imaging import sniff_format
+from service.index import Hit
 from service.inputs import (
+    NamedImage,
     b64_image,
     content_type,
     count_between,
@@ -31,6 +34,7 @@ from service.inputs import (
     read_form,
     read_json,
 )
+from service.models import new_images
 from service.routes.deps import (
     ERRORS,
     CollectionDep,
@@ -39,7 +43,7 @@ from service.routes.deps import (
     RuntimeDep,
     WriteAccess,
 )
-from service.runtime import Runtime
+from service.runtime import Runtime, Serving, embed_everywhere, with_serving_model
 from service.schemas import (
     NEAREST_BODY,
     UPLOAD_BODY,
@@ -48,7 +52,7 @@ from service.schemas import (
     ImageList,
     NearestResponse,
 )
-from service.store import CONTENT_TYPES, NewImage
+from service.store import CONTENT_TYPES
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")
 
@@ -61,14 +65,24 @@ def _not_found(image_id: object) -> NotFound:
     return NotFound(f"no image with id {image_id!r}")
 
 
-async def _query(
-    request: Request, runtime: Runtime, collection: str
-) -> tuple[np.ndarray, int, Filter | None]:
-    """The query's vector, k and filter, from a multipart or a JSON body."""
-    settings, batcher, model = runtime.settings, runtime.batcher, runtime.encoder.info
+@dataclass(frozen=True)
+class NearestQuery:
+    """A /nearest request, read and checked: exactly one of image, id and vector."""
+
+    k: int
+    where: Filter | None
+    image: NamedImage | None = None
+    image_id: object = None
+    vector: object = None
+    model: object = None  # the model that made `vector`, as the client says
+
+
+async def _query(request: Request, runtime: Runtime) -> NearestQuery:
+    """The query, k and filter, from a multipart or a JSON body."""
+    settings = runtime.settings
     kind = content_type(request)
     if kind == "multipart/form-data":
-        batcher.ensure_room()
+        runtime.serving().batcher.ensure_room()
         form = await read_form(request, max_files=2)
         files = await form_files(form, "file")
         count_between(files, "file uploads in the field 'file'", 1, 1)
@@ -80,14 +94,7 @@ async def _query(
         text = form.get("filter")
         if text is not None and not isinstance(text, str):
             raise InvalidInput("filter must be a text field holding JSON, not a file")
-        where = parse_filter_json(text) if text else None
-        pixels = await decode_all(
-            files,
-            model.spec,
-            max_pixels=settings.max_pixels,
-            max_request_pixels=settings.max_pixels_per_request,
-        )
-        return (await batcher.embed(pixels))[0], k, where
+        return NearestQuery(k, parse_filter_json(text) if text else None, image=files[0])
     if kind != "application/json":
         raise InvalidInput(
             "send multipart/form-data (file, k, filter) or JSON (image | id | vector, k, filter)",
@@ -99,34 +106,47 @@ async def _query(
     given = [key for key in ("image", "id", "vector") if body.get(key) is not None]
     if len(given) != 1:
         raise InvalidInput('give exactly one of "image", "id" or "vector"')
-    if body.get("model") is not None:
-        check_vector_model(body["model"], given[0], model)
-    if given[0] == "vector":
-        return parse_vector(body["vector"], model.dim), k, where
-    if given[0] == "id":
-        image_id = body["id"]
-        vector = (
-            await asyncio.to_thread(runtime.gallery.vector_of, image_id, collection=collection)
-            if isinstance(image_id, str)
-            else None
-        )
-        if vector is None:
-            raise _not_found(image_id)
-        return vector, k, where
-    image = b64_image(body["image"], "image")
-    pixels = await decode_all(
-        [image],
-        model.spec,
-        max_pixels=settings.max_pixels,
-        max_request_pixels=settings.max_pixels_per_request,
-    )
-    return (await batcher.embed(pixels))[0], k, where
-
-
-def check_vector_model(made_by: object, query: str, model: ModelInfo) -> None:
-    """`model` names the model that made the query's `vector`: it must be the one served."""
-    if query != "vector":
+    if body.get("model") is not None and given[0] != "vector":
         raise InvalidInput('"model" names the model that made a "vector": send it with one')
+    if given[0] == "image":
+        return NearestQuery(k, where, image=b64_image(body["image"], "image"))
+    return NearestQuery(
+        k, where, image_id=body.get("id"), vector=body.get("vector"), model=body.get("model")
+    )
+
+
+async def _vector(
+    query: NearestQuery, runtime: Runtime, serving: Serving, collection: str
+) -> np.ndarray:
+    """The query's vector in `serving`'s space."""
+    settings = runtime.settings
+    if query.image is not None:
+        pixels = await decode_all(
+            [query.image],
+            serving.info.spec,
+            max_pixels=settings.max_pixels,
+            max_request_pixels=settings.max_pixels_per_request,
+        )
+        return (await serving.batcher.embed(pixels))[0]
+    if query.vector is not None:
+        if query.model is not None:
+            check_vector_model(query.model, serving.info)
+        return parse_vector(query.vector, serving.info.dim)
+    image_id = query.image_id
+    vector = (
+        await asyncio.to_thread(
+            runtime.gallery.vector_of, image_id, serving.version, collection=collection
+        )
+        if isinstance(image_id, str)
+        else None
+    )
+    if vector is None:
+        raise _not_found(image_id)
+    return vector
+
+
+def check_vector_model(made_by: object, model: ModelInfo) -> None:
+    """`model` names the model that made the query's `vector`: it must be the one served."""
     if not isinstance(made_by, str):
         raise InvalidInput('"model" must be a model version (a string: /embed\'s "model")')
     if made_by != model.version:
@@ -145,15 +165,25 @@ async def nearest(
 ) -> Any:
     """The k images of the collection that look most like the query, best first; with a
     `filter`, the k best among the images whose metadata matches it."""
-    vector, k, where = await _query(request, runtime, collection)
-    search = gallery.search
-    hits = (
-        await asyncio.to_thread(search, vector[None, :], k, collection=collection, where=where)
-    )[0]
+    query = await _query(request, runtime)
+
+    async def answer(serving: Serving) -> list[Hit]:
+        vector = await _vector(query, runtime, serving, collection)
+        found = await asyncio.to_thread(
+            gallery.search,
+            vector[None, :],
+            query.k,
+            serving.version,
+            collection=collection,
+            where=query.where,
+        )
+        return found[0]
+
+    serving, hits = await with_serving_model(runtime, answer)
     results = [
         {"id": h.id, "score": round(min(1.0, h.score), 6), "metadata": h.metadata} for h in hits
     ]
-    return JSONResponse({"model": runtime.encoder.info.version, "results": results})
+    return JSONResponse({"model": serving.version, "results": results})
 
 
 def _parse_ids(values: list, count: int) -> list[str]:
@@ -215,20 +245,21 @@ async def upload_images(
     count_between(files, "files", 1, limit)
     ids = _parse_ids(form.getlist("ids"), len(files))
     metadata = _parse_metadata(form.getlist("metadata"), len(files), settings.max_metadata_bytes)
-    pixels = await decode_all(
-        files,
-        runtime.encoder.info.spec,
-        max_pixels=settings.max_pixels,
-        max_request_pixels=settings.max_pixels_per_request,
-    )
-    vectors = await runtime.batcher.embed(pixels)
-    images = [
-        NewImage(image_id, f.data, sniff_format(f.data), meta, vector)
-        for image_id, f, meta, vector in zip(ids, files, metadata, vectors, strict=True)
+    items = [
+        (image_id, f.data, sniff_format(f.data), meta)
+        for image_id, f, meta in zip(ids, files, metadata, strict=True)
     ]
-    created = await asyncio.to_thread(gallery.upsert, images, collection=collection)
-    items = [{"id": i, "created": c} for i, c in zip(ids, created, strict=True)]
-    return JSONResponse({"items": items}, status_code=201)
+
+    async def store(serving: Serving) -> list[bool]:
+        vectors = await embed_everywhere(runtime, files)
+        images = new_images(items, vectors, serving.version)
+        return await asyncio.to_thread(
+            gallery.upsert, images, serving.version, collection=collection
+        )
+
+    _, created = await with_serving_model(runtime, store)
+    answer = [{"id": i, "created": c} for i, c in zip(ids, created, strict=True)]
+    return JSONResponse({"items": answer}, status_code=201)
 
 
 @router.get("/images", response_model=ImageList, responses=ERRORS)

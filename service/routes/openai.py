@@ -197,7 +197,8 @@ def _encode(vector: np.ndarray, encoding_format: str) -> np.ndarray | str:
 )
 async def create_embeddings(request: Request, runtime: RuntimeDep) -> Any:
     """OpenAI's embeddings API, for images: one vector per input, in input order."""
-    settings, batcher, model = runtime.settings, runtime.batcher, runtime.encoder.info
+    serving = runtime.serving()
+    settings, batcher, model = runtime.settings, serving.batcher, serving.info
     batcher.ensure_room()  # a full queue refuses before the body is read and decoded
     try:  # parsed here rather than by FastAPI, so that a full queue costs no body read
         params = EmbeddingsRequest.model_validate(await read_json(request))
@@ -237,7 +238,7 @@ async def create_embeddings(request: Request, runtime: RuntimeDep) -> Any:
 @router.get("/models", response_model=ModelList, responses=ERRORS)
 async def list_models(runtime: RuntimeDep) -> dict[str, Any]:
     """The served model, in OpenAI's shape."""
-    return {"object": "list", "data": [_card(runtime.encoder.info)]}
+    return {"object": "list", "data": [_card(runtime.serving().info)]}
 
 
 @router.get(
@@ -249,5 +250,6 @@ async def retrieve_model(
     model_id: Annotated[str, PathParam(examples=["fashion-mnist"])], runtime: RuntimeDep
 ) -> dict[str, Any]:
     """One model by name or version (the served one, or 404)."""
-    _served(runtime.encoder.info, model_id, None)
-    return _card(runtime.encoder.info)
+    model = runtime.serving().info
+    _served(model, model_id, None)
+    return _card(model)

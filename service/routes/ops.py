@@ -77,13 +77,13 @@ async def readyz(runtime: RuntimeDep) -> Any:
     """Ready: the model is loaded and this worker's index has caught up with the store (a
     worker answers nothing before that)."""
     status = await asyncio.to_thread(runtime.gallery.status)
-    return {"status": "ready", "model": runtime.encoder.info.version, **status.to_dict()}
+    return {"status": "ready", "model": runtime.serving().version, **status.to_dict()}
 
 
 @router.get("/info", responses={**AUTH_ERRORS, **example(INFO_EXAMPLE)}, dependencies=[ReadAccess])
 async def service_info(runtime: RuntimeDep) -> dict:
     """What the web page and clients need to know: the model, auth and limits."""
-    model, settings = runtime.encoder.info, runtime.settings
+    model, settings = runtime.serving().info, runtime.settings
     return {
         "model": {
             "name": model.name,

@@ -261,7 +261,11 @@ class Store(Protocol):
         must bring its vector too (ModelsChanged)."""
 
     def models(self) -> list[StoredModel]:
-        """Every kept model, oldest first."""
+        """Every kept model, oldest first, with how many images have its vector (a count over
+        the whole gallery: for status, not for every request)."""
+
+    def kept_models(self) -> list[str]:
+        """The kept models' versions, oldest first (one small query)."""
 
     def model_artifact(self, version: str) -> ModelArtifact | None: ...
 

@@ -195,6 +195,10 @@ class SQLStore:
                 for version, name, dim, added_at in kept
             ]
 
+    def kept_models(self) -> list[str]:
+        rows = self._all("SELECT version FROM models ORDER BY added_at, version")
+        return [row[0] for row in rows]
+
     def model_artifact(self, version: str) -> ModelArtifact | None:
         row = self._one(f"SELECT {self.MODEL_COLUMNS} FROM models WHERE version = ?", (version,))
         if row is None:
