@@ -8,7 +8,7 @@ python -m service import DIR [--url URL]              # bulk-load a folder of im
 python -m service backup DEST                         # an online copy of the SQLite gallery
 python -m service reembed                             # move the store's vectors to this model
 python -m service keys create --name N --scope read   # API keys: create, list, revoke
-python -m service model check NEW_MODEL_DIR           # a new model vs the serving one, on yours
+python -m service model add DIR                       # then model activate V: no downtime
 """
 
 from __future__ import annotations

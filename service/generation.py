@@ -50,6 +50,10 @@ class GenerationError(ValueError):
     """A generation is missing, damaged, or of another model or format."""
 
 
+class OfAnotherModel(GenerationError):
+    """The generation holds another model's vectors: not damaged, and not this view's."""
+
+
 @dataclass(frozen=True)
 class PartSource:
     """What one collection's part is written from (mapped_index.write_part)."""
@@ -113,6 +117,8 @@ class Generations:
                 return self._open(name, read_back)
             except FileNotFoundError:
                 continue
+            except OfAnotherModel:
+                return None  # written for the other side of a model switch (follower.py)
             except GenerationError as exc:
                 log.warning("the index generation is unusable", extra={"why": str(exc)})
                 return None
@@ -138,10 +144,10 @@ class Generations:
             manifest = orjson.loads((folder / "manifest.json").read_bytes())
         except orjson.JSONDecodeError as exc:
             raise GenerationError(f"{folder.name}: its manifest is damaged") from exc
+        if manifest.get("model_version") != self.model_version:
+            raise OfAnotherModel(f"{folder.name}: holds vectors of another model")
         if manifest.get("format") != FORMAT or manifest.get("dim") != self.dim:
             raise GenerationError(f"{folder.name}: written by another version of lookalike")
-        if manifest.get("model_version") != self.model_version:
-            raise GenerationError(f"{folder.name}: holds vectors of another model")
         for relative, (size, crc) in manifest["files"].items():
             path = folder / relative
             if path.stat().st_size != size or (read_back and checksum(path) != crc):
