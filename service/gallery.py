@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -50,6 +51,9 @@ from service.store import (
     StoreUnavailable,
     UnknownCollection,
 )
+from service.store.base import StoredModel
+
+KEPT_MODELS_CACHE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,7 @@ class Gallery:
         self._follower = Follower(store, settings, self._view_of)
         self._builder = VectorBuilder(store, self._models, self._follower.stopping)
         self._lifecycle = threading.Lock()  # close() waits for an open() in progress
+        self._kept: tuple[float, int, list[StoredModel]] | None = None
 
     def _view_of(self, model_version: str) -> IndexView:
         dim = self._models.encoder(model_version).info.dim
@@ -273,6 +278,25 @@ class Gallery:
 
     def count(self, collection: str | None = None) -> int:
         return self._store.count(collection)
+
+    def kept_models(self) -> list[dict]:
+        """Every model the store keeps: whether it serves, and how many of the images have its
+        vector (a count over the whole gallery, so kept for a few seconds)."""
+        now = time.monotonic()
+        if self._kept is None or now - self._kept[0] > KEPT_MODELS_CACHE_S:
+            self._kept = (now, self._store.count(), self._store.models())
+        _, images, models = self._kept
+        return [
+            {
+                "name": m.name,
+                "version": m.version,
+                "dim": m.dim,
+                "serving": m.active,
+                "vectors": m.vectors,
+                "images": images,
+            }
+            for m in models
+        ]
 
     @property
     def indexed(self) -> int:

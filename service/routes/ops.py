@@ -53,6 +53,16 @@ INFO_EXAMPLE = {
             "resize": "stretch",
         },
     },
+    "kept_models": [
+        {
+            "name": "fashion-mnist",
+            "version": VERSION,
+            "dim": 256,
+            "serving": True,
+            "vectors": 3000,
+            "images": 3000,
+        }
+    ],
     "auth_required": True,
     "public_reads": False,
     "limits": {
@@ -82,7 +92,8 @@ async def readyz(runtime: RuntimeDep) -> Any:
 
 @router.get("/info", responses={**AUTH_ERRORS, **example(INFO_EXAMPLE)}, dependencies=[ReadAccess])
 async def service_info(runtime: RuntimeDep) -> dict:
-    """What the web page and clients need to know: the model, auth and limits."""
+    """What the web page and clients need to know: the model, the models the store keeps (how
+    far each one's vectors have been built: `python -m service model`), auth and limits."""
     model, settings = runtime.serving().info, runtime.settings
     return {
         "model": {
@@ -91,6 +102,7 @@ async def service_info(runtime: RuntimeDep) -> dict:
             "dim": model.dim,
             "input": model.spec.to_dict(),
         },
+        "kept_models": await asyncio.to_thread(runtime.gallery.kept_models),
         "auth_required": runtime.keys.required,
         "public_reads": runtime.keys.required and runtime.keys.public_reads,
         "limits": {

@@ -259,12 +259,21 @@ function showAccess() {
   $("api-key-field").hidden = !info.auth_required;
 }
 
+// A model kept beside the serving one (python -m service model add): its vectors' progress.
+function keptModelsNote(kept) {
+  return kept.filter((m) => !m.serving).map((m) => {
+    const share = m.images ? Math.floor((100 * m.vectors) / m.images) : 100;
+    const state = m.vectors < m.images ? `building its vectors: ${share} % (${m.vectors} of ${m.images})` : "ready to activate";
+    return ` · next model ${m.name} ${m.version.slice(0, 12)}: ${state}`;
+  }).join("");
+}
+
 // What the page shows from the service: at start, and again with a new key.
 async function load() {
   showError("");
   try {
     info = await api("/info");
-    $("model-info").textContent = `model ${info.model.name} · ${info.model.dim}-d · version ${info.model.version.slice(0, 12)}`;
+    $("model-info").textContent = `model ${info.model.name} · ${info.model.dim}-d · version ${info.model.version.slice(0, 12)}${keptModelsNote(info.kept_models)}`;
     showAccess();
     await loadCollections();
   } catch (err) {
