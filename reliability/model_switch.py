@@ -38,6 +38,7 @@ from pathlib import Path
 
 import httpx
 
+from reliability import finish
 from testkit.artifacts import export_random_artifact
 from testkit.images import png_bytes
 from testkit.postgres import Postgres
@@ -305,11 +306,7 @@ def main() -> None:
     for result in results:
         result["failures"] = failures(result)
         result["ok"] = not result["failures"]
-        print(json.dumps(result), flush=True)
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / "model_switch.json").write_text(json.dumps(results, indent=2))
-    raise SystemExit(0 if all(r["ok"] for r in results) else 1)
+    finish("model_switch", results)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ Prints one JSON line per check and writes reliability/results/scale.json; exits 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import tempfile
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import httpx
 
+from reliability import finish
 from testkit.images import png_bytes
 from testkit.postgres import Postgres
 from testkit.server import API_KEY, Server
@@ -252,11 +252,7 @@ def main() -> None:
         results += replica_checks(args.model, root, Postgres(root / "pgdata"))
     for result in results:
         result["ok"] = not failed(result)
-        print(json.dumps(result), flush=True)
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / "scale.json").write_text(json.dumps(results, indent=2))
-    raise SystemExit(0 if all(r["ok"] for r in results) else 1)
+    finish("scale", results)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import argparse
 import datetime as dt
 import json
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +34,7 @@ from service.store import Store, StoreUnavailable, open_store
 from service.store.base import ModelNotReady
 
 NOISE_ERRORS = 2  # a difference within this many standard errors is not told apart
+BAR = 30
 
 
 @dataclass
@@ -97,14 +99,36 @@ def add(context: Context, args: argparse.Namespace) -> int:
         raise SystemExit(f"error: {exc}") from None
     if not context.store.add_model(artifact):
         print(f"{artifact.name} {artifact.version[:12]} is kept already (model list)")
-        return 0
-    print(
-        f"kept {artifact.name} {artifact.version[:12]}: the service builds its vectors of every "
-        "stored image in the background, while the serving model answers. `model status` shows "
-        "how far it got and how it does on your images; `model activate "
-        f"{artifact.version[:12]}` switches once it has them all."
-    )
+    else:
+        print(
+            f"kept {artifact.name} {artifact.version[:12]}: the service builds its vectors of "
+            "every stored image in the background, while the serving model answers. `model "
+            "status` shows how far it got and how it does on your images; `model activate "
+            f"{artifact.version[:12]}` switches once it has them all."
+        )
+    if args.wait:
+        wait_for_vectors(context.store, artifact.version)
     return 0
+
+
+def wait_for_vectors(store: Store, version: str, poll_s: float = 1.0) -> None:
+    """A progress bar on stderr until every image has `version`'s vector (built by the running
+    service: this command only watches)."""
+    started = time.monotonic()
+    while True:
+        total, missing = store.count(), store.count_missing(version)
+        done = total - missing
+        share = done / total if total else 1.0
+        bar = "#" * round(share * BAR) + "." * (BAR - round(share * BAR))
+        seconds = time.monotonic() - started
+        line = f"[{bar}] {share:6.1%}  {done:,} / {total:,} vectors, {seconds:.0f} s"
+        if sys.stderr.isatty():  # one line, redrawn
+            print(f"\r{line}", end="\n" if not missing else "", file=sys.stderr, flush=True)
+        else:
+            print(line, file=sys.stderr, flush=True)
+        if not missing:
+            return
+        time.sleep(poll_s)
 
 
 def list_models(context: Context, args: argparse.Namespace) -> int:
@@ -235,6 +259,9 @@ def main(argv: list[str], settings_factory: Callable[[], Settings]) -> int:
     )
     added = commands.add_parser("add", help="keep a model; its vectors build in the background")
     added.add_argument("model_dir", type=Path, help="the model's artifact folder")
+    added.add_argument(
+        "--wait", action="store_true", help="show a progress bar until its vectors are built"
+    )
     added.set_defaults(run=add)
     commands.add_parser("list", help="the kept models").set_defaults(run=list_models)
     commands.add_parser(

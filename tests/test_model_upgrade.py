@@ -104,8 +104,7 @@ def test_a_kept_model_is_activated_and_rolled_back_on_every_worker(
     server: Server, artifact: Path, other: Path
 ) -> None:
     old, new = version_of(artifact), version_of(other)
-    assert "kept other" in server.run_command("model", "add", str(other))
-    wait_for_vectors(server, new)
+    assert "kept other" in server.run_command("model", "add", str(other), "--wait")  # built
     listing = server.run_command("model", "list")
     assert f"{IMAGES} / {IMAGES}" in listing.splitlines()[2] and "serving" in listing
     upload(server, range(IMAGES, IMAGES + 10))  # both models' vectors, while the old serves
@@ -161,4 +160,33 @@ def test_a_kill_9_while_vectors_build_resumes_and_doubles_nothing(
         assert len(rows) == len(set(rows)) == 400
     finally:
         store.close()
+        server.stop()
+
+
+def test_a_model_that_finds_fewer_of_your_images_needs_force(
+    artifact: Path, tmp_path: Path
+) -> None:
+    from service.fashion_mnist import load_split
+    from service.imaging import encode_png
+
+    server = Server(SHIPPED, tmp_path / "data", LOOKALIKE_WORKERS="1")
+    server.start(timeout_s=120)
+    try:
+        files = [
+            ("files", (f"{i}.png", encode_png(pixels), "image/png"))
+            for i, pixels in enumerate(load_split("test")[0][:300])
+        ]
+        httpx.post(
+            server.url + "/images", files=files, headers=AUTH, timeout=120
+        ).raise_for_status()
+        server.run_command("model", "add", str(artifact), "--wait")  # random init: worse
+        random_init = version_of(artifact)[:12]
+        with pytest.raises(RuntimeError, match="finds fewer of your images"):
+            server.run_command("model", "activate", random_init, "--sample", "300")
+        status = server.run_command("model", "status", "--sample", "300")
+        assert "fewer originals than the serving one" in status
+        assert models_answering(server) and set(models_answering(server).values()) == {
+            version_of(SHIPPED)
+        }
+    finally:
         server.stop()
