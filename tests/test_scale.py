@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -243,7 +244,7 @@ def test_when_postgres_goes_away_writes_get_503_reads_go_on_and_all_recovers(
         assert ready["images"] == ready["indexed"] == 7
 
 
-def test_two_workers_re_embed_a_changed_model_once_and_both_serve_it(
+def test_two_workers_re_embed_a_store_from_before_kept_models_once_and_both_serve_it(
     artifact: Path, tmp_path: Path
 ) -> None:
     from testkit.artifacts import export_random_artifact
@@ -253,6 +254,8 @@ def test_two_workers_re_embed_a_changed_model_once_and_both_serve_it(
     for n in range(6):
         assert upload(first.url, f"m{n}", seed=n).status_code == 201
     first.stop()
+    with sqlite3.connect(tmp_path / "data" / "gallery.sqlite3") as db:
+        db.execute("DELETE FROM models")  # as a lookalike from before kept models left it
     other = export_random_artifact(tmp_path / "other", seed=11)
     second = Server(other, tmp_path / "data", LOOKALIKE_WORKERS="2")
     second.start()

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import psycopg
 import pytest
 
 from testkit.images import png_bytes
@@ -251,7 +252,7 @@ def test_backup_writes_a_readable_copy_while_the_service_runs(
         restored.stop()
 
 
-def test_a_replica_with_another_model_refuses_in_one_line_until_reembedded(
+def test_a_store_from_before_kept_models_refuses_another_replica_model_until_reembedded(
     artifact: Path, tmp_path: Path, postgres
 ) -> None:
     from testkit.artifacts import export_random_artifact
@@ -262,6 +263,8 @@ def test_a_replica_with_another_model_refuses_in_one_line_until_reembedded(
     with httpx.Client(base_url=first.url, timeout=30) as client:
         assert _upload(client, "kept", seed=5).status_code == 201
     first.stop()
+    with psycopg.connect(url, autocommit=True) as db:
+        db.execute("DELETE FROM models")  # as a lookalike from before kept models left it
     other = export_random_artifact(tmp_path / "other", seed=3)
     env = {
         **first.env,
@@ -283,3 +286,7 @@ def test_a_replica_with_another_model_refuses_in_one_line_until_reembedded(
             assert top["id"] == "kept" and top["score"] == pytest.approx(1.0, abs=1e-5)
     finally:
         second.stop()
+    again = subprocess.run(  # the store keeps its model now: no more offline re-embedding
+        [sys.executable, "-m", "service", "reembed"], env=env, capture_output=True, text=True
+    )
+    assert again.returncode == 1 and "this store keeps its models" in again.stderr
