@@ -2,7 +2,8 @@
 model serves (models.py; `python -m service model add`).
 
 Every process runs a `VectorBuilder` thread; one at a time does the work (the store's chore
-"model-vectors"), the others wait for the lock and then find nothing left. The work:
+"model-vectors", taken without waiting: the others try again every few seconds, and find
+nothing left once it is done). The work:
 - **Resumes by itself.** What is left is the rows without a vector of that model
   (`store.missing_vectors`), so a crash or a restart loses nothing but the batch in flight.
 - **Never doubles a row.** `add_vectors` inserts once per (model, row version), and only for a row
@@ -57,8 +58,8 @@ class VectorBuilder:
                 self._models.refresh()
                 todo = [v for v in self._store.kept_models() if v not in self._complete]
                 if todo:
-                    with self._store.chore(CHORE):
-                        for version in todo:
+                    with self._store.try_chore(CHORE) as mine:  # else another process builds
+                        for version in todo if mine else []:
                             if self.build(version):
                                 self._complete.add(version)
             except StoreUnavailable as exc:

@@ -333,3 +333,17 @@ def test_a_model_that_no_longer_serves_can_be_removed_and_rows_it_made_keep_a_ve
     np.testing.assert_array_equal(kept["old"], unit(3))
     assert vectors_of(store, "model-b") == {}
     store.upsert([image("later", 4)], MODEL)  # only MODEL is kept now
+
+
+def test_a_chore_held_elsewhere_is_not_taken_by_a_try(settings) -> None:
+    first, second = open_store(settings), open_store(settings)
+    try:
+        with first.try_chore("build") as mine:
+            assert mine
+            with second.try_chore("build") as theirs:
+                assert not theirs
+        with second.try_chore("build") as theirs:
+            assert theirs  # released
+    finally:
+        first.close()
+        second.close()

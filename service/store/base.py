@@ -287,6 +287,9 @@ class Store(Protocol):
     def chore(self, name: str) -> AbstractContextManager[None]:
         """Hold the store-wide lock `name` (blocking): one process at a time does that chore."""
 
+    def try_chore(self, name: str) -> AbstractContextManager[bool]:
+        """Hold the lock `name` if no other holder has it: whether it is held (not waiting)."""
+
     # --- collections ----------------------------------------------------------------------
     def collections(self) -> list[tuple[str, int]]:
         """Every collection's name and image count, by name."""

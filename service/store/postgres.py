@@ -229,6 +229,12 @@ class PostgresStore(SQLStore):
             conn.execute("SELECT pg_advisory_lock(%s)", (_lock_key(name),))
             yield
 
+    @contextmanager
+    def try_chore(self, name: str) -> Iterator[bool]:
+        with self._failures(), psycopg.connect(self._conninfo, autocommit=True) as conn:
+            row = conn.execute("SELECT pg_try_advisory_lock(%s)", (_lock_key(name),)).fetchone()
+            yield bool(row and row[0])  # a session lock: it goes with the connection
+
     # --- originals: rows of their own, in the same transactions as the images ---------------
     def _store_originals(self, db: Executor, images: list[NewImage], shas: list[str]) -> None:
         db.executemany(

@@ -257,6 +257,19 @@ class SQLiteStore(SQLStore):
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    @contextmanager
+    def try_chore(self, name: str) -> Iterator[bool]:
+        with open(self.data_dir / f".{name}.lock", "a+b") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
     # --- originals ----------------------------------------------------------------------------
     def _original_path(self, sha256: str) -> Path:
         return self.originals / sha256[:2] / sha256
