@@ -137,6 +137,8 @@ def test_upload_goes_in_batches_and_reports_progress(
     bar = capsys.readouterr().err
     assert "2/3" in bar and bar.endswith("3/3\n")
     assert info.auth_required and info.model.dim == dim
+    (kept,) = info.kept_models  # the serving model, with a vector of every stored image
+    assert kept.serving and kept.version == info.model.version and kept.vectors == kept.images
 
 
 def _huge_png() -> bytes:

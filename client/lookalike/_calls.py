@@ -24,6 +24,7 @@ from lookalike._types import (
     Embeddings,
     Hit,
     ImageInfo,
+    KeptModel,
     Limits,
     ModelInfo,
     Page,
@@ -272,6 +273,7 @@ def info() -> Call[ServiceInfo]:
             auth_required=bool(body["auth_required"]),
             public_reads=bool(body.get("public_reads", True)),  # older services: reads open
             limits=from_json(Limits, body["limits"]),
+            kept_models=tuple(from_json(KeptModel, m) for m in body.get("kept_models", ())),
         )
 
     return Call("GET", "/info", parse)

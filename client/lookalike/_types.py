@@ -119,8 +119,22 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class KeptModel:
+    """A model the service's store keeps (`python -m service model add`): whether it serves, and
+    how many of the stored images have its vector (all of them: it can be activated)."""
+
+    name: str
+    version: str
+    dim: int
+    serving: bool
+    vectors: int
+    images: int
+
+
+@dataclass(frozen=True)
 class ServiceInfo:
     model: ModelInfo
     auth_required: bool  # True: the service has API keys
     limits: Limits
     public_reads: bool  # True: reads need no key (always, from services older than read keys)
+    kept_models: tuple[KeptModel, ...] = ()  # empty from services older than kept models
