@@ -6,10 +6,11 @@ own copy of its files, with a micro-batcher of its own.
   the store's serving model (`store.model_version()`) is what answers, whatever `MODEL_DIR`
   says, and `python -m service model add / activate` changes it (model_cli.py).
 - **Files.** A kept model's `encoder.onnx` and `model.json` are written once to
-  `DATA_DIR/models/<version>/` (atomically) and loaded from there, so each worker reads the
-  database once per model, not the bytes on every start.
+  `DATA_DIR/models/<version>/` (atomically) and loaded from there: the bytes come from the
+  database once per data dir, not at every start of every worker.
 - **Batchers** start on the event loop the first time a request needs one (`batcher`); encoders
-  load off it (`refresh`, from the follower's thread or `asyncio.to_thread`).
+  load off it (`refresh`: at open, every few seconds in the vector builder's thread, and through
+  `asyncio.to_thread` when a write meets a model kept since).
 """
 
 from __future__ import annotations
