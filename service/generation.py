@@ -24,8 +24,8 @@ import os
 import shutil
 import uuid
 import zlib
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -35,6 +35,7 @@ import numpy as np
 import orjson
 
 from service.durable import fsync_dir, write_atomically
+from service.file_lock import locked
 from service.index import new_faiss_index
 from service.index_options import IndexOptions
 from service.mapped_index import SCATTERED_FILES, MappedIndex, write_part
@@ -155,19 +156,9 @@ class Generations:
         return manifest
 
     # --- writing ------------------------------------------------------------------------------
-    @contextmanager
-    def writing(self, *, wait: bool) -> Iterator[bool]:
+    def writing(self, *, wait: bool) -> AbstractContextManager[bool]:
         """Hold the writer's lock; yields whether it was taken (at once, unless `wait`)."""
-        with open(self.root / ".write.lock", "a+b") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-            except BlockingIOError:
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        return locked(self.root / ".write.lock", wait=wait)
 
     def write(self, seq: int, sources: dict[str, PartSource]) -> str:
         """Write a generation at log position `seq` and make it the newest; its name. Callers

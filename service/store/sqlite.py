@@ -11,15 +11,15 @@ the same content in another process can never leave a row without its file.
 from __future__ import annotations
 
 import errno
-import fcntl
 import sqlite3
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
 from service.durable import write_atomically
+from service.file_lock import locked
 from service.store.base import (
     ImageRecord,
     NewImage,
@@ -250,25 +250,11 @@ class SQLiteStore(SQLStore):
     # --- store-wide chores -------------------------------------------------------------------
     @contextmanager
     def chore(self, name: str) -> Iterator[None]:
-        with open(self.data_dir / f".{name}.lock", "a+b") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+        with locked(self.data_dir / f".{name}.lock", wait=True):
+            yield
 
-    @contextmanager
-    def try_chore(self, name: str) -> Iterator[bool]:
-        with open(self.data_dir / f".{name}.lock", "a+b") as handle:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield False
-                return
-            try:
-                yield True
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)
+    def try_chore(self, name: str) -> AbstractContextManager[bool]:
+        return locked(self.data_dir / f".{name}.lock", wait=False)
 
     # --- originals ----------------------------------------------------------------------------
     def _original_path(self, sha256: str) -> Path:
