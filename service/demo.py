@@ -97,7 +97,7 @@ def oxygen_icons(root: Path, size: int) -> list[DemoImage]:
 def _seed(gallery: Gallery, models: ModelSet, images: list[DemoImage]) -> int:
     for start in range(0, len(images), BATCH):
         batch = images[start : start + BATCH]
-        vectors = models.embed_everywhere([png for _, png, _ in batch])
+        vectors = models.embed_blocking([png for _, png, _ in batch])
         items = [(image_id, png, "PNG", metadata) for image_id, png, metadata in batch]
         serving = gallery.serving  # any kept model's vector can be the row's own
         gallery.upsert(new_images(items, vectors, serving), serving)

@@ -134,7 +134,8 @@ class Gallery:
                 check_model(self._store, info.name, info.version)
                 if self._store.model_version() != info.version and not self.upgrade_model():
                     return
-            serving = seed_models(self._store, self._settings.model_dir)
+            serving = seed_models(self._store, self._seed_encoder, self._settings.model_dir)
+            self._models.adopt(self._seed_encoder)  # kept or not: refresh drops it if not
             self._models.refresh()
             if self._follower.stopping.is_set():
                 return

@@ -69,6 +69,8 @@ class VectorBuilder:
 
     def build(self, version: str) -> bool:
         """Fill `version`'s missing vectors; whether it has them all (False: stopping)."""
+        if version == self._store.model_version():
+            return True  # the serving model has every vector (no count over the gallery)
         total = self._store.count_missing(version)
         if not total:
             return True

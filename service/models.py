@@ -58,10 +58,10 @@ def new_images(
     ]
 
 
-def read_artifact(model_dir: Path) -> ModelArtifact:
-    """A model folder as the store keeps it; ArtifactError when it does not load."""
-    encoder = load_encoder(model_dir)  # refuses a broken or mismatched artifact
-    info = encoder.info
+def read_artifact(model_dir: Path, encoder: Encoder | None = None) -> ModelArtifact:
+    """A model folder as the store keeps it; ArtifactError when it does not load. `encoder`:
+    the folder's, loaded already."""
+    info = (encoder or load_encoder(model_dir)).info  # loading refuses a broken artifact
     return ModelArtifact(
         info.version,
         info.name,
@@ -71,16 +71,16 @@ def read_artifact(model_dir: Path) -> ModelArtifact:
     )
 
 
-def seed_models(store: Store, model_dir: Path) -> str:
-    """The serving model's version. A store that keeps no model yet keeps MODEL_DIR's (its
-    vectors were brought to it by the start-up path); one that does keeps serving its own."""
-    artifact = read_artifact(model_dir)
+def seed_models(store: Store, seed: Encoder, model_dir: Path) -> str:
+    """The serving model's version. A store that keeps no model yet keeps MODEL_DIR's (`seed`,
+    loaded from it; its vectors were brought to it by the start-up path); one that does keeps
+    serving its own."""
     serving = store.model_version()
     if serving is None or serving not in store.kept_models():  # nothing served from it yet
-        store.add_model(artifact)
-        store.set_model_version(artifact.version)
-        return artifact.version
-    if artifact.version != serving:
+        store.add_model(read_artifact(model_dir, seed))
+        store.set_model_version(seed.info.version)
+        return seed.info.version
+    if seed.info.version != serving:
         log.warning(
             "LOOKALIKE_MODEL_DIR is not the model the store serves; serving the store's "
             "(python -m service model list; model add and model activate switch it)",
@@ -108,6 +108,12 @@ class ModelSet:
         for version in set(self._encoders) - set(kept):
             self._encoders.pop(version, None)
         return kept
+
+    def adopt(self, encoder: Encoder) -> None:
+        """Use an encoder loaded already (MODEL_DIR's) for its version, rather than load the
+        same model a second time from the store's copy."""
+        with self._loading:
+            self._encoders.setdefault(encoder.info.version, encoder)
 
     def encoder(self, version: str) -> Encoder:
         """The kept model `version`, loaded once (from its files, written from the store)."""
@@ -138,7 +144,7 @@ class ModelSet:
     def loaded(self) -> list[str]:
         return list(self._encoders)
 
-    def embed_everywhere(self, contents: list[bytes]) -> dict[str, np.ndarray]:
+    def embed_blocking(self, contents: list[bytes]) -> dict[str, np.ndarray]:
         """Each loaded model's vectors of these image files (decoded for each model's input),
         in this thread: for writers off the event loop (the demo gallery)."""
         return {

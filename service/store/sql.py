@@ -190,7 +190,8 @@ class SQLStore:
                     dim,
                     added_at,
                     version == active,
-                    total - self._count_missing(db, version),
+                    # The serving model has every vector: activation and every write see to it.
+                    total if version == active else total - self._count_missing(db, version),
                 )
                 for version, name, dim, added_at in kept
             ]
