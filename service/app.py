@@ -28,6 +28,7 @@ from service.encoder import load_encoder
 from service.errors import ApiError, PayloadTooLarge, api_error_for
 from service.filters import FilterError
 from service.gallery import Gallery
+from service.heap import settled_heap
 from service.keys import Keyring
 from service.metrics import Metrics
 from service.models import ModelSet, ModelSwitched
@@ -112,10 +113,8 @@ class MetricsMiddleware:
             await self.app(scope, receive, record_status)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
-            method = scope["method"]
-            self.metrics.requests.labels(method, route, str(status)).inc()
             elapsed = time.perf_counter() - start
-            self.metrics.latency.labels(method, route, str(status)).observe(elapsed)
+            self.metrics.observe_request(scope["method"], route, status, elapsed)
 
 
 async def _open_gallery(runtime: Runtime) -> None:
@@ -162,7 +161,8 @@ def lifespan_for(settings: Settings, metrics: Metrics):
         try:
             await _open_gallery(runtime)
             app.state.runtime = runtime
-            yield
+            with settled_heap():
+                yield
         finally:
             await models.stop()
             await asyncio.to_thread(keys.stop)

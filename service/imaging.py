@@ -121,8 +121,8 @@ def decode_opened(image: Image.Image, spec: InputSpec) -> np.ndarray:
                 # Let libjpeg decode at a reduced scale when the target is much smaller.
                 image.draft(spec.colour_mode, _draft_size(image.size, spec))
             image.load()
-            upright = ImageOps.exif_transpose(image)
-            pixels = np.asarray(_resize(_to_colour_mode(upright, spec.colour_mode), spec))
+            ImageOps.exif_transpose(image, in_place=True)  # no copy when it is upright already
+            pixels = np.asarray(_resize(_to_colour_mode(image, spec.colour_mode), spec))
         except ImageError:
             raise
         except Exception as exc:

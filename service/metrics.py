@@ -79,6 +79,19 @@ class Metrics:
             multiprocess_mode="livemax",
         )
 
+        # (method, route template, status) → its request counter and latency histogram:
+        # `labels()` looks a child up by its label values on every call, twice per request.
+        self._request_series: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        series = self._request_series.get((method, route, status))
+        if series is None:
+            labels = (method, route, str(status))
+            series = self.requests.labels(*labels), self.latency.labels(*labels)
+            self._request_series[method, route, status] = series
+        series[0].inc()
+        series[1].observe(seconds)
+
     def render(self) -> bytes:
         folder = os.environ.get(MULTIPROCESS_DIR)
         if not folder:

@@ -27,6 +27,13 @@ def headers_for(path: str) -> list[tuple[str, str]]:
     return headers
 
 
+def _encoded(path: str) -> list[tuple[bytes, bytes]]:
+    return [(name.encode(), value.encode()) for name, value in headers_for(path)]
+
+
+_WITH_POLICY, _WITHOUT_POLICY = _encoded("/"), _encoded("/docs")
+
+
 class SecurityHeadersMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -34,7 +41,7 @@ class SecurityHeadersMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        added = [(name.encode(), value.encode()) for name, value in headers_for(scope["path"])]
+        added = _WITHOUT_POLICY if scope["path"] in WITHOUT_POLICY else _WITH_POLICY
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

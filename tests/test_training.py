@@ -87,6 +87,9 @@ def test_smoke_run_of_two_steps_writes_a_complete_artifact(smoke_artifact: Path)
     assert "python -m training train" in card and "knn_top1_k200_t0.1" in card
     assert "Copy detection R@1" in card and 0 <= metrics["copy_r1"]["random_init"] <= 1
     assert "Trained on the CPU: 1× CPU" in card and "wall time" in card
+    assert info["precision"]["graph"] == "int8"  # training/quantize.py kept the int8 graph
+    assert info["precision"]["int8_fidelity"]["mean_cosine"] >= 0.98
+    assert "Graph: int8 (static quantization" in card
 
 
 def test_resume_continues_from_the_next_epoch(
@@ -135,8 +138,14 @@ def test_a_slow_first_epoch_is_not_locked_in_by_the_budget() -> None:
 def test_triplet_smoke_run_with_koleo_writes_an_artifact(tmp_path: Path) -> None:
     out = tmp_path / "triplet"
     koleo = ("--set", "koleo_weight=0.05")
-    assert main(_smoke_args(out, "--loss", "triplet", "--mining", "batch_hard", *koleo)) == 0
+    float32 = ("--set", "int8=false")
+    assert (
+        main(_smoke_args(out, "--loss", "triplet", "--mining", "batch_hard", *koleo, *float32)) == 0
+    )
     info = json.loads((out / "model.json").read_text())
+    assert info["precision"] == {"graph": "float32"}
+    assert "Graph: float32." in (out / "README.md").read_text()
+    assert_onnx_matches_torch(out, atol=1e-4)
     assert info["loss"] == {
         "name": "triplet",
         "margin": 0.2,
@@ -166,20 +175,31 @@ print("ok")
     assert done.stdout.strip() == "ok"
 
 
-def test_onnx_matches_torch_on_real_images(smoke_artifact: Path) -> None:
+def onnx_and_torch_vectors(artifact: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The artifact's ONNX graph and its torch weights, on 64 real images."""
     import onnxruntime as ort
 
     from training.checkpoint import load_checkpoint, read_meta
     from training.data import load_fashion_mnist
 
-    weights = smoke_artifact / "weights.safetensors"
+    weights = artifact / "weights.safetensors"
     model = ContrastiveModel(EncoderConfig.from_dict(read_meta(weights)["encoder"]))
     load_checkpoint(weights, model)
     model.eval()
     x = torch.from_numpy(load_fashion_mnist("test").images[:64]).permute(0, 3, 1, 2).float() / 255
-    session = ort.InferenceSession(str(smoke_artifact / "encoder.onnx"))
+    session = ort.InferenceSession(str(artifact / "encoder.onnx"))
     (onnx_h,) = session.run(None, {"images": x.numpy()})
-    np.testing.assert_allclose(onnx_h, model.embed(x).numpy(), atol=1e-4)
+    return onnx_h, model.embed(x).numpy()
+
+
+def assert_onnx_matches_torch(artifact: Path, atol: float) -> None:
+    np.testing.assert_allclose(*onnx_and_torch_vectors(artifact), atol=atol)
+
+
+def test_the_int8_graph_follows_torch_on_real_images(smoke_artifact: Path) -> None:
+    onnx_h, torch_h = onnx_and_torch_vectors(smoke_artifact)
+    cosines = np.sum(onnx_h * torch_h, axis=1)
+    assert cosines.mean() >= 0.98 and cosines.min() >= 0.95, cosines
 
 
 def test_two_views_draw_parameters_per_sample_and_stay_in_range() -> None:

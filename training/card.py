@@ -35,6 +35,20 @@ def trained_on(training: dict) -> str:
     )
 
 
+def graph_precision(precision: dict) -> str:
+    """How encoder.onnx computes, and how close its int8 copy came (training/quantize.py)."""
+    fidelity = precision.get("int8_fidelity")
+    if fidelity is None:
+        return "Graph: float32."
+    closeness = (
+        f"cosine to the float32 graph {fidelity['mean_cosine']} on average, at least "
+        f"{fidelity['p1_cosine']} for 99 % of {fidelity['images']} held-out images"
+    )
+    if precision["graph"] == "int8":
+        return f"Graph: int8 (static quantization, calibrated on training images): {closeness}."
+    return f"Graph: float32; an int8 copy was not close enough ({closeness})."
+
+
 def write_card(out: Path, info: dict, history: list[dict], metrics: dict) -> None:
     """README.md for the artifact in `out`, beside metrics.json and its pictures."""
     r1 = metrics["metrics"]["copy_r1"]
@@ -74,6 +88,7 @@ def write_card(out: Path, info: dict, history: list[dict], metrics: dict) -> Non
         f"resize rule `{info['input']['resize']}`.",
         f"- Output `embeddings`: float32 (N, {info['embedding_dim']}), L2-normalised.",
         f"- Version (sha256 of encoder.onnx): `{info['version']}`",
+        f"- {graph_precision(info.get('precision', {}))}",
         "",
         "## Training",
         "",
@@ -83,7 +98,7 @@ def write_card(out: Path, info: dict, history: list[dict], metrics: dict) -> Non
         "(labels unused by the loss)",
         *lineage(info),
         f"- Loss: {info['loss']}",
-        f"- Encoder: widths {arch['widths']}, depths {arch['depths']}, "
+        f"- Encoder: widths {list(arch['widths'])}, depths {list(arch['depths'])}, "
         f"`h` = last map pooled to {arch['pool_grid']}×{arch['pool_grid']} cells",
         f"- {trained_on(training)}",
         f"- Epochs: {training['epochs']} ({training['steps']} steps){fitted}; wall time "

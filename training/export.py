@@ -26,6 +26,7 @@ from training.evaluate import (
     headline,
     write_evaluation,
 )
+from training.quantize import quantized_if_faithful
 
 ONNX_FILE = "encoder.onnx"
 PARITY_TOLERANCE = 1e-4
@@ -103,7 +104,7 @@ def loss_summary(train_cfg: dict, grouped: bool) -> dict:
     }
 
 
-def model_json(out: Path, model: ContrastiveModel, meta: dict) -> dict:
+def model_json(out: Path, model: ContrastiveModel, meta: dict, precision: dict) -> dict:
     train_cfg = meta["train"]
     return {
         "format_version": 1,
@@ -118,6 +119,7 @@ def model_json(out: Path, model: ContrastiveModel, meta: dict) -> dict:
         },
         "output": {"name": "embeddings", "l2_normalised": True},
         "embedding_dim": model.cfg.embedding_dim,
+        "precision": precision,
         "architecture": model.cfg.to_dict(),
         "parent": meta.get("parent"),  # the model it was fine-tuned from (--init), or None
         "loss": loss_summary(train_cfg, grouped=bool(meta.get("grouping"))),
@@ -138,14 +140,30 @@ def model_json(out: Path, model: ContrastiveModel, meta: dict) -> dict:
     }
 
 
-def write_model_files(out: Path, model: ContrastiveModel, meta: dict) -> dict:
-    """What the service loads: the ONNX graph (checked against torch) and model.json."""
+def write_model_files(
+    out: Path, model: ContrastiveModel, meta: dict, split: Split | None = None
+) -> dict:
+    """What the service loads: the ONNX graph (checked against torch) and model.json. With the
+    split's images, the graph becomes int8 when that embeds like float32 (training/quantize.py;
+    TrainConfig.int8)."""
     out = Path(out)
     onnx_path = out / ONNX_FILE
     export_onnx(model, onnx_path)
     diff = check_parity(model, onnx_path)
     print(f"exported {onnx_path} (ONNX vs torch max |diff| {diff:.1e})")
-    info = model_json(out, model, meta)
+    precision: dict = {"graph": "float32"}
+    if split is not None and meta["train"].get("int8", True):
+        fidelity = quantized_if_faithful(onnx_path, split.train.images, split.heldout.images)
+        precision = {
+            "graph": "int8" if fidelity.kept else "float32",
+            "int8_fidelity": fidelity.to_dict(),
+        }
+        print(
+            f"int8 graph: cosine to float32 {fidelity.mean_cosine:.4f} on average, "
+            f"≥ {fidelity.p1_cosine:.4f} for 99 % of {fidelity.images} held-out images: "
+            + ("kept" if fidelity.kept else "not kept, the graph stays float32")
+        )
+    info = model_json(out, model, meta, precision)
     (out / "model.json").write_text(json.dumps(info, indent=2) + "\n")
     return info
 
@@ -155,7 +173,7 @@ def export_artifact(out: Path, model: ContrastiveModel, meta: dict, split: Split
     from training.card import write_card
 
     out = Path(out)
-    info = write_model_files(out, model, meta)
+    info = write_model_files(out, model, meta, split)
     print(f"evaluating on {split.train.source}; held out: {split.rule}", flush=True)
     evaluation = evaluate_split(out, split)
     write_evaluation(evaluation, out)

@@ -103,6 +103,9 @@ class TrainConfig:
     # image: minutes for a big folder on a CPU). false: only the model files; run
     # `python -m training evaluate --model OUT` later.
     evaluate: bool = True
+    # Export an int8 graph when it embeds held-out images like the float32 one (cosine ≥ 0.98
+    # on average; training/quantize.py): about 1.7× the single-image speed on a CPU.
+    int8: bool = True
     command: str = field(default="", repr=False)  # how this run was started (for the card)
 
     def __post_init__(self) -> None:
@@ -599,7 +602,7 @@ def finish(
     if evaluate:
         export_artifact(out, model.cpu().eval(), read_meta(weights), split)
     else:
-        write_model_files(out, model.cpu().eval(), read_meta(weights))
+        write_model_files(out, model.cpu().eval(), read_meta(weights), split)
         print(f"not evaluated (evaluate=false): python -m training evaluate --model {out}")
 
 

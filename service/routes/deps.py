@@ -74,7 +74,11 @@ async def document_collection(
     """Puts `{collection}` into the OpenAPI of the routes under /collections/{collection}/."""
 
 
-bearer = HTTPBearer(auto_error=False, description="an API key (python -m service keys create)")
+KEY_SCHEME = {
+    "scheme_name": "HTTPBearer",
+    "description": "an API key (python -m service keys create)",
+}
+bearer = HTTPBearer(auto_error=False, **KEY_SCHEME)
 
 
 BearerDep = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
@@ -120,18 +124,26 @@ def _require(needed: Scope, request: Request, runtime: Runtime, principal: Princ
         raise Forbidden(message)
 
 
-def access(needed: Scope) -> Any:
-    """A route dependency: the request's key must have the `needed` scope (401, else 403).
-    It authenticates by calling get_principal, not through PrincipalDep: each dependency that
-    FastAPI resolves costs the event loop time on every request."""
+class KeyAccess(HTTPBearer):
+    """A route dependency: the request's key must have the `needed` scope (401, else 403); its
+    value is the worker's runtime. It is the bearer scheme itself (so OpenAPI documents it)
+    and calls get_runtime and get_principal, not through dependencies of its own: each
+    dependency FastAPI resolves costs the event loop time on every request."""
 
-    async def check(request: Request, runtime: RuntimeDep, credentials: BearerDep) -> None:
-        _require(needed, request, runtime, await get_principal(request, runtime, credentials))
+    def __init__(self, needed: Scope) -> None:
+        super().__init__(auto_error=False, **KEY_SCHEME)  # one scheme in OpenAPI, as `bearer`
+        self.needed = needed
 
-    return Depends(check)
+    async def __call__(self, request: Request) -> Runtime:  # type: ignore[override]
+        credentials = await super().__call__(request)
+        runtime = await get_runtime(request)
+        _require(self.needed, request, runtime, await get_principal(request, runtime, credentials))
+        return runtime
 
 
-ReadAccess, WriteAccess, AdminAccess = access("read"), access("write"), access("admin")
+ReadAccess, WriteAccess, AdminAccess = (Depends(KeyAccess(s)) for s in ("read", "write", "admin"))
+# The runtime, for a route that reads: ReadAccess's check, whose value is the runtime.
+ReadRuntime = Annotated[Runtime, ReadAccess]
 
 
 async def metrics_access(request: Request, runtime: RuntimeDep) -> None:

@@ -9,11 +9,14 @@ from fastapi import APIRouter, Query, Request
 
 from service.encoder import truncate
 from service.inputs import decode_all, parse_dimensions, read_images
-from service.routes.deps import ERRORS, ArrayJSONResponse, ReadAccess, RuntimeDep, rounded
+from service.routes.deps import ERRORS, ArrayJSONResponse, ReadRuntime, rounded
 from service.runtime import Runtime, Serving
 from service.schemas import EmbedResponse, SimilarityResponse, images_body
 
-router = APIRouter(dependencies=[ReadAccess])
+# No router-level ReadAccess: each route takes ReadRuntime, the same check, and FastAPI would
+# resolve a router-level copy again from its cache on every request (about 25 µs of /embed's
+# event-loop time). tests/test_keys.py checks that every route needs a key.
+router = APIRouter()
 
 
 async def embed_request(
@@ -42,7 +45,7 @@ async def embed_request(
 )
 async def embed_images(
     request: Request,
-    runtime: RuntimeDep,
+    runtime: ReadRuntime,
     dimensions: Annotated[
         int | None,
         Query(description="the first n components only, renormalised (1..the model's dim)"),
@@ -69,7 +72,7 @@ async def embed_images(
     responses=ERRORS,
     openapi_extra=images_body(min_items=2, raw=False),
 )
-async def similarity(request: Request, runtime: RuntimeDep) -> Any:
+async def similarity(request: Request, runtime: ReadRuntime) -> Any:
     """The N×N cosine-score matrix of 2..N images."""
     serving = runtime.serving()
     h = await embed_request(request, runtime, serving, min_count=2, allow_raw=False)
