@@ -89,3 +89,63 @@ def test_requests_that_queue_while_the_model_runs_share_the_next_call_in_order()
         assert model.calls == [1, 3]
 
     run_batcher(scenario, max_queued=8)
+
+
+class CountingModel:
+    """Embeds each image as [its first pixel] at once, on whichever thread calls it; fails a
+    call holding the pixel value 13."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, str]] = []
+
+    def __call__(self, pixels: list[np.ndarray]) -> np.ndarray:
+        self.calls.append((len(pixels), threading.current_thread().name))
+        if any(p.flat[0] == 13 for p in pixels):
+            raise RuntimeError("the model failed")
+        return np.array([[float(p.flat[0])] for p in pixels], dtype=np.float32)
+
+
+def test_on_the_loop_the_model_runs_there_and_requests_arriving_together_share_it() -> None:
+    model = CountingModel()
+
+    async def main() -> None:
+        batcher = MicroBatcher(
+            model,
+            max_batch=4,
+            max_wait_s=0,
+            max_queued=16,
+            enabled=True,
+            metrics=Metrics(),
+            on_loop=True,
+        )
+        batcher.start()
+        try:
+            # Six requests in one tick: the model takes the first four, then the other two.
+            results = await asyncio.gather(*(batcher.embed([image(v)]) for v in range(6)))
+            assert [r[0, 0] for r in results] == [0, 1, 2, 3, 4, 5]
+            assert [size for size, _ in model.calls] == [4, 2]
+            assert {thread for _, thread in model.calls} == {threading.current_thread().name}
+            # A failing call fails its own batch only; the batcher goes on.
+            with pytest.raises(RuntimeError, match="the model failed"):
+                await batcher.embed([image(13)])
+            assert (await batcher.embed([image(7)]))[0, 0] == 7
+        finally:
+            await batcher.stop()
+
+    asyncio.run(main())
+
+
+def test_model_on_loop_follows_the_setting_and_else_the_threads_a_worker_has(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from service import workers
+    from service.config import Settings
+
+    monkeypatch.setattr(workers, "usable_cores", lambda: 2)
+    assert workers.model_on_loop(Settings(inference_threads=1))  # 2 workers on 2 cores
+    assert not workers.model_on_loop(Settings())  # 1 worker: its model has both cores
+    assert not workers.model_on_loop(Settings(inference_threads=2))
+    assert workers.model_on_loop(Settings(inference_on="loop", inference_threads=2))
+    assert not workers.model_on_loop(Settings(inference_on="thread", inference_threads=1))
+    monkeypatch.setattr(workers, "usable_cores", lambda: 1)
+    assert workers.model_on_loop(Settings())

@@ -45,3 +45,19 @@ def test_a_serving_process_keeps_to_two_arenas_unless_the_environment_says() -> 
     assert arenas("none") > 2  # glibc's default: an arena per thread, up to 8 per core
     assert arenas("limit") == 2
     assert arenas("limit", MALLOC_ARENA_MAX="4") > 2  # the user's choice stands
+
+
+def test_while_serving_start_up_objects_are_frozen_and_young_collections_are_rarer() -> None:
+    import gc
+
+    from service.heap import SERVING_GC_THRESHOLD, settled_heap
+
+    before = gc.get_threshold()
+    start_up_object = [["made before serving"]]  # lists are always tracked by the GC
+    assert any(o is start_up_object for o in gc.get_objects())
+    with settled_heap():
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold() == (SERVING_GC_THRESHOLD, *before[1:])
+        assert not any(o is start_up_object for o in gc.get_objects())  # out of the GC's sight
+    assert gc.get_freeze_count() == 0
+    assert gc.get_threshold() == before
