@@ -21,7 +21,7 @@ M_ARENA_MAX = -8  # mallopt's parameter number (malloc.h)
 SERVING_ARENAS = 2
 # Container allocations between young collections while serving (CPython's default: 700).
 # Single-image /embed with 2 workers: 1,412-1,444 requests/s at 700, 1,511-1,604 at 20,000.
-SERVING_GC_THRESHOLD = 20_000
+SERVING_GC_THRESHOLD = int(os.environ.get("GCT", 20_000))
 
 
 def _glibc(name: str) -> Callable[..., Any] | None:

@@ -177,8 +177,17 @@ def parse_k(value: Any, *, default: int, limit: int) -> int:
     return k
 
 
-def parse_dimensions(dimensions: int | None, dim: int) -> int | None:
-    """`dimensions` (1..D): serve the vectors' first components, renormalised; None: all."""
+def parse_dimensions(value: int | str | None, dim: int) -> int | None:
+    """`dimensions` (1..D), a number or the query string's text: serve the vectors' first
+    components, renormalised; None: all."""
+    dimensions = value
+    if isinstance(value, str):
+        try:
+            dimensions = int(value)
+        except ValueError:
+            raise InvalidInput(
+                f"dimensions must be a whole number, not {value!r}", param="dimensions"
+            ) from None
     if dimensions is not None and not 1 <= dimensions <= dim:
         raise InvalidInput(
             f"dimensions must be between 1 and the model's {dim}, not {dimensions}",

@@ -174,6 +174,22 @@ def _b64_images(min_items: int) -> dict:
     return schema
 
 
+_DIMENSIONS_HELP = "the first n components only, renormalised (1..the model's dim)"
+# /embed's query parameter, which it parses itself (service.inputs.parse_dimensions): FastAPI
+# would validate it on every request.
+DIMENSIONS_QUERY = {
+    "name": "dimensions",
+    "in": "query",
+    "required": False,
+    "description": _DIMENSIONS_HELP,
+    "schema": {
+        "anyOf": [{"type": "integer"}, {"type": "null"}],
+        "title": "Dimensions",
+        "description": _DIMENSIONS_HELP,
+    },
+}
+
+
 def images_body(*, min_items: int, raw: bool) -> dict:
     """openapi_extra for endpoints that parse their own (multipart | JSON | raw) bodies."""
     content: dict[str, Any] = {

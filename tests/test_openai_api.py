@@ -225,6 +225,10 @@ def test_embed_takes_dimensions_and_nearest_wants_full_vectors(client: TestClien
     np.testing.assert_allclose(short["embeddings"], prefix, atol=1e-5)
     too_big = client.post("/embed", files=files, params={"dimensions": 300})
     assert too_big.status_code == 422 and "between 1 and" in too_big.json()["error"]["message"]
+    for word in ("abc", "3.5", ""):
+        not_a_number = client.post("/embed", files=files, params={"dimensions": word})
+        assert not_a_number.status_code == 422, word
+        assert "dimensions must be a whole number" in not_a_number.json()["error"]["message"]
     search = client.post("/nearest", json={"vector": short["embeddings"][0]})
     assert search.status_code == 422
     assert "full-size vectors only" in search.json()["error"]["message"]

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 
 from service.encoder import truncate
 from service.inputs import decode_all, parse_dimensions, read_images
 from service.routes.deps import ERRORS, ArrayJSONResponse, ReadRuntime, rounded
 from service.runtime import Runtime, Serving
-from service.schemas import EmbedResponse, SimilarityResponse, images_body
+from service.schemas import DIMENSIONS_QUERY, EmbedResponse, SimilarityResponse, images_body
 
 # No router-level ReadAccess: each route takes ReadRuntime, the same check, and FastAPI would
 # resolve a router-level copy again from its cache on every request (about 25 µs of /embed's
@@ -41,19 +41,12 @@ async def embed_request(
     "/embed",
     response_model=EmbedResponse,
     responses=ERRORS,
-    openapi_extra=images_body(min_items=1, raw=True),
+    openapi_extra={**images_body(min_items=1, raw=True), "parameters": [DIMENSIONS_QUERY]},
 )
-async def embed_images(
-    request: Request,
-    runtime: ReadRuntime,
-    dimensions: Annotated[
-        int | None,
-        Query(description="the first n components only, renormalised (1..the model's dim)"),
-    ] = None,
-) -> Any:
+async def embed_images(request: Request, runtime: ReadRuntime) -> Any:
     """Images → unit vectors, in input order."""
     serving = runtime.serving()
-    dimensions = parse_dimensions(dimensions, serving.info.dim)
+    dimensions = parse_dimensions(request.query_params.get("dimensions"), serving.info.dim)
     vectors = await embed_request(request, runtime, serving, min_count=1, allow_raw=True)
     if dimensions is not None:
         vectors = truncate(vectors, dimensions)
