@@ -17,14 +17,12 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from starlette.datastructures import FormData, UploadFile
-from starlette.exceptions import HTTPException
-from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 
 from service import strict_json
 from service.errors import InvalidInput, PayloadTooLarge, UnsupportedMediaType, image_error
 from service.imaging import ImageError, InputSpec, decode_opened, open_image
+from service.multipart import FilePart, Form, MalformedForm, parse_form
 
 INLINE_DECODE_BYTES = 64 * 1024  # smaller files decode on the event loop; larger in a thread
 
@@ -39,15 +37,16 @@ def content_type(request: Request) -> str:
     return request.headers.get("content-type", "").split(";")[0].strip().lower()
 
 
-async def read_form(request: Request, *, max_files: int) -> FormData:
+async def read_form(request: Request, *, max_files: int) -> Form:
     try:
-        return await request.form(max_files=max_files, max_fields=max_files * 2 + 16)
-    except MultiPartException as exc:
-        raise InvalidInput(f"malformed multipart body: {exc.message}") from exc
-    except HTTPException as exc:  # Starlette reports some parser failures as a bare 400
-        if exc.status_code != 400:
-            raise
-        raise InvalidInput(f"malformed multipart body: {exc.detail}") from exc
+        return await parse_form(
+            request.headers.get("content-type", ""),
+            request.stream(),
+            max_files=max_files,
+            max_fields=max_files * 2 + 16,
+        )
+    except MalformedForm as exc:
+        raise InvalidInput(f"malformed multipart body: {exc}") from exc
 
 
 async def read_json(request: Request) -> dict[str, Any]:
@@ -61,12 +60,12 @@ async def read_json(request: Request) -> dict[str, Any]:
     return value
 
 
-async def form_files(form: FormData, field: str) -> list[NamedImage]:
+def form_files(form: Form, field: str) -> list[NamedImage]:
     images = []
     for i, item in enumerate(form.getlist(field)):
-        if not isinstance(item, UploadFile):
+        if not isinstance(item, FilePart):
             raise InvalidInput(f"{field}[{i}] must be a file upload, not a text field")
-        images.append(NamedImage(f"{field}[{i}] ({item.filename or 'unnamed'})", await item.read()))
+        images.append(NamedImage(f"{field}[{i}] ({item.filename or 'unnamed'})", item.data))
     return images
 
 
@@ -104,7 +103,7 @@ async def read_images(
     """Multipart `files`, JSON {"images": [base64…]}, or one raw image body."""
     kind = content_type(request)
     if kind == "multipart/form-data":
-        images = await form_files(await read_form(request, max_files=max_count + 1), "files")
+        images = form_files(await read_form(request, max_files=max_count + 1), "files")
     elif kind == "application/json":
         items = (await read_json(request)).get("images")
         if not isinstance(items, list):
@@ -180,8 +179,9 @@ def parse_k(value: Any, *, default: int, limit: int) -> int:
 def parse_dimensions(value: int | str | None, dim: int) -> int | None:
     """`dimensions` (1..D), a number or the query string's text: serve the vectors' first
     components, renormalised; None: all."""
-    dimensions = value
-    if isinstance(value, str):
+    if not isinstance(value, str):
+        dimensions = value
+    else:
         try:
             dimensions = int(value)
         except ValueError:

@@ -84,7 +84,7 @@ async def _query(request: Request, runtime: Runtime) -> NearestQuery:
     if kind == "multipart/form-data":
         runtime.serving().batcher.ensure_room()
         form = await read_form(request, max_files=2)
-        files = await form_files(form, "file")
+        files = form_files(form, "file")
         count_between(files, "file uploads in the field 'file'", 1, 1)
         k = parse_k(
             form.get("k") or request.query_params.get("k"),
@@ -241,7 +241,7 @@ async def upload_images(
         )
     limit = settings.max_images_per_request
     form = await read_form(request, max_files=limit + 1)
-    files = await form_files(form, "files")
+    files = form_files(form, "files")
     count_between(files, "files", 1, limit)
     ids = _parse_ids(form.getlist("ids"), len(files))
     metadata = _parse_metadata(form.getlist("metadata"), len(files), settings.max_metadata_bytes)
