@@ -231,3 +231,16 @@ def test_worker_memory(artifact: Path, tmp_path: Path) -> None:
     assert len(result["generations"]) == 1  # every worker maps the same, newest one
     assert all(len(per_worker) == 2 for per_worker in result["bytes_per_image"].values())
     assert result["restart_full_s"] > 0 and result["restart_empty_s"] > 0
+
+
+def test_embed_ratio_with_a_variant(artifact: Path, tmp_path: Path) -> None:
+    result = run_script(
+        "embed_ratio",
+        *("--model", str(artifact), "--seconds", "1", "--rounds", "1", "--connections", "4"),
+        *("--variant", "LOOKALIKE_INFERENCE_ON=thread"),
+        results=tmp_path,
+    )
+    assert [row["server"] for row in result["rows"]] == ["service", "variant", "bare FastAPI"]
+    assert all(set(row["statuses"]) == {"200"} for row in result["rows"])
+    assert result["rows"][-1]["of_bare_fastapi"] == 1
+    assert result["variant"] == {"LOOKALIKE_INFERENCE_ON": "thread"}
