@@ -1,14 +1,10 @@
 """Micro-batching: concurrent requests share model calls.
 
 Requests queue their (already decoded) images; one worker takes up to `max_batch` images,
-waiting at most `max_wait_s` for batch-mates, and runs the model. With `on_loop` the model runs
-on the event loop itself: when a worker has one core, a thread of its own would only add a
-hand-off per batch and a contest for the GIL (BENCHMARKS.md §3), and requests that arrive
-meanwhile wait in the socket and form the next batch. Otherwise it runs in a thread, so the
-loop reads and decodes the next requests beside it. The queue is bounded: past `max_queued`
-images a request is refused at once with `Overloaded` (503 + Retry-After) instead of timing
-out. Decoding happens before an image joins the queue, so a bad image fails only its own
-request.
+waiting at most `max_wait_s` for batch-mates, and runs the model in a thread, off the event
+loop. The queue is bounded: past `max_queued` images a request is refused at once with
+`Overloaded` (503 + Retry-After) instead of timing out. Decoding happens before an image joins
+the queue, so a bad image fails only its own request.
 """
 
 from __future__ import annotations
@@ -50,7 +46,6 @@ class MicroBatcher:
         max_queued: int,
         enabled: bool,
         metrics: Metrics,
-        on_loop: bool = False,
     ) -> None:
         self._encode = encode
         self._max_batch = max_batch
@@ -61,7 +56,7 @@ class MicroBatcher:
         self._jobs: deque[_Job] = deque()
         self._queued = 0
         self._wakeup = asyncio.Event()
-        self._executor = None if on_loop else ThreadPoolExecutor(1, thread_name_prefix="inference")
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="inference")
         self._task: asyncio.Task | None = None
         self._seconds_per_image = 0.001  # running estimate, for Retry-After
 
@@ -74,8 +69,7 @@ class MicroBatcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
+        self._executor.shutdown(wait=True)
 
     def ensure_room(self, images: int = 1) -> None:
         """Raise Overloaded unless `images` more may queue. Checked once before a request's body
@@ -132,12 +126,7 @@ class MicroBatcher:
                 batch = self._take_batch()
                 pixels = [p for job in batch for p in job.pixels]
                 try:
-                    if self._executor is None:
-                        vectors = self._run_model(pixels)
-                    else:
-                        vectors = await loop.run_in_executor(
-                            self._executor, self._run_model, pixels
-                        )
+                    vectors = await loop.run_in_executor(self._executor, self._run_model, pixels)
                 except Exception as exc:  # a model failure fails this batch's requests only
                     for job in batch:
                         if not job.future.done():

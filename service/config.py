@@ -55,10 +55,6 @@ class Settings(BaseSettings):
     batch_wait_ms: float = Field(0.0, ge=0)
     queue_max_images: int = Field(2048, ge=1)  # waiting (not in the model); beyond: 503
     inference_threads: int = Field(0, ge=0)  # ONNX Runtime intra-op threads; 0 = its default
-    # Where the model runs: on the worker's event loop, or in a thread beside it. auto: on the
-    # loop when the worker's model has one thread (workers = cores, the default), where a
-    # thread of its own only adds a hand-off per batch (service/workers.model_on_loop).
-    inference_on: Literal["auto", "loop", "thread"] = "auto"
 
     # Index.
     search_threads: int = Field(0, ge=0)  # FAISS OpenMP threads per process; 0 = cores / workers

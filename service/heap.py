@@ -20,8 +20,9 @@ from typing import Any
 M_ARENA_MAX = -8  # mallopt's parameter number (malloc.h)
 SERVING_ARENAS = 2
 # Container allocations between young collections while serving (CPython's default: 700).
-# Single-image /embed with 2 workers: 1,412-1,444 requests/s at 700, 1,511-1,604 at 20,000.
-SERVING_GC_THRESHOLD = int(os.environ.get("GCT", 20_000))
+# Single-image /embed with 2 workers, the two in the same rounds: 1,725 requests/s against
+# 1,664 at 700 (median of 5 rounds, BENCHMARKS.md §3).
+SERVING_GC_THRESHOLD = 20_000
 
 
 def _glibc(name: str) -> Callable[..., Any] | None:

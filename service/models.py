@@ -30,7 +30,6 @@ from service.imaging import decode_image
 from service.metrics import Metrics
 from service.store import NewImage, Store
 from service.store.base import ModelArtifact
-from service.workers import model_on_loop
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +166,6 @@ class ModelSet:
                 max_queued=settings.queue_max_images,
                 enabled=settings.micro_batching,
                 metrics=self._metrics,
-                on_loop=model_on_loop(settings),
             )
             batcher.start()
         return batcher

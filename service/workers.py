@@ -122,13 +122,6 @@ def share_cores(settings: Settings, workers: int) -> None:
     os.environ["OMP_NUM_THREADS"] = str(settings.search_threads or threads)
 
 
-def model_on_loop(settings: Settings) -> bool:
-    """Whether a worker runs its model on its event loop (settings.inference_on)."""
-    if settings.inference_on != "auto":
-        return settings.inference_on == "loop"
-    return (settings.inference_threads or usable_cores()) == 1
-
-
 def run_workers(settings: Settings, *, host: str, port: int, workers: int) -> None:
     """Serve with `workers` processes until SIGTERM or SIGINT."""
     import uvicorn

@@ -237,10 +237,10 @@ def test_embed_ratio_with_a_variant(artifact: Path, tmp_path: Path) -> None:
     result = run_script(
         "embed_ratio",
         *("--model", str(artifact), "--seconds", "1", "--rounds", "1", "--connections", "4"),
-        *("--variant", "LOOKALIKE_INFERENCE_ON=thread"),
+        *("--variant", "LOOKALIKE_BATCH_WAIT_MS=1"),
         results=tmp_path,
     )
     assert [row["server"] for row in result["rows"]] == ["service", "variant", "bare FastAPI"]
     assert all(set(row["statuses"]) == {"200"} for row in result["rows"])
     assert result["rows"][-1]["of_bare_fastapi"] == 1
-    assert result["variant"] == {"LOOKALIKE_INFERENCE_ON": "thread"}
+    assert result["variant"] == {"LOOKALIKE_BATCH_WAIT_MS": "1"}
