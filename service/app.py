@@ -32,7 +32,7 @@ from service.heap import settled_heap
 from service.keys import Keyring
 from service.metrics import Metrics
 from service.models import ModelSet, ModelSwitched
-from service.routes import WEB_DIR, openai, router
+from service.routes import WEB_DIR, include_routes, openai
 from service.runtime import Runtime
 from service.security_headers import SecurityHeadersMiddleware, headers_for
 from service.store import StoreUnavailable, open_store
@@ -190,7 +190,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan_for(settings, metrics),
         description="Find the images that look alike.",
     )
-    app.include_router(router)
+    include_routes(app)
     app.mount("/web", StaticFiles(directory=WEB_DIR), name="web")
 
     @app.exception_handler(ApiError)
