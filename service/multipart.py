@@ -1,12 +1,12 @@
 """multipart/form-data bodies → text fields and files in memory, by python-multipart's parser.
 
 Starlette's form parser (`request.form()`) spools every file into a SpooledTemporaryFile behind
-an UploadFile, which the routes then read back whole: for one small image that bookkeeping cost
-as much as the parsing itself (about 40 µs of /embed's event-loop time, BENCHMARKS.md §3). The
-routes want each file's bytes at once, so this reads the parts straight into bytes, with
-Starlette's rules: names and filenames from Content-Disposition, the request's charset, at most
-`max_files` files and `max_fields` text fields of at most MAX_FIELD_BYTES each. The body is
-already capped by the service's body limit (BodyLimitMiddleware) as it streams in.
+an UploadFile, which the routes then read back whole: reading one small image's request took
+97 µs that way and takes 63 µs this way (BENCHMARKS.md §3). The routes want each file's bytes
+at once, so this reads the parts straight into bytes, with Starlette's rules: names and
+filenames from Content-Disposition, the request's charset, at most `max_files` files and
+`max_fields` text fields of at most MAX_FIELD_BYTES each. The body is already capped by the
+service's body limit (BodyLimitMiddleware) as it streams in.
 """
 
 from __future__ import annotations
