@@ -39,8 +39,12 @@ class Encoder:
 
     def embed_pixels(self, pixels: list[np.ndarray]) -> np.ndarray:
         """uint8 (H, W, C) arrays from decode_image → unit vectors (N, D) float32."""
-        batch = np.stack(pixels).transpose(0, 3, 1, 2).astype(np.float32) * (1 / 255)
-        return self._session.run(None, {self._input: batch})[0]
+        return self._session.run(None, {self._input: graph_input(np.stack(pixels))})[0]
+
+
+def graph_input(images: np.ndarray) -> np.ndarray:
+    """uint8 (N, H, W, C) pixels → the graph's input: float32 (N, C, H, W) in [0, 1]."""
+    return images.transpose(0, 3, 1, 2).astype(np.float32) * (1 / 255)
 
 
 def truncate(vectors: np.ndarray, dimensions: int) -> np.ndarray:

@@ -51,7 +51,7 @@ from service.store import (
     StoreUnavailable,
     UnknownCollection,
 )
-from service.store.base import StoredModel
+from service.store.base import StoredModel, gallery_size
 
 KEPT_MODELS_CACHE_S = 5.0
 
@@ -285,7 +285,8 @@ class Gallery:
         vector (a count over the whole gallery, so kept for a few seconds)."""
         now = time.monotonic()
         if self._kept is None or now - self._kept[0] > KEPT_MODELS_CACHE_S:
-            self._kept = (now, self._store.count(), self._store.models())
+            models = self._store.models()
+            self._kept = (now, gallery_size(models, self._store), models)
         _, images, models = self._kept
         return [
             {

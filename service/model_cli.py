@@ -31,7 +31,7 @@ from service.metrics import Metrics
 from service.model_check import DEFAULT_SAMPLE, CheckResult, check_models
 from service.models import ModelSet, read_artifact
 from service.store import Store, StoreUnavailable, open_store
-from service.store.base import ModelNotReady
+from service.store.base import ModelNotReady, gallery_size
 
 NOISE_ERRORS = 2  # a difference within this many standard errors is not told apart
 BAR = 30
@@ -133,9 +133,10 @@ def wait_for_vectors(store: Store, version: str, poll_s: float = 1.0) -> None:
 
 def list_models(context: Context, args: argparse.Namespace) -> int:
     store = context.store
-    total, previous = store.count(), store.previous_model()
+    models, previous = store.models(), store.previous_model()
+    total = gallery_size(models, store)
     rows = [("VERSION", "NAME", "DIM", "ADDED", "STATE", "VECTORS")]
-    for model in store.models():
+    for model in models:
         state = "serving" if model.active else "previous" if model.version == previous else "kept"
         added = dt.datetime.fromtimestamp(model.added_at, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
         vectors = f"{model.vectors:,} / {total:,}"

@@ -55,8 +55,9 @@ class VectorBuilder:
     def _run(self) -> None:
         while not self._stopping.wait(POLL_S):
             try:
-                self._models.refresh()
-                todo = [v for v in self._store.kept_models() if v not in self._complete]
+                kept = self._models.refresh()
+                self._complete &= set(kept)  # a model removed and kept again builds again
+                todo = [v for v in kept if v not in self._complete]
                 if todo:
                     with self._store.try_chore(CHORE) as mine:  # else another process builds
                         for version in todo if mine else []:

@@ -147,9 +147,14 @@ class ModelSet:
     def embed_blocking(self, contents: list[bytes]) -> dict[str, np.ndarray]:
         """Each loaded model's vectors of these image files (decoded for each model's input),
         in this thread: for writers off the event loop (the demo gallery)."""
+        encoders = list(self._encoders.items())
+        pixels = {
+            spec: [decode_image(c, spec) for c in contents]
+            for spec in {encoder.info.spec for _, encoder in encoders}
+        }  # decoded once per input spec, not per model
         return {
-            version: encoder.embed_pixels([decode_image(c, encoder.info.spec) for c in contents])
-            for version, encoder in list(self._encoders.items())
+            version: encoder.embed_pixels(pixels[encoder.info.spec])
+            for version, encoder in encoders
         }
 
     # --- batchers (on the event loop) -------------------------------------------------------------

@@ -69,30 +69,33 @@ async def with_serving_model(
         serving = runtime.serving()
         try:
             return serving, await work(serving)
-        except ModelSwitched:
+        except (ModelSwitched, ModelsChanged) as exc:
             if attempt == TRIES - 1:
                 raise
-        except ModelsChanged:
-            if attempt == TRIES - 1:
-                raise
-            await asyncio.to_thread(runtime.models.refresh)
-    raise AssertionError("unreachable")
+            if isinstance(exc, ModelsChanged):
+                await asyncio.to_thread(runtime.models.refresh)
+    raise AssertionError("unreachable")  # the last attempt returns or raises
 
 
 async def embed_everywhere(runtime: Runtime, images: list[NamedImage]) -> dict[str, np.ndarray]:
-    """Every loaded model's vectors of these images (each decoded for its model's input), for a
+    """Every loaded model's vectors of these images (decoded once per input spec), for a
     write: the store keeps a vector of each."""
     settings, models = runtime.settings, runtime.models
     versions = models.loaded
-
-    async def embed(version: str) -> np.ndarray:
-        pixels = await decode_all(
-            images,
-            models.encoder(version).info.spec,
-            max_pixels=settings.max_pixels,
-            max_request_pixels=settings.max_pixels_per_request,
+    specs = list({models.encoder(version).info.spec for version in versions})
+    decoded = await asyncio.gather(
+        *(
+            decode_all(
+                images,
+                spec,
+                max_pixels=settings.max_pixels,
+                max_request_pixels=settings.max_pixels_per_request,
+            )
+            for spec in specs
         )
-        return await models.batcher(version).embed(pixels)
-
-    vectors = await asyncio.gather(*(embed(version) for version in versions))
+    )
+    pixels = dict(zip(specs, decoded, strict=True))  # decoded once per input spec, not per model
+    vectors = await asyncio.gather(
+        *(models.batcher(v).embed(pixels[models.encoder(v).info.spec]) for v in versions)
+    )
     return dict(zip(versions, vectors, strict=True))

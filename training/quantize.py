@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from service.encoder import graph_input
+
 CALIBRATION_IMAGES = 2_000
 CALIBRATION_BATCH = 100
 FIDELITY_IMAGES = 2_000
@@ -48,11 +50,6 @@ class Fidelity:
         }
 
 
-def as_input(images: np.ndarray) -> np.ndarray:
-    """uint8 (N, H, W, C) → the graph's float32 (N, C, H, W) in [0, 1]."""
-    return images.transpose(0, 3, 1, 2).astype(np.float32) * (1 / 255)
-
-
 def sample(images: np.ndarray, count: int, seed: int) -> np.ndarray:
     if len(images) <= count:
         return images
@@ -70,7 +67,7 @@ def quantize(float_graph: Path, out: Path, calibration: np.ndarray) -> None:
     )
 
     batches = iter(
-        as_input(calibration[s : s + CALIBRATION_BATCH])
+        graph_input(calibration[s : s + CALIBRATION_BATCH])
         for s in range(0, len(calibration), CALIBRATION_BATCH)
     )
 
@@ -98,7 +95,7 @@ def embed(graph: Path, images: np.ndarray) -> np.ndarray:
     session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
     return np.concatenate(
         [
-            session.run(None, {"images": as_input(images[s : s + 256])})[0]
+            session.run(None, {"images": graph_input(images[s : s + 256])})[0]
             for s in range(0, len(images), 256)
         ]
     )

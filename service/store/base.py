@@ -196,6 +196,13 @@ class RowBatch:
     metadata: list[str]  # JSON text
 
 
+def gallery_size(models: list[StoredModel], store: Store) -> int:
+    """The images in the store: the serving model's vector count, which `models()` counted
+    already (it has every image's vector), or a count of its own when no model is kept."""
+    serving = next((m for m in models if m.active), None)
+    return serving.vectors if serving is not None else store.count()
+
+
 def now_iso() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
